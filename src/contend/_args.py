@@ -1,0 +1,73 @@
+"""Finding the entities in a call's arguments and swapping them for other instances."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from contend.entity import Entity
+
+__all__ = ["find_entities", "substitute"]
+
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+
+
+def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]:
+    """Every Entity in the arguments (also inside lists, tuples, sets and dict values), first
+    occurrence of each id, in order."""
+    found: dict[UUID, Entity] = {}
+    for a in args:
+        if isinstance(a, Entity):
+            if a.ecs_id not in found:
+                found[a.ecs_id] = a
+        elif isinstance(a, _CONTAINERS):
+            _collect(a, found)
+    if kwargs:
+        for a in kwargs.values():
+            if isinstance(a, Entity):
+                if a.ecs_id not in found:
+                    found[a.ecs_id] = a
+            elif isinstance(a, _CONTAINERS):
+                _collect(a, found)
+    return list(found.values())
+
+
+def _collect(obj: Any, found: dict[UUID, Entity]) -> None:
+    if isinstance(obj, Entity):
+        found.setdefault(obj.ecs_id, obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _collect(v, found)
+    elif isinstance(obj, _CONTAINERS):
+        for v in obj:
+            _collect(v, found)
+
+
+def substitute(obj: Any, by_id: dict[UUID, Entity]) -> Any:
+    """`obj` with each Entity whose id is in `by_id` replaced by that instance (containers rebuilt
+    only where something inside changed)."""
+    if isinstance(obj, Entity):
+        return by_id.get(obj.ecs_id, obj)
+    if isinstance(obj, dict):
+        new = {k: substitute(v, by_id) for k, v in obj.items()}
+        return obj if all(new[k] is obj[k] for k in obj) else type(obj)(new)
+    if isinstance(obj, (list, tuple)):
+        items = [substitute(v, by_id) for v in obj]
+        if all(a is b for a, b in zip(items, obj, strict=True)):
+            return obj
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return type(obj)(*items)
+        return type(obj)(items)
+    if isinstance(obj, (set, frozenset)):
+        items = [substitute(v, by_id) for v in obj]
+        return obj if all(a in obj for a in items) else type(obj)(items)
+    return obj
+
+
+def substitute_call(
+    args: tuple[Any, ...], kwargs: dict[str, Any], by_id: dict[UUID, Entity]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return (
+        tuple(substitute(a, by_id) for a in args),
+        {k: substitute(v, by_id) for k, v in kwargs.items()},
+    )

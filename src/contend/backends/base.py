@@ -1,0 +1,140 @@
+"""The storage and coordination interface a runtime runs on (in-memory now, Redis next)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from uuid import UUID
+
+from contend.entity import Entity
+from contend.operations import ConflictResolutionOperation, OperationStatus
+
+if TYPE_CHECKING:
+    from contend.config import PreECSConfig
+
+__all__ = ["Backend", "Coordinator", "Lost", "VersionConflict", "Write"]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionConflict:
+    """A compare-and-set found `entity_id` at `actual` instead of `expected`."""
+
+    entity_id: UUID
+    expected: int
+    actual: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One target of an OCC commit: write `state` over `committed` if it is still at `expected`."""
+
+    committed: Entity
+    state: Entity
+    expected: int
+
+
+class Lost(Exception):
+    """Internal: raised by a coordinator to a call that lost its window."""
+
+    def __init__(self, winner: ConflictResolutionOperation | None, reason: str | None = None):
+        self.winner = winner
+        self.reason = reason
+        super().__init__(reason or "lost staging window")
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """Pre-ECS staging: one winner per window per target; winners on a target never overlap."""
+
+    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> None:
+        """Return once `op` won and holds its primary target; raise `Lost` if it did not win."""
+        ...
+
+    def release(self, op: ConflictResolutionOperation) -> None:
+        """`op` is done with its target; hand the target to the next window."""
+        ...
+
+    def in_flight(self) -> int:
+        """Targets with a running winner or an open window."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Committed entity state, operation records and the zombie books, indexed for O(result)."""
+
+    name: str
+    coordinator: Coordinator
+
+    @property
+    def zombie_count(self) -> int:
+        """Zombies present (kept as a counter; a distributed backend gives its last known count)."""
+        ...
+
+    # entities
+    async def ensure_entity(self, entity: Entity) -> Entity:
+        """Register `entity` on first use; return the committed instance for its id."""
+        ...
+
+    async def get_entity(self, entity_id: UUID) -> Entity | None: ...
+
+    async def commit(self, writes: Sequence[Write], now: datetime) -> VersionConflict | None:
+        """All-or-nothing compare-and-set; on success each committed instance holds its state."""
+        ...
+
+    async def bump(self, entities: Sequence[Entity], now: datetime) -> None:
+        """Record an unguarded write (OCC off): version + 1 on each."""
+        ...
+
+    # operation records
+    async def add_operation(self, op: ConflictResolutionOperation) -> None: ...
+
+    def set_status(
+        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
+    ) -> None:
+        """Move `op` along the status machine and keep the status index in step."""
+        ...
+
+    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None: ...
+
+    async def discard(self, op: ConflictResolutionOperation) -> None:
+        """A succeeded record leaves (not a zombie, not a cleanup)."""
+        ...
+
+    async def add_zombie(
+        self, op: ConflictResolutionOperation, due: float | None, cap: int
+    ) -> list[ConflictResolutionOperation]:
+        """Book a terminal record; returns the oldest zombies of its target evicted past `cap`."""
+        ...
+
+    async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
+        """Take a record out of every index; None if it was already gone."""
+        ...
+
+    async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]: ...
+
+    async def operations_with_status(
+        self, status: OperationStatus
+    ) -> list[ConflictResolutionOperation]: ...
+
+    async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]: ...
+
+    async def zombie_counts_by_target(self) -> dict[UUID, int]: ...
+
+    async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
+        """The oldest zombie of each target, for the health check."""
+        ...
+
+    async def schedule(self, op_id: UUID, due: float) -> None:
+        """(Re)schedule a record's removal for the sweeper."""
+        ...
+
+    async def pop_due(self, now: float, limit: int) -> list[UUID]:
+        """Ids whose scheduled removal is at or before `now`, earliest first, at most `limit`."""
+        ...
+
+    async def next_due(self) -> float | None: ...
+
+    async def close(self) -> None: ...

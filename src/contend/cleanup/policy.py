@@ -1,0 +1,70 @@
+"""Which cleanup strategy applies to a record right now: the one implementation of the rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from contend.config import CleanupConfig, CleanupStrategy
+
+if TYPE_CHECKING:
+    from contend.operations import ConflictResolutionOperation
+    from contend.runtime import Runtime
+
+__all__ = ["EffectiveCleanup", "effective_cleanup"]
+
+_REASON = {
+    CleanupStrategy.NONE: "none",
+    CleanupStrategy.IMMEDIATE: "immediate",
+    CleanupStrategy.DEFERRED: "ttl",
+    CleanupStrategy.LAZY: "lazy",
+    CleanupStrategy.CUSTOM: "custom",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveCleanup:
+    """A strategy plus why it was chosen (the removal reason reported in metrics)."""
+
+    strategy: CleanupStrategy
+    reason: str
+    retention_minutes: int
+
+
+def _runtime(runtime: Runtime | None) -> Runtime:
+    if runtime is not None:
+        return runtime
+    from contend.runtime import get_runtime
+
+    return get_runtime()
+
+
+def _get_system_memory_pressure(runtime: Runtime | None = None) -> float:
+    """Fraction of memory in use, from the runtime's (cached, replaceable) probe."""
+    return _runtime(runtime).memory.pressure()
+
+
+def _get_current_zombie_count(runtime: Runtime | None = None) -> int:
+    """Zombies in the runtime, read from its counter (never a scan)."""
+    return _runtime(runtime).backend.zombie_count
+
+
+def effective_cleanup(
+    config: CleanupConfig, operation: ConflictResolutionOperation, runtime: Runtime | None = None
+) -> EffectiveCleanup:
+    """First matching rule wins: immediate priorities, memory pressure, force threshold,
+    debug-retention priorities, then the configured strategy."""
+    priority = operation.priority
+    retention = config.retention_minutes
+    if priority in config.immediate_cleanup_priorities:
+        return EffectiveCleanup(CleanupStrategy.IMMEDIATE, "immediate", 0)
+    if (
+        config.aggressive_on_memory_pressure
+        and _get_system_memory_pressure(runtime) > config.memory_pressure_threshold
+    ):
+        return EffectiveCleanup(CleanupStrategy.IMMEDIATE, "pressure", 0)
+    if _get_current_zombie_count(runtime) > config.force_cleanup_threshold:
+        return EffectiveCleanup(CleanupStrategy.IMMEDIATE, "force", 0)
+    if priority in config.debug_retention_priorities:
+        return EffectiveCleanup(CleanupStrategy.DEFERRED, "ttl", retention)
+    return EffectiveCleanup(config.strategy, _REASON[config.strategy], retention)

@@ -1,0 +1,254 @@
+"""Validated configuration for staging, OCC and cleanup (bounds from the design)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from contend.errors import ConfigurationError
+from contend.operations import ConflictResolutionOperation, OperationPriority
+
+if TYPE_CHECKING:
+    from contend.runtime import Runtime
+
+__all__ = [
+    "DEFAULT_CLEANUP_CONFIG",
+    "CleanupConfig",
+    "CleanupStrategy",
+    "ConflictResolutionConfig",
+    "ConflictResolutionMode",
+    "OCCConfig",
+    "PreECSConfig",
+]
+
+
+class CleanupStrategy(str, Enum):
+    """Available cleanup strategies for rejected operations."""
+
+    NONE = "none"
+    IMMEDIATE = "immediate"
+    DEFERRED = "deferred"
+    LAZY = "lazy"
+    CUSTOM = "custom"
+
+
+class ConflictResolutionMode(str, Enum):
+    """Which protections a decorated call gets."""
+
+    NONE = "none"
+    PRE_ECS = "pre_ecs"
+    OCC = "occ"
+    BOTH = "both"
+
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class PreECSConfig(BaseModel):
+    """Staging: concurrent calls on one target are collected in a window; the highest priority wins."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    staging_timeout_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="Window length; 0 collects the calls submitted in the same event-loop tick.",
+    )
+    max_pending_per_target: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Calls one window may hold; further calls are rejected at once.",
+    )
+
+
+class OCCConfig(BaseModel):
+    """Optimistic concurrency: run on copies, commit with a version compare-and-set, retry."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    max_retries: int = Field(default=3, ge=0, le=100)
+    base_delay_ms: float = Field(default=1.0, ge=0.0, le=10_000.0)
+    backoff_factor: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_delay_ms: float = Field(default=1_000.0, ge=0.0, le=60_000.0)
+    jitter: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Fraction of each delay drawn at random."
+    )
+
+    def delay_seconds(self, attempt: int, rand: float) -> float:
+        """Backoff before retry number `attempt` (0-based), with `rand` in [0, 1)."""
+        base = min(self.base_delay_ms * self.backoff_factor**attempt, self.max_delay_ms)
+        return base * (1.0 - self.jitter + self.jitter * rand) / 1000.0
+
+
+class CleanupConfig(BaseModel):
+    """Configuration for cleanup of rejected operations."""
+
+    model_config = _FROZEN
+
+    strategy: CleanupStrategy = CleanupStrategy.DEFERRED
+    retention_minutes: int = Field(default=30, ge=0, le=1440)
+    cleanup_check_interval_seconds: int = Field(default=60, ge=10, le=3600)
+    aggressive_on_memory_pressure: bool = True
+    memory_pressure_threshold: float = Field(default=0.8, ge=0.1, le=1.0)
+    immediate_cleanup_priorities: list[int] = Field(
+        default_factory=lambda: [int(OperationPriority.CRITICAL)]
+    )
+    debug_retention_priorities: list[int] = Field(
+        default_factory=lambda: [int(OperationPriority.LOW)]
+    )
+    custom_cleanup_handler: str | None = None
+    max_zombie_count_per_target: int = Field(default=100, ge=1, le=10_000)
+    force_cleanup_threshold: int = Field(default=1000, ge=100, le=100_000)
+    handler_timeout_seconds: float = Field(
+        default=5.0, gt=0.0, le=300.0, description="A custom handler running longer has failed."
+    )
+    retain_succeeded: bool = Field(
+        default=False,
+        description="Keep succeeded records too (removed by the same schedule, never zombies).",
+    )
+
+    @field_validator("immediate_cleanup_priorities", "debug_retention_priorities")
+    @classmethod
+    def _priorities_in_range(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 1 <= int(p) <= 10:
+                raise ValueError(f"priority {p} is outside the allowed range 1..10")
+        return [int(p) for p in v]
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Self:
+        self.validate_config()
+        return self
+
+    def validate_config(self) -> bool:
+        """Check the combinations single fields cannot; raises ConfigurationError naming the field."""
+        if self.strategy is CleanupStrategy.CUSTOM and not self.custom_cleanup_handler:
+            raise ConfigurationError(
+                "custom_cleanup_handler", "strategy CUSTOM requires custom_cleanup_handler"
+            )
+        if self.strategy is CleanupStrategy.DEFERRED and self.retention_minutes == 0:
+            raise ConfigurationError(
+                "retention_minutes", "strategy DEFERRED requires retention_minutes > 0 (1..1440)"
+            )
+        both = sorted(set(self.immediate_cleanup_priorities) & set(self.debug_retention_priorities))
+        if both:
+            raise ConfigurationError(
+                "debug_retention_priorities",
+                f"priorities {both} are also in immediate_cleanup_priorities; a priority may be"
+                " in one list only",
+            )
+        return True
+
+    def get_effective_cleanup_strategy(
+        self, operation: ConflictResolutionOperation, runtime: Runtime | None = None
+    ) -> CleanupStrategy:
+        """The strategy that applies to `operation` right now (first matching rule wins)."""
+        from contend.cleanup.policy import effective_cleanup
+
+        return effective_cleanup(self, operation, runtime).strategy
+
+    @property
+    def immediate_set(self) -> frozenset[int]:
+        return frozenset(self.immediate_cleanup_priorities)
+
+    @property
+    def debug_set(self) -> frozenset[int]:
+        return frozenset(self.debug_retention_priorities)
+
+
+_MODE_FLAGS = {
+    ConflictResolutionMode.NONE: (False, False),
+    ConflictResolutionMode.PRE_ECS: (True, False),
+    ConflictResolutionMode.OCC: (False, True),
+    ConflictResolutionMode.BOTH: (True, True),
+}
+
+
+class ConflictResolutionConfig(BaseModel):
+    """Everything a decorated function runs under.
+
+    `mode` and the two `enabled` flags always agree: a mode given explicitly switches the flags;
+    without one, the mode follows from the flags.
+    """
+
+    model_config = _FROZEN
+
+    mode: ConflictResolutionMode = ConflictResolutionMode.PRE_ECS
+    pre_ecs: PreECSConfig = Field(default_factory=PreECSConfig)
+    occ: OCCConfig = Field(default_factory=lambda: OCCConfig(enabled=False))
+    cleanup: CleanupConfig = Field(default_factory=CleanupConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _align_mode(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        pre = _coerce(data.get("pre_ecs"), PreECSConfig, default_enabled=True)
+        occ = _coerce(data.get("occ"), OCCConfig, default_enabled=False)
+        mode = data.get("mode")
+        if mode is not None:
+            mode = ConflictResolutionMode(mode)
+            want_pre, want_occ = _MODE_FLAGS[mode]
+            if pre.enabled != want_pre:
+                pre = pre.model_copy(update={"enabled": want_pre})
+            if occ.enabled != want_occ:
+                occ = occ.model_copy(update={"enabled": want_occ})
+        else:
+            mode = {
+                (False, False): ConflictResolutionMode.NONE,
+                (True, False): ConflictResolutionMode.PRE_ECS,
+                (False, True): ConflictResolutionMode.OCC,
+                (True, True): ConflictResolutionMode.BOTH,
+            }[(pre.enabled, occ.enabled)]
+        data.update(mode=mode, pre_ecs=pre, occ=occ)
+        return data
+
+    @property
+    def staging_enabled(self) -> bool:
+        return self.pre_ecs.enabled
+
+    @property
+    def occ_enabled(self) -> bool:
+        return self.occ.enabled
+
+    def get_effective_cleanup_strategy(
+        self, operation: ConflictResolutionOperation, runtime: Runtime | None = None
+    ) -> CleanupStrategy:
+        """Determine effective cleanup strategy for an operation."""
+        return self.cleanup.get_effective_cleanup_strategy(operation, runtime)
+
+
+def _coerce(value: Any, kind: type[Any], *, default_enabled: bool) -> Any:
+    if value is None:
+        return kind(enabled=default_enabled)
+    if isinstance(value, bool):
+        return kind(enabled=value)
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, dict):
+        return kind(**value)
+    raise ConfigurationError(
+        kind.__name__, f"expected {kind.__name__}, a bool or None, got {type(value).__name__}"
+    )
+
+
+DEFAULT_CLEANUP_CONFIG = CleanupConfig(
+    strategy=CleanupStrategy.DEFERRED,
+    retention_minutes=30,
+    aggressive_on_memory_pressure=True,
+    memory_pressure_threshold=0.8,
+    force_cleanup_threshold=1000,
+    immediate_cleanup_priorities=[OperationPriority.CRITICAL],
+)
+
+ConflictResolutionOperation.model_rebuild(
+    _types_namespace={"CleanupConfig": CleanupConfig, "CleanupStrategy": CleanupStrategy}
+)
+ConflictResolutionOperation._FIELDS = set(ConflictResolutionOperation.model_fields)

@@ -1,0 +1,389 @@
+"""`@with_conflict_resolution`: staging, OCC and cleanup around a function that takes entities."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+
+from pydantic import ValidationError
+
+from contend._args import find_entities, substitute_call
+from contend.backends.base import Lost
+from contend.cleanup.registry import CleanupHandlerRegistry
+from contend.config import (
+    CleanupConfig,
+    CleanupStrategy,
+    ConflictResolutionConfig,
+    ConflictResolutionMode,
+    OCCConfig,
+    PreECSConfig,
+)
+from contend.errors import ConfigurationError, OperationRejectedError
+from contend.events import OperationRejectedEvent, OperationStartedEvent
+from contend.occ import run_with_occ
+from contend.operations import ConflictResolutionOperation, OperationPriority, OperationStatus
+from contend.runtime import Runtime, get_runtime
+
+__all__ = ["ConflictResolved", "no_conflict_resolution", "with_conflict_resolution"]
+
+log = logging.getLogger("contend.decorator")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_EXECUTING = OperationStatus.EXECUTING
+_REJECTED_TEXT: dict[tuple[int, int], str] = {}
+
+
+class ConflictResolved(Protocol[P, R_co]):
+    """A decorated function: call it as before; its config and a priority override hang on it."""
+
+    conflict_config: ConflictResolutionConfig
+    priority: int
+    __wrapped__: Callable[..., Any]
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def with_priority(self, priority: int) -> Callable[P, R_co]: ...
+
+
+def _check_priority(priority: Any, field: str = "priority") -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 1 <= priority <= 10:
+        raise ConfigurationError(
+            field, f"must be an int from 1 (BACKGROUND) to 10 (CRITICAL), got {priority!r}"
+        )
+    return int(priority)
+
+
+def _rejection_text(priority: int, winner_priority: int) -> str:
+    key = (priority, winner_priority)
+    text = _REJECTED_TEXT.get(key)
+    if text is None:
+        text = _REJECTED_TEXT[key] = (
+            f"Lost Pre-ECS priority conflict (priority {priority} vs winner {winner_priority})"
+        )
+    return text
+
+
+class _Protected(Generic[P, R]):
+    """The machinery behind one decorated function."""
+
+    def __init__(
+        self,
+        fn: Callable[P, Any],
+        config: ConflictResolutionConfig,
+        priority: int,
+        runtime: Runtime | None,
+    ) -> None:
+        self.fn = fn
+        self.config = config
+        self.priority = priority
+        self.runtime = runtime
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.staging = config.pre_ecs.enabled
+        self.occ = config.occ.enabled
+        self.cleanup = config.cleanup
+
+    async def run(self, priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        rt = self.runtime or get_runtime()
+        rt.bind_loop()
+        rt.note_function(self.name, self.cleanup.strategy.value)
+        backend = rt.backend
+        passed = find_entities(args, kwargs)
+        committed = [await backend.ensure_entity(e) for e in passed] if passed else passed
+        ids = tuple(c.ecs_id for c in committed)
+        op = ConflictResolutionOperation._start(
+            self.name,
+            ids,
+            type(committed[0]).__name__ if committed else "",
+            priority,
+            self.cleanup,
+            rt.clock.now(),
+        )
+        await backend.add_operation(op)
+        staged = self.staging and bool(ids)
+        if staged:
+            try:
+                await backend.coordinator.acquire(op, self.config.pre_ecs)
+            except Lost as lost:
+                raise await self._rejected(rt, op, lost) from None
+            except BaseException as exc:
+                await self._end(rt, op, exc)
+                raise
+        try:
+            backend.set_status(op, _EXECUTING, rt.clock.now())
+            if rt.events.wants(OperationStartedEvent):
+                await rt.events.emit(
+                    OperationStartedEvent(
+                        op_id=op.ecs_id,
+                        target_entity_id=op.target_entity_id,
+                        function_name=self.name,
+                        priority=priority,
+                    )
+                )
+            if self.occ and committed:
+                result = await run_with_occ(
+                    rt, op, self.config.occ, self.fn, committed, passed, args, kwargs
+                )
+            else:
+                if any(p is not c for p, c in zip(passed, committed, strict=True)):
+                    args, kwargs = substitute_call(args, kwargs, {c.ecs_id: c for c in committed})
+                result = self.fn(*args, **kwargs)  # type: ignore[arg-type]
+                if self.is_async:
+                    result = await result
+                if committed:
+                    await backend.bump(committed, rt.clock.now())
+                    for p, c in zip(passed, committed, strict=True):
+                        if p is not c:
+                            p.__dict__.update(c.__dict__)
+        except BaseException as exc:
+            if staged:
+                backend.coordinator.release(op)
+            await self._end(rt, op, exc)
+            raise
+        if staged:
+            backend.coordinator.release(op)
+        await rt.cleanup.succeeded(op, self.cleanup)
+        return result
+
+    async def _end(self, rt: Runtime, op: ConflictResolutionOperation, exc: BaseException) -> None:
+        """Give `op` its one terminal state after `exc`, without masking `exc`."""
+        if isinstance(exc, asyncio.CancelledError):
+            status, message = OperationStatus.CANCELLED, "cancelled by the caller"
+        elif op.status is OperationStatus.PENDING:
+            status = OperationStatus.REJECTED
+            message = f"could not be staged: {type(exc).__name__}: {exc}"
+        else:
+            status, message = OperationStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        if op.is_terminal:
+            return
+        try:
+            await rt.cleanup.bury(op, status, self.cleanup, message)
+        except Exception:
+            log.exception("could not finish the record of operation %s", op.ecs_id)
+        if status is OperationStatus.FAILED:
+            log.info(
+                "operation %s (%s) on target %s failed: %s",
+                op.ecs_id,
+                self.name,
+                op.target_entity_id,
+                message,
+            )
+
+    async def _rejected(
+        self, rt: Runtime, op: ConflictResolutionOperation, lost: Lost
+    ) -> OperationRejectedError:
+        winner = lost.winner
+        if winner is not None:
+            text = _rejection_text(op.priority, winner.priority)
+            winner_id, winner_priority = winner.ecs_id, winner.priority
+        else:
+            text = lost.reason or "rejected by staging"
+            winner_id = winner_priority = None
+        eff = await rt.cleanup.bury(op, OperationStatus.REJECTED, self.cleanup, text, winner_id)
+        log.debug(
+            "operation %s (%s, priority %d) rejected on target %s: winner %s (priority %s); "
+            "cleanup %s",
+            op.ecs_id,
+            self.name,
+            op.priority,
+            op.target_entity_id,
+            winner_id,
+            winner_priority,
+            eff.strategy.value,
+        )
+        if rt.events.wants(OperationRejectedEvent):
+            await rt.events.emit(
+                OperationRejectedEvent(
+                    op_id=op.ecs_id,
+                    target_entity_id=op.target_entity_id,
+                    rejection_reason=text,
+                    cleanup_strategy=eff.strategy.value,
+                    winner_id=winner_id,
+                )
+            )
+        suffix = f"; winner {winner_id}" if winner_id is not None else ""
+        return OperationRejectedError(
+            op.ecs_id,
+            op.target_entity_id,
+            op.priority,
+            winner_id,
+            winner_priority,
+            f"operation {op.ecs_id} ({self.name}) rejected: {text}{suffix}",
+        )
+
+
+def _build_config(
+    pre_ecs: PreECSConfig | bool | None,
+    occ: OCCConfig | bool | None,
+    cleanup: CleanupConfig | CleanupStrategy | str | None,
+    mode: ConflictResolutionMode | str | None,
+    config: ConflictResolutionConfig | None,
+) -> ConflictResolutionConfig:
+    if config is not None:
+        if not isinstance(config, ConflictResolutionConfig):
+            raise ConfigurationError(
+                "config", f"expected ConflictResolutionConfig, got {type(config).__name__}"
+            )
+        given = [
+            n
+            for n, v in (("pre_ecs", pre_ecs), ("occ", occ), ("cleanup", cleanup), ("mode", mode))
+            if v is not None
+        ]
+        if given:
+            raise ConfigurationError(
+                "config", f"pass either config= or {', '.join(given)}=, not both"
+            )
+        return config
+    if isinstance(cleanup, (CleanupStrategy, str)):
+        cleanup = CleanupConfig(strategy=CleanupStrategy(cleanup))
+    elif cleanup is not None and not isinstance(cleanup, CleanupConfig):
+        raise ConfigurationError(
+            "cleanup", f"expected CleanupConfig or a strategy name, got {type(cleanup).__name__}"
+        )
+    data: dict[str, Any] = {"pre_ecs": pre_ecs, "occ": occ}
+    if cleanup is not None:
+        data["cleanup"] = cleanup
+    if mode is not None:
+        data["mode"] = mode
+    try:
+        return ConflictResolutionConfig(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigurationError(field, first["msg"]) from exc
+
+
+def _check_handlers(config: ConflictResolutionConfig) -> None:
+    cleanup = config.cleanup
+    if cleanup.strategy is CleanupStrategy.CUSTOM:
+        name = cleanup.custom_cleanup_handler or ""
+        if not CleanupHandlerRegistry.has(name):
+            raise ConfigurationError(
+                "cleanup.custom_cleanup_handler",
+                f"no cleanup handler registered under {name!r} "
+                f"(registered: {', '.join(CleanupHandlerRegistry.names())})",
+            )
+
+
+@overload
+def with_conflict_resolution(func: Callable[P, R], /) -> ConflictResolved[P, R]: ...
+
+
+@overload
+def with_conflict_resolution(
+    func: None = None,
+    /,
+    *,
+    pre_ecs: PreECSConfig | bool | None = None,
+    occ: OCCConfig | bool | None = None,
+    cleanup: CleanupConfig | CleanupStrategy | str | None = None,
+    mode: ConflictResolutionMode | str | None = None,
+    config: ConflictResolutionConfig | None = None,
+    priority: int = OperationPriority.NORMAL,
+    runtime: Runtime | None = None,
+) -> Callable[[Callable[P, R]], ConflictResolved[P, R]]: ...
+
+
+def with_conflict_resolution(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    pre_ecs: PreECSConfig | bool | None = None,
+    occ: OCCConfig | bool | None = None,
+    cleanup: CleanupConfig | CleanupStrategy | str | None = None,
+    mode: ConflictResolutionMode | str | None = None,
+    config: ConflictResolutionConfig | None = None,
+    priority: int = OperationPriority.NORMAL,
+    runtime: Runtime | None = None,
+) -> ConflictResolved[P, R] | Callable[[Callable[P, R]], ConflictResolved[P, R]]:
+    """Protect a function whose arguments include entities.
+
+    Concurrent calls on the same primary target (the first Entity argument) are staged and the
+    highest priority wins (`pre_ecs`, on unless disabled); commits can be guarded by version
+    compare-and-set with retries (`occ`, off unless given); records of calls that end rejected,
+    failed or cancelled are cleaned up by `cleanup` (default: deferred, 30 minutes).
+    A call without any Entity argument conflicts with nothing: it runs at once.
+    Everything is validated here, at decoration time.
+    """
+    resolved = _build_config(pre_ecs, occ, cleanup, mode, config)
+    _check_handlers(resolved)
+    default_priority = _check_priority(priority)
+
+    def decorate(fn: Callable[P, R]) -> ConflictResolved[P, R]:
+        if not callable(fn):
+            raise ConfigurationError("func", f"expected a callable, got {fn!r}")
+        protected: _Protected[P, R] = _Protected(fn, resolved, default_priority, runtime)
+        wrapper: Callable[..., Any]
+
+        if protected.is_async:
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await protected.run(protected.priority, args, kwargs)
+
+            def async_with_priority(p: int) -> Callable[..., Any]:
+                checked = _check_priority(p)
+
+                @functools.wraps(fn)
+                async def call(*args: Any, **kwargs: Any) -> Any:
+                    return await protected.run(checked, args, kwargs)
+
+                return call
+
+            wrapper = async_wrapper
+            wrapper.with_priority = async_with_priority  # type: ignore[attr-defined]
+        else:
+
+            @functools.wraps(fn)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return _run_sync(protected, protected.priority, args, kwargs)
+
+            def sync_with_priority(p: int) -> Callable[..., Any]:
+                checked = _check_priority(p)
+
+                @functools.wraps(fn)
+                def call(*args: Any, **kwargs: Any) -> Any:
+                    return _run_sync(protected, checked, args, kwargs)
+
+                return call
+
+            wrapper = sync_wrapper
+            wrapper.with_priority = sync_with_priority  # type: ignore[attr-defined]
+
+        wrapper.conflict_config = resolved  # type: ignore[attr-defined]
+        wrapper.priority = default_priority  # type: ignore[attr-defined]
+        return cast("ConflictResolved[P, R]", wrapper)
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+def _run_sync(
+    protected: _Protected[Any, Any], priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(protected.run(priority, args, kwargs))
+    raise RuntimeError(
+        f"{protected.name} is a sync function decorated with with_conflict_resolution and was "
+        "called inside a running event loop, where it would block the loop; decorate an "
+        "`async def` and await it, or call this function from synchronous code"
+    )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def no_conflict_resolution(func: F) -> F:
+    """Mark a function as deliberately unprotected (it runs as written; nothing is staged)."""
+    func.__contend_unprotected__ = True  # type: ignore[attr-defined]
+    return func

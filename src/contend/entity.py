@@ -1,0 +1,25 @@
+"""Entities: the things concurrent operations fight over."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contend.clock import utcnow
+
+__all__ = ["Entity"]
+
+
+class Entity(BaseModel):
+    """A piece of state with a stable identity and a version that every commit bumps.
+
+    Subclass it: ``class BankAccount(Entity): balance: float``.
+    """
+
+    model_config = ConfigDict(validate_assignment=False, revalidate_instances="never")
+
+    ecs_id: UUID = Field(default_factory=uuid4, description="Stable identity across versions.")
+    version: int = Field(default=0, ge=0, description="Committed writes so far.")
+    last_modified: datetime = Field(default_factory=utcnow, description="Aware UTC time.")

@@ -1,0 +1,79 @@
+"""Exceptions a caller of a decorated function can meet."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+__all__ = [
+    "ConfigurationError",
+    "ContendError",
+    "InvalidTransitionError",
+    "OCCConflictError",
+    "OperationRejectedError",
+    "RuntimeBindingError",
+]
+
+
+class ContendError(Exception):
+    """Base of every error contend raises on purpose."""
+
+
+class ConfigurationError(ContendError, ValueError):
+    """A decorator or config was given values it cannot work with; the message names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class InvalidTransitionError(ContendError, RuntimeError):
+    """An operation record was asked to move along an edge the status machine does not have."""
+
+    def __init__(self, op_id: UUID, current: str, requested: str) -> None:
+        self.op_id = op_id
+        self.current = current
+        self.requested = requested
+        super().__init__(f"operation {op_id}: illegal status transition {current} -> {requested}")
+
+
+class OperationRejectedError(ContendError, RuntimeError):
+    """The call lost its staging window to a higher-priority (or earlier) call."""
+
+    def __init__(
+        self,
+        op_id: UUID,
+        target_entity_id: UUID | None,
+        priority: int,
+        winner_id: UUID | None,
+        winner_priority: int | None,
+        reason: str,
+    ) -> None:
+        self.op_id = op_id
+        self.target_entity_id = target_entity_id
+        self.priority = priority
+        self.winner_id = winner_id
+        self.winner_priority = winner_priority
+        self.reason = reason
+        super().__init__(reason)
+
+
+class OCCConflictError(ContendError, RuntimeError):
+    """Every optimistic attempt found a target changed under it; nothing was committed."""
+
+    def __init__(
+        self, op_id: UUID, entity_id: UUID, expected_version: int, actual_version: int, attempts: int
+    ) -> None:
+        self.op_id = op_id
+        self.entity_id = entity_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        self.attempts = attempts
+        super().__init__(
+            f"operation {op_id}: entity {entity_id} changed under it "
+            f"(expected version {expected_version}, found {actual_version}) "
+            f"after {attempts} attempt(s); nothing was committed"
+        )
+
+
+class RuntimeBindingError(ContendError, RuntimeError):
+    """A runtime was used from a second event loop or thread while another still drives it."""

@@ -1,0 +1,67 @@
+"""The design's health check, computed from one runtime's books."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contend.runtime import Runtime, get_runtime
+
+__all__ = ["cleanup_system_health_check"]
+
+ZOMBIE_DEGRADED = 10_000
+PRESSURE_DEGRADED = 0.9
+OLDEST_ZOMBIE_DEGRADED_SECONDS = 24 * 3600
+FAILURE_RATE_UNHEALTHY = 0.10
+
+
+async def cleanup_system_health_check(runtime: Runtime | None = None) -> dict[str, Any]:
+    """Comprehensive health check for cleanup system."""
+    rt = runtime or get_runtime()
+    counts = await rt.backend.zombie_counts_by_target()
+    zombie_counts = {str(k): v for k, v in counts.items()}
+    total_zombies = rt.backend.zombie_count
+    manager = rt.cleanup
+    failed_cleanup_handlers = dict(manager.failed_handlers)
+    memory_pressure = rt.memory.pressure()
+    oldest = None
+    now = rt.clock.now()
+    for op in await rt.backend.oldest_zombies():
+        if op.completed_at is not None:
+            age = (now - op.completed_at).total_seconds()
+            oldest = age if oldest is None else max(oldest, age)
+    runs = manager.handler_runs
+    failure_rate = manager.handler_failures / runs if runs else 0.0
+
+    status = "healthy"
+    issues: list[str] = []
+    if total_zombies > ZOMBIE_DEGRADED:
+        status = "degraded"
+        issues.append(f"High zombie count: {total_zombies}")
+    if memory_pressure > PRESSURE_DEGRADED:
+        status = "degraded"
+        issues.append(f"High memory pressure: {memory_pressure:.1%}")
+    if oldest is not None and oldest > OLDEST_ZOMBIE_DEGRADED_SECONDS:
+        status = "degraded"
+        issues.append(f"Oldest zombie is {oldest / 3600:.1f} h old")
+    if rt.memory.failures:
+        status = "degraded" if status == "healthy" else status
+        issues.append(f"Memory probe failed {rt.memory.failures} time(s): {rt.memory.last_error}")
+    if failed_cleanup_handlers:
+        status = "unhealthy"
+        issues.append(f"Failed cleanup handlers: {failed_cleanup_handlers}")
+    if failure_rate > FAILURE_RATE_UNHEALTHY:
+        status = "unhealthy"
+        issues.append(f"Cleanup failure rate {failure_rate:.1%} exceeds 10%")
+
+    return {
+        "status": status,
+        "total_zombie_operations": total_zombies,
+        "zombie_counts_by_target": zombie_counts,
+        "memory_pressure": memory_pressure,
+        "active_cleanup_tasks": manager.active_tasks + (1 if manager.sweeper_running else 0),
+        "failed_cleanup_handlers": failed_cleanup_handlers,
+        "oldest_zombie_age_seconds": oldest,
+        "cleanup_failure_rate": failure_rate,
+        "event_subscriber_errors": rt.events.subscriber_errors,
+        "issues": issues,
+    }

@@ -1,0 +1,94 @@
+"""Optimistic concurrency: run on working copies, commit with one compare-and-set, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from contend._args import substitute, substitute_call
+from contend.backends.base import Write
+from contend.errors import OCCConflictError
+from contend.events import OperationRetriedEvent
+
+if TYPE_CHECKING:
+    from contend.config import OCCConfig
+    from contend.entity import Entity
+    from contend.operations import ConflictResolutionOperation
+    from contend.runtime import Runtime
+
+__all__ = ["run_with_occ"]
+
+log = logging.getLogger("contend.occ")
+
+
+async def run_with_occ(
+    rt: Runtime,
+    op: ConflictResolutionOperation,
+    config: OCCConfig,
+    fn: Callable[..., Any],
+    committed: list[Entity],
+    passed: list[Entity],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """Run `fn` on fresh copies of `committed` until one commit succeeds or retries run out.
+
+    Each attempt copies the committed state with its version, runs the function on the copies,
+    and commits them all at once only if every version is still as read. Nothing is written on a
+    conflict. After success the instances the caller passed hold the committed state, and any
+    working copy in the result is replaced by its committed instance.
+    """
+    backend = rt.backend
+    metrics = rt.metrics
+    attempt = 0
+    while True:
+        copies = [c.model_copy(deep=True) for c in committed]
+        by_id = {c.ecs_id: c for c in copies}
+        a2, k2 = substitute_call(args, kwargs, by_id)
+        result = fn(*a2, **k2)
+        if inspect.isawaitable(result):
+            result = await result
+        writes = [Write(c, cp, cp.version) for c, cp in zip(committed, copies, strict=True)]
+        conflict = await backend.commit(writes, rt.clock.now())
+        if conflict is None:
+            for p, c in zip(passed, committed, strict=True):
+                if p is not c:
+                    p.__dict__.update(c.__dict__)
+            return substitute(result, {c.ecs_id: c for c in committed})
+        metrics.occ_conflicts.inc()
+        if attempt >= config.max_retries:
+            metrics.occ_exhausted.inc()
+            raise OCCConflictError(
+                op.ecs_id, conflict.entity_id, conflict.expected, conflict.actual, attempt + 1
+            )
+        delay = config.delay_seconds(attempt, random.random())
+        attempt += 1
+        op.__dict__["retry_count"] = attempt
+        metrics.occ_retries.inc()
+        log.debug(
+            "operation %s: entity %s at version %d, expected %d; retry %d/%d in %.1f ms",
+            op.ecs_id,
+            conflict.entity_id,
+            conflict.actual,
+            conflict.expected,
+            attempt,
+            config.max_retries,
+            delay * 1000,
+        )
+        if rt.events.wants(OperationRetriedEvent):
+            await rt.events.emit(
+                OperationRetriedEvent(
+                    op_id=op.ecs_id,
+                    target_entity_id=op.target_entity_id,
+                    attempt=attempt,
+                    entity_id=conflict.entity_id,
+                    expected_version=conflict.expected,
+                    actual_version=conflict.actual,
+                    delay_ms=delay * 1000,
+                )
+            )
+        await asyncio.sleep(delay)

@@ -1,0 +1,87 @@
+"""The user-facing view of a runtime's state: committed entities and operation records."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from uuid import UUID
+
+from contend.config import CleanupStrategy
+from contend.entity import Entity
+from contend.operations import TERMINAL_STATUSES, ConflictResolutionOperation, OperationStatus
+
+if TYPE_CHECKING:
+    from contend.runtime import Runtime
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """Lookups by id, target and status, each O(1) or O(result).
+
+    Queries meet zombies; a lazy zombie that is due is removed on the spot and left out of the
+    answer (the LAZY strategy's only trigger).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    @property
+    def zombie_count(self) -> int:
+        return self._rt.backend.zombie_count
+
+    async def register(self, entity: Entity) -> Entity:
+        """Register an entity ahead of its first call; returns the committed instance."""
+        return await self._rt.backend.ensure_entity(entity)
+
+    async def get_entity(self, entity_id: UUID) -> Entity | None:
+        return await self._rt.backend.get_entity(entity_id)
+
+    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
+        op = await self._rt.backend.get_operation(op_id)
+        if op is None:
+            return None
+        kept = await self._rt.cleanup.remove_due_lazy([op])
+        return kept[0] if kept else None
+
+    async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
+        ops = await self._rt.backend.operations_for_target(target_id)
+        return await self._rt.cleanup.remove_due_lazy(ops)
+
+    async def conflicting_operations(
+        self, operation: ConflictResolutionOperation
+    ) -> list[ConflictResolutionOperation]:
+        """Records in flight (pending or executing) on any target of `operation`, except itself."""
+        seen: dict[UUID, ConflictResolutionOperation] = {}
+        for tid in operation.target_entity_ids:
+            for op in await self.operations_for_target(tid):
+                if op.ecs_id != operation.ecs_id and op.status not in TERMINAL_STATUSES:
+                    seen.setdefault(op.ecs_id, op)
+        return list(seen.values())
+
+    async def operations_with_status(
+        self, status: OperationStatus
+    ) -> list[ConflictResolutionOperation]:
+        ops = await self._rt.backend.operations_with_status(status)
+        if status in TERMINAL_STATUSES:
+            return await self._rt.cleanup.remove_due_lazy(ops)
+        return ops
+
+    async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
+        ops = await self._rt.backend.zombies(target_id)
+        return await self._rt.cleanup.remove_due_lazy(ops)
+
+    async def zombie_counts_by_target(self) -> dict[UUID, int]:
+        return await self._rt.backend.zombie_counts_by_target()
+
+    async def remove(self, op_id: UUID) -> bool:
+        """Remove a record by hand (counted under reason "manual"); False if it was not there."""
+        op = await self._rt.backend.get_operation(op_id)
+        if op is None:
+            return False
+        if not op.is_terminal:
+            raise ValueError(
+                f"operation {op_id} is {op.status.value}; only terminal records can be removed"
+            )
+        return await self._rt.cleanup.remove(
+            op_id, "manual", strategy=op.cleanup_strategy or CleanupStrategy.NONE
+        )

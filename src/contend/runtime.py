@@ -1,0 +1,154 @@
+"""The runtime: one object owning registry, events, staging, cleanup and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from contend.backends.memory import MemoryBackend
+from contend.cleanup.manager import CleanupManager
+from contend.cleanup.memory import MemoryPressureMonitor
+from contend.clock import Clock, SystemClock
+from contend.errors import RuntimeBindingError
+from contend.events import EventBus, OperationConflictEvent
+from contend.metrics import CleanupMetrics
+from contend.registry import Registry
+
+if TYPE_CHECKING:
+    from contend.backends.base import Backend
+    from contend.operations import ConflictResolutionOperation
+
+__all__ = ["Runtime", "get_runtime", "reset_runtime", "set_runtime", "use_runtime"]
+
+log = logging.getLogger("contend.runtime")
+
+
+class Runtime:
+    """Everything contend keeps for one application: state lives here, never in module globals.
+
+    A runtime is driven by one event loop at a time. It may move to a new loop once the old one
+    has stopped (two ``asyncio.run()`` calls in a row), but a call from a second loop while the
+    first is still running raises ``RuntimeBindingError``: create one runtime per loop instead.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        clock: Clock | None = None,
+        memory_probe: Callable[[], float] | None = None,
+        name: str = "contend",
+    ) -> None:
+        self.name = name
+        self.backend: Backend = backend if backend is not None else MemoryBackend()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.events = EventBus()
+        self.metrics = CleanupMetrics()
+        self.memory = MemoryPressureMonitor(memory_probe)
+        self.cleanup = CleanupManager(self)
+        self.registry = Registry(self)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._functions: set[str] = set()
+        coordinator = self.backend.coordinator
+        if hasattr(coordinator, "on_window"):
+            coordinator.on_window = self._on_window
+
+    def __repr__(self) -> str:
+        return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
+
+    def bind_loop(self) -> None:
+        """Called on every decorated call: cheap when the loop is unchanged."""
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        old = self._loop
+        if old is not None and not old.is_closed() and old.is_running():
+            raise RuntimeBindingError(
+                f"runtime {self.name!r} is driven by another running event loop "
+                f"(thread {threading.current_thread().name!r} tried to use it); "
+                "create a Runtime per event loop or thread"
+            )
+        reset = getattr(self.backend.coordinator, "reset", None)
+        if old is not None and reset is not None:
+            reset()
+        self.cleanup.stop()
+        self._loop = loop
+
+    def note_function(self, name: str, strategy: str) -> None:
+        """Count a decorated function once per runtime, by its cleanup strategy."""
+        if name not in self._functions:
+            self._functions.add(name)
+            self.metrics.decorators_by_cleanup_strategy.labels(strategy).inc()
+
+    def _on_window(
+        self, winner: ConflictResolutionOperation, entries: list[ConflictResolutionOperation]
+    ) -> None:
+        self.metrics.staging_window_size.observe(len(entries))
+        if self.events.wants(OperationConflictEvent):
+            event = OperationConflictEvent(
+                op_id=winner.ecs_id,
+                target_entity_id=winner.target_entity_id,
+                contenders=len(entries),
+                winner_priority=winner.priority,
+                rejected_ids=tuple(e.ecs_id for e in entries if e is not winner),
+            )
+            task = asyncio.get_running_loop().create_task(self.events.emit(event))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Stop the sweeper and release the backend's connections."""
+        self.cleanup.stop()
+        await self.backend.close()
+
+
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
+    "contend_runtime", default=None
+)
+
+
+def get_runtime() -> Runtime:
+    """The runtime in force: the one made current by `use_runtime`, else the process default."""
+    rt = _current.get()
+    if rt is not None:
+        return rt
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Runtime(name="default")
+    return _default
+
+
+def set_runtime(runtime: Runtime) -> Runtime | None:
+    """Make `runtime` the process default; returns the previous default."""
+    global _default
+    previous, _default = _default, runtime
+    return previous
+
+
+def reset_runtime() -> Runtime:
+    """Replace the process default with a fresh runtime (forgets every record and entity)."""
+    global _default
+    if _default is not None:
+        _default.cleanup.stop()
+    _default = Runtime(name="default")
+    return _default
+
+
+@contextlib.contextmanager
+def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
+    """Make `runtime` current in this context (and in tasks created inside it)."""
+    token = _current.set(runtime)
+    try:
+        yield runtime
+    finally:
+        _current.reset(token)
