@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-class CleanupStrategy(str, Enum):
+class CleanupStrategy(StrEnum):
     """Available cleanup strategies for rejected operations."""
 
     NONE = "none"
@@ -34,7 +34,7 @@ class CleanupStrategy(str, Enum):
     CUSTOM = "custom"
 
 
-class ConflictResolutionMode(str, Enum):
+class ConflictResolutionMode(StrEnum):
     """Which protections a decorated call gets."""
 
     NONE = "none"
@@ -47,7 +47,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
 class PreECSConfig(BaseModel):
-    """Staging: concurrent calls on one target are collected in a window; the highest priority wins."""
+    """Staging: calls on one target are collected in a window; the highest priority wins."""
 
     model_config = _FROZEN
 
@@ -127,7 +127,7 @@ class CleanupConfig(BaseModel):
         return self
 
     def validate_config(self) -> bool:
-        """Check the combinations single fields cannot; raises ConfigurationError naming the field."""
+        """Check what single fields cannot; raises ConfigurationError naming the field."""
         if self.strategy is CleanupStrategy.CUSTOM and not self.custom_cleanup_handler:
             raise ConfigurationError(
                 "custom_cleanup_handler", "strategy CUSTOM requires custom_cleanup_handler"

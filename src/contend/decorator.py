@@ -8,6 +8,7 @@ import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
+from uuid import UUID
 
 from pydantic import ValidationError
 
@@ -134,7 +135,7 @@ class _Protected(Generic[P, R]):
             else:
                 if any(p is not c for p, c in zip(passed, committed, strict=True)):
                     args, kwargs = substitute_call(args, kwargs, {c.ecs_id: c for c in committed})
-                result = self.fn(*args, **kwargs)  # type: ignore[arg-type]
+                result = self.fn(*args, **kwargs)
                 if self.is_async:
                     result = await result
                 if committed:
@@ -180,12 +181,14 @@ class _Protected(Generic[P, R]):
         self, rt: Runtime, op: ConflictResolutionOperation, lost: Lost
     ) -> OperationRejectedError:
         winner = lost.winner
+        winner_id: UUID | None
+        winner_priority: int | None
         if winner is not None:
             text = _rejection_text(op.priority, winner.priority)
             winner_id, winner_priority = winner.ecs_id, winner.priority
         else:
             text = lost.reason or "rejected by staging"
-            winner_id = winner_priority = None
+            winner_id, winner_priority = None, None
         eff = await rt.cleanup.bury(op, OperationStatus.REJECTED, self.cleanup, text, winner_id)
         log.debug(
             "operation %s (%s, priority %d) rejected on target %s: winner %s (priority %s); "
@@ -338,7 +341,7 @@ def with_conflict_resolution(
                 return call
 
             wrapper = async_wrapper
-            wrapper.with_priority = async_with_priority  # type: ignore[attr-defined]
+            setattr(wrapper, "with_priority", async_with_priority)  # noqa: B010
         else:
 
             @functools.wraps(fn)
@@ -355,10 +358,10 @@ def with_conflict_resolution(
                 return call
 
             wrapper = sync_wrapper
-            wrapper.with_priority = sync_with_priority  # type: ignore[attr-defined]
+            setattr(wrapper, "with_priority", sync_with_priority)  # noqa: B010
 
-        wrapper.conflict_config = resolved  # type: ignore[attr-defined]
-        wrapper.priority = default_priority  # type: ignore[attr-defined]
+        setattr(wrapper, "conflict_config", resolved)  # noqa: B010
+        setattr(wrapper, "priority", default_priority)  # noqa: B010
         return cast("ConflictResolved[P, R]", wrapper)
 
     if func is not None:

@@ -61,7 +61,12 @@ class OCCConflictError(ContendError, RuntimeError):
     """Every optimistic attempt found a target changed under it; nothing was committed."""
 
     def __init__(
-        self, op_id: UUID, entity_id: UUID, expected_version: int, actual_version: int, attempts: int
+        self,
+        op_id: UUID,
+        entity_id: UUID,
+        expected_version: int,
+        actual_version: int,
+        attempts: int,
     ) -> None:
         self.op_id = op_id
         self.entity_id = entity_id

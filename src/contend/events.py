@@ -100,7 +100,7 @@ class EventBus:
     def subscribe(
         self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]
     ) -> Callable[[], None]:
-        """Deliver events of `event_type` (and its subclasses) to `handler`; returns an unsubscriber."""
+        """Deliver `event_type` events (subclasses too) to `handler`; returns an unsubscriber."""
         self._subs.setdefault(event_type, []).append(handler)
         self._resolved.clear()
 
@@ -109,7 +109,9 @@ class EventBus:
 
         return unsubscribe
 
-    def unsubscribe(self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]) -> None:
+    def unsubscribe(
+        self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]
+    ) -> None:
         handlers = self._subs.get(event_type)
         if handlers and handler in handlers:
             handlers.remove(handler)
@@ -126,9 +128,7 @@ class EventBus:
     def _handlers_for(self, event_type: type[OperationEvent]) -> tuple[Handler, ...]:
         found = self._resolved.get(event_type)
         if found is None:
-            found = tuple(
-                h for klass in event_type.__mro__ for h in self._subs.get(klass, ())  # type: ignore[call-overload]
-            )
+            found = tuple(h for klass in event_type.__mro__ for h in self._subs.get(klass, ()))
             self._resolved[event_type] = found
         return found
 

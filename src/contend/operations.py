@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import Enum, IntEnum
+from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -37,7 +37,7 @@ class OperationPriority(IntEnum):
     CRITICAL = 10
 
 
-class OperationStatus(str, Enum):
+class OperationStatus(StrEnum):
     PENDING = "pending"
     EXECUTING = "executing"
     SUCCEEDED = "succeeded"

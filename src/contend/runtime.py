@@ -45,7 +45,7 @@ class Runtime:
         name: str = "contend",
     ) -> None:
         self.name = name
-        self.backend: Backend = backend if backend is not None else MemoryBackend()
+        self.backend: Backend = MemoryBackend() if backend is None else backend
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.events = EventBus()
         self.metrics = CleanupMetrics()

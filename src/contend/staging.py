@@ -84,8 +84,10 @@ class LocalCoordinator:
     def reset(self) -> None:
         """Forget windows of a loop that has stopped (their callers can never resume)."""
         if self._targets:
-            log.warning("dropping staging state of %d target(s) from a stopped event loop",
-                        len(self._targets))
+            log.warning(
+                "dropping staging state of %d target(s) from a stopped event loop",
+                len(self._targets),
+            )
         self._targets.clear()
 
     def running(self, target_id: UUID) -> ConflictResolutionOperation | None:

@@ -66,7 +66,11 @@ class Backend(Protocol):
     """Committed entity state, operation records and the zombie books, indexed for O(result)."""
 
     name: str
-    coordinator: Coordinator
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """The staging coordinator that shares this backend's view of targets."""
+        ...
 
     @property
     def zombie_count(self) -> int:
