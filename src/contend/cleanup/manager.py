@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from contend.cleanup.handlers import (
@@ -142,19 +143,18 @@ class CleanupManager:
         config: CleanupConfig,
     ) -> None:
         metrics = self.rt.metrics
-        custom = isinstance(handler, CustomCleanupHandler)
-        if custom:
-            metrics.custom_cleanup_handlers_used.labels(handler.name).inc()
+        custom = handler if isinstance(handler, CustomCleanupHandler) else None
+        if custom is not None:
+            metrics.custom_cleanup_handlers_used.labels(custom.name).inc()
         self.handler_runs += 1
         self.active_tasks += 1
         started = time.perf_counter()
         try:
-            if custom:
-                result = await asyncio.wait_for(
-                    handler.handle_operation_rejection(op), config.handler_timeout_seconds
-                )
+            coro: Awaitable[object] = handler.handle_operation_rejection(op)
+            if custom is not None:
+                result = await asyncio.wait_for(coro, config.handler_timeout_seconds)
             else:
-                result = await handler.handle_operation_rejection(op)  # type: ignore[func-returns-value]
+                result = await coro
             if result is not None:
                 raise TypeError(f"handler returned {result!r}; a cleanup handler returns None")
         except Exception as exc:
@@ -162,7 +162,7 @@ class CleanupManager:
                 why = f"timed out after {config.handler_timeout_seconds}s"
             else:
                 why = f"{type(exc).__name__}: {exc}"
-            name = handler.name if isinstance(handler, CustomCleanupHandler) else eff.strategy.value
+            name = custom.name if custom is not None else eff.strategy.value
             self.handler_failures += 1
             self.failed_handlers[name] += 1
             self.last_failure = f"{name}: {why}"
