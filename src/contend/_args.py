@@ -15,26 +15,24 @@ _CONTAINERS = (list, tuple, set, frozenset, dict)
 def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]:
     """Every Entity in the arguments (also inside lists, tuples, sets and dict values), first
     occurrence of each id, in order."""
-    found: dict[UUID, Entity] = {}
+    found: dict[int, Entity] = {}
     for a in args:
         if isinstance(a, Entity):
-            if a.ecs_id not in found:
-                found[a.ecs_id] = a
+            found.setdefault(a.ecs_id.int, a)
         elif isinstance(a, _CONTAINERS):
             _collect(a, found)
     if kwargs:
         for a in kwargs.values():
             if isinstance(a, Entity):
-                if a.ecs_id not in found:
-                    found[a.ecs_id] = a
+                found.setdefault(a.ecs_id.int, a)
             elif isinstance(a, _CONTAINERS):
                 _collect(a, found)
     return list(found.values())
 
 
-def _collect(obj: Any, found: dict[UUID, Entity]) -> None:
+def _collect(obj: Any, found: dict[int, Entity]) -> None:
     if isinstance(obj, Entity):
-        found.setdefault(obj.ecs_id, obj)
+        found.setdefault(obj.ecs_id.int, obj)
     elif isinstance(obj, dict):
         for v in obj.values():
             _collect(v, found)

@@ -100,15 +100,37 @@ class OperationEntity(Entity):
 
     def transition(self, to: OperationStatus, at: datetime | None = None) -> None:
         """Move along one edge of the status machine; anything else raises."""
-        current = self.status
+        d = self.__dict__
+        current = d["status"]
         if to not in TRANSITIONS[current]:
             raise InvalidTransitionError(self.ecs_id, current.value, to.value)
-        d = self.__dict__
         d["status"] = to
-        if to is OperationStatus.EXECUTING:
-            d["started_at"] = at or utcnow()
-        elif to in TERMINAL_STATUSES:
-            d["completed_at"] = at or utcnow()
+        d["started_at" if to is OperationStatus.EXECUTING else "completed_at"] = at or utcnow()
+
+
+_new = object.__new__
+_set = object.__setattr__
+_TEMPLATE: dict[str, Any] = {
+    "ecs_id": None,
+    "version": 0,
+    "last_modified": None,
+    "function_name": "",
+    "target_entity_id": None,
+    "target_entity_ids": (),
+    "target_type": "",
+    "priority": OperationPriority.NORMAL,
+    "status": OperationStatus.PENDING,
+    "created_at": None,
+    "started_at": None,
+    "completed_at": None,
+    "error_message": None,
+    "retry_count": 0,
+    "winner_id": None,
+    "cleanup_config": None,
+    "cleanup_scheduled_at": None,
+    "cleanup_handler_name": None,
+    "cleanup_strategy": None,
+}
 
 
 class ConflictResolutionOperation(OperationEntity):
@@ -136,35 +158,20 @@ class ConflictResolutionOperation(OperationEntity):
         Pydantic validation costs several microseconds a call; every value here comes from a
         validated config or from the registry, so the record is assembled directly.
         """
-        op = object.__new__(cls)
-        object.__setattr__(
-            op,
-            "__dict__",
-            {
-                "ecs_id": new_id(),
-                "version": 0,
-                "last_modified": now,
-                "function_name": function_name,
-                "target_entity_id": target_ids[0] if target_ids else None,
-                "target_entity_ids": target_ids,
-                "target_type": target_type,
-                "priority": priority,
-                "status": OperationStatus.PENDING,
-                "created_at": now,
-                "started_at": None,
-                "completed_at": None,
-                "error_message": None,
-                "retry_count": 0,
-                "winner_id": None,
-                "cleanup_config": cleanup_config,
-                "cleanup_scheduled_at": None,
-                "cleanup_handler_name": None,
-                "cleanup_strategy": None,
-            },
-        )
-        object.__setattr__(op, "__pydantic_fields_set__", cls._FIELDS)
-        object.__setattr__(op, "__pydantic_extra__", None)
-        object.__setattr__(op, "__pydantic_private__", None)
+        op = _new(cls)
+        d = _TEMPLATE.copy()
+        d["ecs_id"] = new_id()
+        d["last_modified"] = d["created_at"] = now
+        d["function_name"] = function_name
+        d["target_entity_id"] = target_ids[0] if target_ids else None
+        d["target_entity_ids"] = target_ids
+        d["target_type"] = target_type
+        d["priority"] = priority
+        d["cleanup_config"] = cleanup_config
+        _set(op, "__dict__", d)
+        _set(op, "__pydantic_fields_set__", cls._FIELDS)
+        _set(op, "__pydantic_extra__", None)
+        _set(op, "__pydantic_private__", None)
         return op
 
     def get_cleanup_config(self) -> CleanupConfig:

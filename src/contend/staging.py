@@ -28,24 +28,26 @@ WindowObserver = Callable[
 class _Window:
     """Calls collected for one target; closed once, then every entry knows whether it won."""
 
-    __slots__ = ("closed", "entries", "fast", "futures", "timer", "timer_fired", "winner")
+    __slots__ = (
+        "closed",
+        "entries",
+        "fast",
+        "futures",
+        "tasks",
+        "timer",
+        "timer_fired",
+        "winner",
+    )
 
     def __init__(self, fast: bool) -> None:
         self.entries: list[ConflictResolutionOperation] = []
-        self.futures: dict[UUID, asyncio.Future[None]] = {}
+        self.futures: dict[int, asyncio.Future[None]] = {}
+        self.tasks: dict[UUID, asyncio.Task[Any] | None] = {}
         self.closed = False
         self.fast = fast
         self.winner: ConflictResolutionOperation | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_fired = False
-
-
-class _Target:
-    __slots__ = ("running", "window")
-
-    def __init__(self) -> None:
-        self.running: ConflictResolutionOperation | None = None
-        self.window: _Window | None = None
 
 
 @types.coroutine
@@ -65,6 +67,29 @@ def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
     return type(ready) is collections.deque and not ready
 
 
+def _pick_winner(
+    entries: list[ConflictResolutionOperation], tasks: dict[UUID, asyncio.Task[Any] | None]
+) -> ConflictResolutionOperation:
+    """Highest priority, ties to the earliest; a call whose caller is being cancelled cannot win.
+
+    A cancellation requested in the tick the window closes has not reached its caller yet; letting
+    that call win would reject everyone else in favour of a call that never runs.
+    """
+    best: ConflictResolutionOperation | None = None
+    for candidate in entries:
+        task = tasks.get(candidate.ecs_id)
+        if task is not None and task.cancelling():
+            continue
+        if best is None or candidate.priority > best.priority:
+            best = candidate
+    if best is None:
+        best = entries[0]
+        for candidate in entries:
+            if candidate.priority > best.priority:
+                best = candidate
+    return best
+
+
 class LocalCoordinator:
     """Staging for the in-memory backend.
 
@@ -75,50 +100,46 @@ class LocalCoordinator:
     """
 
     def __init__(self, on_window: WindowObserver | None = None) -> None:
-        self._targets: dict[UUID, _Target] = {}
+        self._running: dict[int, ConflictResolutionOperation] = {}
+        self._windows: dict[int, _Window] = {}
         self.on_window = on_window
 
     def in_flight(self) -> int:
-        return len(self._targets)
+        return len(self._running.keys() | self._windows.keys())
 
     def reset(self) -> None:
         """Forget windows of a loop that has stopped (their callers can never resume)."""
-        if self._targets:
+        if self._running or self._windows:
             log.warning(
                 "dropping staging state of %d target(s) from a stopped event loop",
-                len(self._targets),
+                self.in_flight(),
             )
-        self._targets.clear()
+        self._running.clear()
+        self._windows.clear()
 
     def running(self, target_id: UUID) -> ConflictResolutionOperation | None:
-        st = self._targets.get(target_id)
-        return st.running if st else None
+        return self._running.get(target_id.int)
 
     def pending(self, target_id: UUID) -> list[ConflictResolutionOperation]:
-        st = self._targets.get(target_id)
-        if st is None or st.window is None or st.window.closed:
-            return []
-        return list(st.window.entries)
+        w = self._windows.get(target_id.int)
+        return list(w.entries) if w is not None else []
 
     async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> None:
-        tid = op.target_entity_id
-        if tid is None:
+        target = op.target_entity_id
+        if target is None:
             return
-        targets = self._targets
-        st = targets.get(tid)
-        if st is None:
-            st = targets[tid] = _Target()
-        w = st.window
+        tid = target.int
+        w = self._windows.get(tid)
         if w is None:
             timeout_ms = config.staging_timeout_ms
-            if timeout_ms == 0 and st.running is None:
+            if timeout_ms == 0 and tid not in self._running:
                 loop = asyncio.get_running_loop()
                 if _loop_is_idle(loop):
-                    st.running = op
+                    self._running[tid] = op
                     return
-                w = st.window = _Window(fast=True)
+                w = self._windows[tid] = _Window(fast=True)
             else:
-                w = st.window = _Window(fast=False)
+                w = self._windows[tid] = _Window(fast=False)
                 if timeout_ms > 0:
                     w.timer = asyncio.get_running_loop().call_later(
                         timeout_ms / 1000.0, self._on_timer, tid, w
@@ -126,7 +147,7 @@ class LocalCoordinator:
         if len(w.entries) >= config.max_pending_per_target:
             raise Lost(
                 None,
-                f"staging window for target {tid} is full "
+                f"staging window for target {target} is full "
                 f"(max_pending_per_target={config.max_pending_per_target})",
             )
         w.entries.append(op)
@@ -134,59 +155,54 @@ class LocalCoordinator:
             try:
                 await _yield_once()
             except BaseException:
-                self._abandon(tid, st, w, op)
+                self._abandon(tid, w, op)
                 raise
             if not w.closed:
-                self._close(tid, st, w)
+                self._close(tid, w)
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            w.futures[op.ecs_id] = fut
+            w.futures[op.ecs_id.int] = fut
             try:
                 await fut
             except BaseException:
-                self._abandon(tid, st, w, op)
+                self._abandon(tid, w, op)
                 raise
         if w.winner is not op:
             raise Lost(w.winner)
 
     def release(self, op: ConflictResolutionOperation) -> None:
-        tid = op.target_entity_id
-        if tid is None:
+        target = op.target_entity_id
+        if target is None:
             return
-        st = self._targets.get(tid)
-        if st is None or st.running is not op:
+        tid = target.int
+        if self._running.get(tid) is not op:
             return
-        st.running = None
-        w = st.window
-        if w is None:
-            del self._targets[tid]
-        elif w.timer is None or w.timer_fired:
-            self._close(tid, st, w)
+        del self._running[tid]
+        w = self._windows.get(tid)
+        if w is not None and (w.timer is None or w.timer_fired):
+            self._close(tid, w)
 
-    def _on_timer(self, tid: UUID, w: _Window) -> None:
+    def _on_timer(self, tid: int, w: _Window) -> None:
         w.timer_fired = True
         w.timer = None
-        st = self._targets.get(tid)
-        if st is not None and st.window is w and st.running is None:
-            self._close(tid, st, w)
+        if self._windows.get(tid) is w and tid not in self._running:
+            self._close(tid, w)
 
-    def _close(self, tid: UUID, st: _Target, w: _Window) -> None:
+    def _close(self, tid: int, w: _Window) -> None:
         w.closed = True
-        st.window = None
+        del self._windows[tid]
         if w.timer is not None:
             w.timer.cancel()
             w.timer = None
         entries = w.entries
         if not entries:
-            if st.running is None:
-                self._targets.pop(tid, None)
             return
         best = entries[0]
         for candidate in entries:
             if candidate.priority > best.priority:
                 best = candidate
         w.winner = best
-        st.running = best
+        self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():
                 fut.set_result(None)
@@ -194,18 +210,16 @@ class LocalCoordinator:
             try:
                 self.on_window(best, entries)
             except Exception:
-                log.exception("window observer failed for target %s", tid)
+                log.exception("window observer failed for target %s", best.target_entity_id)
 
-    def _abandon(self, tid: UUID, st: _Target, w: _Window, op: ConflictResolutionOperation) -> None:
+    def _abandon(self, tid: int, w: _Window, op: ConflictResolutionOperation) -> None:
         """The caller of `op` was cancelled while staged: nobody may be left waiting on it."""
         if not w.closed:
             w.entries.remove(op)
-            w.futures.pop(op.ecs_id, None)
+            w.futures.pop(op.ecs_id.int, None)
             if not w.entries:
                 if w.timer is not None:
                     w.timer.cancel()
-                st.window = None
-                if st.running is None:
-                    self._targets.pop(tid, None)
+                del self._windows[tid]
         elif w.winner is op:
             self.release(op)

@@ -1,4 +1,8 @@
-"""The embedded default: everything in this process's memory, every lookup O(1) or O(result)."""
+"""The embedded default: everything in this process's memory, every lookup O(1) or O(result).
+
+Indexes are keyed by ``uuid.int``: hashing a UUID runs Python code, hashing an int does not, and a
+call touches these dicts a dozen times.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,6 @@ from contend.staging import LocalCoordinator
 
 __all__ = ["MemoryBackend"]
 
-_ZOMBIE_STATUSES = frozenset(
-    {OperationStatus.FAILED, OperationStatus.REJECTED, OperationStatus.CANCELLED}
-)
-
 
 class MemoryBackend:
     """Entities and operation records in dicts, zombie removals on a due-time heap."""
@@ -26,16 +26,20 @@ class MemoryBackend:
     name = "memory"
 
     def __init__(self) -> None:
-        self.coordinator = LocalCoordinator()
-        self._entities: dict[UUID, Entity] = {}
-        self._ops: dict[UUID, ConflictResolutionOperation] = {}
-        self._by_target: dict[UUID, dict[UUID, None]] = {}
-        self._by_status: dict[OperationStatus, dict[UUID, None]] = {s: {} for s in OperationStatus}
-        self._zombies_by_target: dict[UUID | None, dict[UUID, None]] = {}
+        self._coordinator = LocalCoordinator()
+        self._entities: dict[int, Entity] = {}
+        self._ops: dict[int, ConflictResolutionOperation] = {}
+        self._by_target: dict[int, dict[int, None]] = {}
+        self._by_status: dict[OperationStatus, dict[int, None]] = {s: {} for s in OperationStatus}
+        self._zombies_by_target: dict[int, dict[int, None]] = {}
         self._zombie_count = 0
-        self._heap: list[tuple[float, int, UUID]] = []
-        self._due: dict[UUID, float] = {}
+        self._heap: list[tuple[float, int, int]] = []
+        self._due: dict[int, float] = {}
         self._seq = itertools.count()
+
+    @property
+    def coordinator(self) -> LocalCoordinator:
+        return self._coordinator
 
     @property
     def zombie_count(self) -> int:
@@ -43,16 +47,16 @@ class MemoryBackend:
 
     # entities ---------------------------------------------------------------------------------
     async def ensure_entity(self, entity: Entity) -> Entity:
-        return self._entities.setdefault(entity.ecs_id, entity)
+        return self._entities.setdefault(entity.ecs_id.int, entity)
 
     async def get_entity(self, entity_id: UUID) -> Entity | None:
-        return self._entities.get(entity_id)
+        return self._entities.get(entity_id.int)
 
     def entity_count(self) -> int:
         return len(self._entities)
 
     def forget_entity(self, entity_id: UUID) -> bool:
-        return self._entities.pop(entity_id, None) is not None
+        return self._entities.pop(entity_id.int, None) is not None
 
     async def commit(self, writes: Sequence[Write], now: datetime) -> VersionConflict | None:
         for w in writes:
@@ -73,10 +77,11 @@ class MemoryBackend:
 
     # operation records ------------------------------------------------------------------------
     async def add_operation(self, op: ConflictResolutionOperation) -> None:
-        oid = op.ecs_id
+        oid = op.ecs_id.int
         self._ops[oid] = op
         by_target = self._by_target
-        for tid in op.target_entity_ids:
+        for t in op.target_entity_ids:
+            tid = t.int
             bucket = by_target.get(tid)
             if bucket is None:
                 by_target[tid] = {oid: None}
@@ -89,23 +94,24 @@ class MemoryBackend:
     ) -> None:
         before = op.status
         op.transition(status, at)
-        if op.ecs_id in self._ops:
-            del self._by_status[before][op.ecs_id]
-            self._by_status[status][op.ecs_id] = None
+        oid = op.ecs_id.int
+        index = self._by_status
+        if index[before].pop(oid, 0) is None:
+            index[status][oid] = None
 
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
-        return self._ops.get(op_id)
+        return self._ops.get(op_id.int)
 
     async def discard(self, op: ConflictResolutionOperation) -> None:
-        self._unindex(op.ecs_id)
+        self._unindex(op.ecs_id.int)
 
     async def add_zombie(
         self, op: ConflictResolutionOperation, due: float | None, cap: int
     ) -> list[ConflictResolutionOperation]:
-        oid = op.ecs_id
+        oid = op.ecs_id.int
         if oid not in self._ops:
             return []
-        tid = op.target_entity_id
+        tid = _tkey(op)
         bucket = self._zombies_by_target.get(tid)
         if bucket is None:
             bucket = self._zombies_by_target[tid] = {}
@@ -115,39 +121,41 @@ class MemoryBackend:
             self._push_due(oid, due)
         evicted: list[ConflictResolutionOperation] = []
         while len(bucket) > cap:
-            oldest = next(iter(bucket))
-            gone = self._unindex(oldest)
+            gone = self._unindex(next(iter(bucket)))
             if gone is not None:
                 evicted.append(gone)
         return evicted
 
     async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
-        return self._unindex(op_id)
+        return self._unindex(op_id.int)
 
-    def _unindex(self, oid: UUID) -> ConflictResolutionOperation | None:
+    def _unindex(self, oid: int) -> ConflictResolutionOperation | None:
         op = self._ops.pop(oid, None)
         if op is None:
             return None
-        for tid in op.target_entity_ids:
-            bucket = self._by_target.get(tid)
+        by_target = self._by_target
+        for t in op.target_entity_ids:
+            tid = t.int
+            bucket = by_target.get(tid)
             if bucket is not None:
                 bucket.pop(oid, None)
                 if not bucket:
-                    del self._by_target[tid]
+                    del by_target[tid]
         self._by_status[op.status].pop(oid, None)
-        tid0 = op.target_entity_id
-        zb = self._zombies_by_target.get(tid0)
-        if zb is not None and zb.pop(oid, 0) is None:
-            self._zombie_count -= 1
-            if not zb:
-                del self._zombies_by_target[tid0]
-        if self._due.pop(oid, None) is not None:
+        if op.status is not OperationStatus.SUCCEEDED or self._zombies_by_target:
+            tkey = _tkey(op)
+            zb = self._zombies_by_target.get(tkey)
+            if zb is not None and zb.pop(oid, 0) is None:
+                self._zombie_count -= 1
+                if not zb:
+                    del self._zombies_by_target[tkey]
+        if self._due and self._due.pop(oid, None) is not None:
             self._maybe_compact()
         return op
 
     async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
         ops = self._ops
-        return [ops[i] for i in self._by_target.get(target_id, ())]
+        return [ops[i] for i in self._by_target.get(target_id.int, ())]
 
     async def operations_with_status(
         self, status: OperationStatus
@@ -158,11 +166,11 @@ class MemoryBackend:
     async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
         ops = self._ops
         if target_id is not None:
-            return [ops[i] for i in self._zombies_by_target.get(target_id, ())]
+            return [ops[i] for i in self._zombies_by_target.get(target_id.int, ())]
         return [ops[i] for bucket in self._zombies_by_target.values() for i in bucket]
 
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
-        return {t: len(b) for t, b in self._zombies_by_target.items() if t is not None}
+        return {UUID(int=t): len(b) for t, b in self._zombies_by_target.items() if t >= 0}
 
     async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
         """The oldest zombie of each target (the overall oldest is among them)."""
@@ -173,7 +181,7 @@ class MemoryBackend:
         return len(self._ops)
 
     # due-time schedule --------------------------------------------------------------------------
-    def _push_due(self, oid: UUID, due: float) -> None:
+    def _push_due(self, oid: int, due: float) -> None:
         self._due[oid] = due
         heapq.heappush(self._heap, (due, next(self._seq), oid))
 
@@ -185,8 +193,9 @@ class MemoryBackend:
             heapq.heapify(self._heap)
 
     async def schedule(self, op_id: UUID, due: float) -> None:
-        if op_id in self._ops:
-            self._push_due(op_id, due)
+        oid = op_id.int
+        if oid in self._ops:
+            self._push_due(oid, due)
 
     async def pop_due(self, now: float, limit: int) -> list[UUID]:
         heap, due = self._heap, self._due
@@ -195,7 +204,7 @@ class MemoryBackend:
             t, _, oid = heapq.heappop(heap)
             if due.get(oid) == t:
                 del due[oid]
-                out.append(oid)
+                out.append(self._ops[oid].ecs_id)
         return out
 
     async def next_due(self) -> float | None:
@@ -209,3 +218,9 @@ class MemoryBackend:
 
     async def close(self) -> None:
         return None
+
+
+def _tkey(op: ConflictResolutionOperation) -> int:
+    """Zombie bucket key: the primary target, or -1 for calls without one."""
+    t = op.target_entity_id
+    return t.int if t is not None else -1
