@@ -47,12 +47,13 @@ async def run_with_occ(
     attempt = 0
     while True:
         copies = [c.model_copy(deep=True) for c in committed]
+        read = [cp.version for cp in copies]
         by_id = {c.ecs_id: c for c in copies}
         a2, k2 = substitute_call(args, kwargs, by_id)
         result = fn(*a2, **k2)
         if inspect.isawaitable(result):
             result = await result
-        writes = [Write(c, cp, cp.version) for c, cp in zip(committed, copies, strict=True)]
+        writes = [Write(c, cp, v) for c, cp, v in zip(committed, copies, read, strict=True)]
         conflict = await backend.commit(writes, rt.clock.now())
         if conflict is None:
             for p, c in zip(passed, committed, strict=True):
