@@ -45,6 +45,9 @@ class ConflictResolutionMode(StrEnum):
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
+MAX_RETENTION_MINUTES = 1440
+MAX_CUSTOM_RETENTION_MINUTES = 43_200
+
 
 class PreECSConfig(BaseModel):
     """Staging: calls on one target are collected in a window; the highest priority wins."""
@@ -92,7 +95,13 @@ class CleanupConfig(BaseModel):
     model_config = _FROZEN
 
     strategy: CleanupStrategy = CleanupStrategy.DEFERRED
-    retention_minutes: int = Field(default=30, ge=0, le=1440)
+    retention_minutes: int = Field(
+        default=30,
+        ge=0,
+        le=MAX_CUSTOM_RETENTION_MINUTES,
+        description="0-1440 (24 h); up to 43200 (30 days) with strategy CUSTOM, whose handler"
+        " decides (the design's financial audit example keeps records 72 h).",
+    )
     cleanup_check_interval_seconds: int = Field(default=60, ge=10, le=3600)
     aggressive_on_memory_pressure: bool = True
     memory_pressure_threshold: float = Field(default=0.8, ge=0.1, le=1.0)
@@ -131,6 +140,16 @@ class CleanupConfig(BaseModel):
         if self.strategy is CleanupStrategy.CUSTOM and not self.custom_cleanup_handler:
             raise ConfigurationError(
                 "custom_cleanup_handler", "strategy CUSTOM requires custom_cleanup_handler"
+            )
+        if (
+            self.strategy is not CleanupStrategy.CUSTOM
+            and self.retention_minutes > MAX_RETENTION_MINUTES
+        ):
+            raise ConfigurationError(
+                "retention_minutes",
+                f"must be 0..{MAX_RETENTION_MINUTES} (24 h) for strategy {self.strategy.value},"
+                f" got {self.retention_minutes}; only a CUSTOM handler may retain records up to"
+                f" {MAX_CUSTOM_RETENTION_MINUTES} minutes (30 days)",
             )
         if self.strategy is CleanupStrategy.DEFERRED and self.retention_minutes == 0:
             raise ConfigurationError(

@@ -49,7 +49,7 @@ class Runtime:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.events = EventBus()
         self.metrics = CleanupMetrics()
-        self.memory = MemoryPressureMonitor(memory_probe)
+        self.memory = MemoryPressureMonitor(memory_probe, time_source=self.clock.time)
         self.cleanup = CleanupManager(self)
         self.registry = Registry(self)
         self._loop: asyncio.AbstractEventLoop | None = None

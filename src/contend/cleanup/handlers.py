@@ -49,21 +49,24 @@ class CleanupHandler:
 
         return get_runtime()
 
-    async def remove(self, operation: ConflictResolutionOperation, reason: str | None = None) -> bool:
+    async def remove(
+        self, operation: ConflictResolutionOperation, reason: str | None = None
+    ) -> bool:
         """Remove the record now; returns False if it was already gone."""
         return await self._rt().cleanup.remove(
             operation.ecs_id, reason or self.reason, strategy=self.strategy
         )
 
-    async def retain_for(
-        self, operation: ConflictResolutionOperation, minutes: float, reason: str | None = None
-    ) -> None:
-        """Schedule removal `minutes` after the record's completion (the sweeper carries it out)."""
+    async def retain_for(self, operation: ConflictResolutionOperation, minutes: float) -> None:
+        """Schedule removal `minutes` after the record's completion; the runtime's sweeper
+        carries it out (counted under reason "ttl", labelled with the record's strategy)."""
+        if not minutes >= 0:
+            raise ValueError(f"retain_for: minutes must be >= 0, got {minutes!r}")
         rt = self._rt()
         base = operation.completed_at or rt.clock.now()
         due = base + timedelta(minutes=minutes)
         operation.__dict__["cleanup_scheduled_at"] = due
-        await rt.cleanup.schedule(operation, due.timestamp(), reason or self.reason)
+        await rt.cleanup.schedule(operation, due.timestamp())
 
 
 class ImmediateCleanupHandler(CleanupHandler):
@@ -129,7 +132,8 @@ class CustomCleanupHandler(CleanupHandler):
 
     def bind(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.delegate.bind(runtime) if isinstance(self.delegate, CleanupHandler) else None
+        if isinstance(self.delegate, CleanupHandler):
+            self.delegate.bind(runtime)
 
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         operation.__dict__["cleanup_handler_name"] = self.name
