@@ -42,7 +42,7 @@ class _Window:
     def __init__(self, fast: bool) -> None:
         self.entries: list[ConflictResolutionOperation] = []
         self.futures: dict[int, asyncio.Future[None]] = {}
-        self.tasks: dict[UUID, asyncio.Task[Any] | None] = {}
+        self.tasks: dict[int, asyncio.Task[Any] | None] = {}
         self.closed = False
         self.fast = fast
         self.winner: ConflictResolutionOperation | None = None
@@ -68,7 +68,7 @@ def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _pick_winner(
-    entries: list[ConflictResolutionOperation], tasks: dict[UUID, asyncio.Task[Any] | None]
+    entries: list[ConflictResolutionOperation], tasks: dict[int, asyncio.Task[Any] | None]
 ) -> ConflictResolutionOperation:
     """Highest priority, ties to the earliest; a call whose caller is being cancelled cannot win.
 
@@ -77,7 +77,7 @@ def _pick_winner(
     """
     best: ConflictResolutionOperation | None = None
     for candidate in entries:
-        task = tasks.get(candidate.ecs_id)
+        task = tasks.get(candidate.ecs_id.int)
         if task is not None and task.cancelling():
             continue
         if best is None or candidate.priority > best.priority:
@@ -151,6 +151,7 @@ class LocalCoordinator:
                 f"(max_pending_per_target={config.max_pending_per_target})",
             )
         w.entries.append(op)
+        w.tasks[op.ecs_id.int] = asyncio.current_task()
         if w.fast:
             try:
                 await _yield_once()
@@ -197,10 +198,8 @@ class LocalCoordinator:
         entries = w.entries
         if not entries:
             return
-        best = entries[0]
-        for candidate in entries:
-            if candidate.priority > best.priority:
-                best = candidate
+        best = _pick_winner(entries, w.tasks)
+        w.tasks.clear()
         w.winner = best
         self._running[tid] = best
         for fut in w.futures.values():
@@ -217,6 +216,7 @@ class LocalCoordinator:
         if not w.closed:
             w.entries.remove(op)
             w.futures.pop(op.ecs_id.int, None)
+            w.tasks.pop(op.ecs_id.int, None)
             if not w.entries:
                 if w.timer is not None:
                     w.timer.cancel()
