@@ -32,6 +32,7 @@ __all__ = ["CleanupManager"]
 log = logging.getLogger("contend.cleanup")
 
 SWEEP_BATCH = 10_000
+DEFAULT_CHECK_INTERVAL = 60.0
 
 
 class CleanupManager:
@@ -46,7 +47,7 @@ class CleanupManager:
         self.last_failure: str | None = None
         self.active_tasks = 0
         self.removed: Counter[str] = Counter()
-        self.check_interval = 60.0
+        self.check_interval: float | None = None
         self.sweeps = 0
         self._last_sweep = float("-inf")
         self._sweeper: asyncio.Task[None] | None = None
@@ -106,7 +107,7 @@ class CleanupManager:
         rt.metrics.current_zombie_count_by_target.labels(op.target_type).inc()
         for gone in evicted:
             await self._count(gone, "cap", gone.cleanup_strategy)
-        await self._run_handler(self._handler(eff, config), op, eff, config)
+        await self._run_handler(op, eff, config)
         if status is not OperationStatus.REJECTED and rt.events.wants(OperationCompletedEvent):
             await rt.events.emit(
                 OperationCompletedEvent(
@@ -136,20 +137,20 @@ class CleanupManager:
         return handler
 
     async def _run_handler(
-        self,
-        handler: CleanupHandler,
-        op: ConflictResolutionOperation,
-        eff: EffectiveCleanup,
-        config: CleanupConfig,
+        self, op: ConflictResolutionOperation, eff: EffectiveCleanup, config: CleanupConfig
     ) -> None:
+        """Run the handler for `op`; any failure (including a handler that can no longer be
+        found by name) is counted and logged, never raised, so the caller still gets its answer."""
         metrics = self.rt.metrics
-        custom = handler if isinstance(handler, CustomCleanupHandler) else None
-        if custom is not None:
-            metrics.custom_cleanup_handlers_used.labels(custom.name).inc()
+        custom: CustomCleanupHandler | None = None
         self.handler_runs += 1
         self.active_tasks += 1
         started = time.perf_counter()
         try:
+            handler = self._handler(eff, config)
+            if isinstance(handler, CustomCleanupHandler):
+                custom = handler
+                metrics.custom_cleanup_handlers_used.labels(custom.name).inc()
             coro: Awaitable[object] = handler.handle_operation_rejection(op)
             if custom is not None:
                 result = await asyncio.wait_for(coro, config.handler_timeout_seconds)
@@ -162,7 +163,12 @@ class CleanupManager:
                 why = f"timed out after {config.handler_timeout_seconds}s"
             else:
                 why = f"{type(exc).__name__}: {exc}"
-            name = custom.name if custom is not None else eff.strategy.value
+            if custom is not None:
+                name = custom.name
+            elif eff.strategy is CleanupStrategy.CUSTOM:
+                name = config.custom_cleanup_handler or "custom"
+            else:
+                name = eff.strategy.value
             self.handler_failures += 1
             self.failed_handlers[name] += 1
             self.last_failure = f"{name}: {why}"
@@ -234,11 +240,20 @@ class CleanupManager:
         return kept
 
     # the sweeper --------------------------------------------------------------------------------
-    async def schedule(self, op: ConflictResolutionOperation, due: float, reason: str) -> None:
+    async def schedule(self, op: ConflictResolutionOperation, due: float) -> None:
+        """Have the sweeper remove `op` once the clock reaches `due` (epoch seconds).
+
+        The sweeper wakes at most every ``cleanup_check_interval_seconds``: the smallest interval
+        of any config it has been given work by (60 s for records without a config).
+        """
         await self.rt.backend.schedule(op.ecs_id, due)
         config = op.cleanup_config
-        if config is not None and config.cleanup_check_interval_seconds < self.check_interval:
-            self.check_interval = float(config.cleanup_check_interval_seconds)
+        interval = float(
+            config.cleanup_check_interval_seconds if config is not None else DEFAULT_CHECK_INTERVAL
+        )
+        if self.check_interval is None or interval < self.check_interval:
+            self.check_interval = interval
+            due = float("-inf")
         self._poke(due)
 
     def _poke(self, due: float) -> None:
@@ -290,7 +305,8 @@ class CleanupManager:
                 wake.clear()
                 await wake.wait()
                 continue
-            at = max(due, self._last_sweep + self.check_interval)
+            interval = self.check_interval or DEFAULT_CHECK_INTERVAL
+            at = max(due, self._last_sweep + interval)
             delay = at - rt.clock.time()
             if delay > 0:
                 self._wake_at = at
