@@ -38,6 +38,7 @@ R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 _EXECUTING = OperationStatus.EXECUTING
+_running_loop = asyncio.get_running_loop
 _REJECTED_TEXT: dict[tuple[int, int], str] = {}
 
 
@@ -93,19 +94,28 @@ class _Protected(Generic[P, R]):
 
     async def run(self, priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         rt = self.runtime or get_runtime()
-        rt.bind_loop()
-        rt.note_function(self.name, self.cleanup.strategy.value)
+        if rt._loop is not _running_loop():
+            rt.bind_loop()
+        if self.name not in rt._functions:
+            rt.note_function(self.name, self.cleanup.strategy.value)
         backend = rt.backend
+        clock = rt.clock
         passed = find_entities(args, kwargs)
-        committed = [await backend.ensure_entity(e) for e in passed] if passed else passed
-        ids = tuple(c.ecs_id for c in committed)
+        committed = passed
+        stale = False
+        if passed:
+            committed = []
+            for e in passed:
+                c = await backend.ensure_entity(e)
+                if c is not e:
+                    stale = True
+                committed.append(c)
+            ids = tuple([c.ecs_id for c in committed])
+            target_type = type(committed[0]).__name__
+        else:
+            ids, target_type = (), ""
         op = ConflictResolutionOperation._start(
-            self.name,
-            ids,
-            type(committed[0]).__name__ if committed else "",
-            priority,
-            self.cleanup,
-            rt.clock.now(),
+            self.name, ids, target_type, priority, self.cleanup, clock.now()
         )
         await backend.add_operation(op)
         staged = self.staging and bool(ids)
@@ -118,7 +128,7 @@ class _Protected(Generic[P, R]):
                 await self._end(rt, op, exc)
                 raise
         try:
-            backend.set_status(op, _EXECUTING, rt.clock.now())
+            backend.set_status(op, _EXECUTING, clock.now())
             if rt.events.wants(OperationStartedEvent):
                 await rt.events.emit(
                     OperationStartedEvent(
@@ -133,16 +143,17 @@ class _Protected(Generic[P, R]):
                     rt, op, self.config.occ, self.fn, committed, passed, args, kwargs
                 )
             else:
-                if any(p is not c for p, c in zip(passed, committed, strict=True)):
+                if stale:
                     args, kwargs = substitute_call(args, kwargs, {c.ecs_id: c for c in committed})
                 result = self.fn(*args, **kwargs)
                 if self.is_async:
                     result = await result
                 if committed:
-                    await backend.bump(committed, rt.clock.now())
-                    for p, c in zip(passed, committed, strict=True):
-                        if p is not c:
-                            p.__dict__.update(c.__dict__)
+                    await backend.bump(committed, clock.now())
+                    if stale:
+                        for p, c in zip(passed, committed, strict=True):
+                            if p is not c:
+                                p.__dict__.update(c.__dict__)
         except BaseException as exc:
             if staged:
                 backend.coordinator.release(op)

@@ -14,14 +14,20 @@ from uuid import UUID
 
 from contend.backends.base import VersionConflict, Write
 from contend.entity import Entity
-from contend.operations import ConflictResolutionOperation, OperationStatus
+from contend.operations import TERMINAL_STATUSES, ConflictResolutionOperation, OperationStatus
 from contend.staging import LocalCoordinator
 
 __all__ = ["MemoryBackend"]
 
+_TERMINAL = TERMINAL_STATUSES
+
 
 class MemoryBackend:
-    """Entities and operation records in dicts, zombie removals on a due-time heap."""
+    """Entities and operation records in dicts, zombie removals on a due-time heap.
+
+    Records in flight (pending, executing) share one index, so starting a call touches no status
+    index; a status query for them is O(calls in flight), for terminal statuses O(result).
+    """
 
     name = "memory"
 
@@ -30,7 +36,8 @@ class MemoryBackend:
         self._entities: dict[int, Entity] = {}
         self._ops: dict[int, ConflictResolutionOperation] = {}
         self._by_target: dict[int, dict[int, None]] = {}
-        self._by_status: dict[OperationStatus, dict[int, None]] = {s: {} for s in OperationStatus}
+        self._inflight: dict[int, None] = {}
+        self._by_status: dict[OperationStatus, dict[int, None]] = {s: {} for s in _TERMINAL}
         self._zombies_by_target: dict[int, dict[int, None]] = {}
         self._zombie_count = 0
         self._heap: list[tuple[float, int, int]] = []
@@ -87,17 +94,16 @@ class MemoryBackend:
                 by_target[tid] = {oid: None}
             else:
                 bucket[oid] = None
-        self._by_status[op.status][oid] = None
+        self._inflight[oid] = None
 
     def set_status(
         self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
     ) -> None:
-        before = op.status
         op.transition(status, at)
-        oid = op.ecs_id.int
-        index = self._by_status
-        if index[before].pop(oid, 0) is None:
-            index[status][oid] = None
+        if status in _TERMINAL:
+            oid = op.ecs_id.int
+            if self._inflight.pop(oid, 0) is None:
+                self._by_status[status][oid] = None
 
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._ops.get(op_id.int)
@@ -141,8 +147,12 @@ class MemoryBackend:
                 bucket.pop(oid, None)
                 if not bucket:
                     del by_target[tid]
-        self._by_status[op.status].pop(oid, None)
-        if op.status is not OperationStatus.SUCCEEDED or self._zombies_by_target:
+        status = op.status
+        if status in _TERMINAL:
+            self._by_status[status].pop(oid, None)
+        else:
+            self._inflight.pop(oid, None)
+        if status is not OperationStatus.SUCCEEDED or self._zombies_by_target:
             tkey = _tkey(op)
             zb = self._zombies_by_target.get(tkey)
             if zb is not None and zb.pop(oid, 0) is None:
@@ -161,7 +171,9 @@ class MemoryBackend:
         self, status: OperationStatus
     ) -> list[ConflictResolutionOperation]:
         ops = self._ops
-        return [ops[i] for i in self._by_status[status]]
+        if status in _TERMINAL:
+            return [ops[i] for i in self._by_status[status]]
+        return [op for op in (ops[i] for i in self._inflight) if op.status is status]
 
     async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
         ops = self._ops
