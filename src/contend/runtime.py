@@ -58,6 +58,9 @@ class Runtime:
         coordinator = self.backend.coordinator
         if hasattr(coordinator, "on_window"):
             coordinator.on_window = self._on_window
+        attach = getattr(self.backend, "attach", None)
+        if attach is not None:
+            attach(self)
 
     def __repr__(self) -> str:
         return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
