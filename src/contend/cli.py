@@ -1,0 +1,313 @@
+"""The `contend` command: demo, bench, health and serve."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+DEMO_DEFAULT_SECONDS = 4.0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be within 0.05..3600 seconds, got {value}")
+    return value
+
+
+def _int_in(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def _strategies(text: str) -> tuple[str, ...]:
+    from contend.demo import STRATEGIES
+
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown strategies {unknown}; choose from {','.join(STRATEGIES)}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contend",
+        description="Priority staging, optimistic concurrency and zombie cleanup for asyncio.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="bank simulation, once per cleanup strategy",
+        description=(
+            "Simulate a bank: concurrent clients with mixed priorities deposit, withdraw and "
+            "transfer through @with_conflict_resolution (staging + OCC), once per cleanup "
+            "strategy on the same seeded workload. Prints a table, checks that no money was "
+            "created or lost (exit status 1 if it was) and plots zombies over time."
+        ),
+    )
+    demo.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=DEMO_DEFAULT_SECONDS,
+        help=f"seconds per strategy (default {DEMO_DEFAULT_SECONDS:g})",
+    )
+    demo.add_argument("--accounts", type=_int_in(2, 100_000), default=32, help="default 32")
+    demo.add_argument("--clients", type=_int_in(1, 10_000), default=64, help="default 64")
+    demo.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    demo.add_argument(
+        "--plot",
+        default="contend-demo.png",
+        metavar="PATH",
+        help="PNG of zombies over time (default contend-demo.png; '' to skip)",
+    )
+    demo.add_argument(
+        "--strategies",
+        type=_strategies,
+        default=None,
+        help="comma-separated subset of none,immediate,deferred,lazy,custom (default: all)",
+    )
+    demo.add_argument(
+        "--memory",
+        choices=("rss", "tracemalloc"),
+        default="rss",
+        help="peak memory as RSS growth of a child process per strategy (default), or "
+        "traced Python allocations in this process (exact but slows the run)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark suite",
+        description=(
+            "Run every benchmark in benchmarks/ and print one table: figure, value, unit, "
+            "bare-asyncio baseline measured in the same run, ratio, target, ok."
+        ),
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer calls and repetitions")
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bench.add_argument(
+        "--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)"
+    )
+    bench.add_argument(
+        "--dir", metavar="PATH", help="the benchmarks folder (default: the repository's)"
+    )
+
+    health = sub.add_parser(
+        "health",
+        help="print the cleanup health check as JSON",
+        description=(
+            "Print the health-check JSON of a fresh runtime, optionally after a short demo run "
+            "on it so there is something to report."
+        ),
+    )
+    health.add_argument(
+        "--demo-seconds",
+        type=float,
+        default=0.0,
+        help="run the bank workload this long first (default 0: no run)",
+    )
+    health.add_argument(
+        "--strategy",
+        choices=("none", "immediate", "deferred", "lazy", "custom"),
+        default="deferred",
+        help="cleanup strategy of that run (default deferred)",
+    )
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve /health and /metrics over HTTP",
+        description="Serve the health check and Prometheus metrics of the default runtime.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    serve.add_argument("--port", type=_int_in(0, 65_535), default=8000, help="default 8000")
+    return parser
+
+
+# demo ---------------------------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from contend.demo import (
+        STRATEGIES,
+        TABLE_COLUMNS,
+        DemoConfig,
+        format_table,
+        money_lines,
+        run_demo,
+        table_rows,
+        write_plot,
+    )
+
+    cfg = DemoConfig(
+        duration=args.duration,
+        accounts=args.accounts,
+        clients=args.clients,
+        seed=args.seed,
+        strategies=args.strategies or STRATEGIES,
+        memory=args.memory,
+    )
+    print(
+        f"contend demo: {cfg.accounts} accounts, {cfg.clients} clients, seed {cfg.seed}, "
+        f"{cfg.duration:g} s per strategy ({len(cfg.strategies)} strategies); "
+        f"deposits, withdrawals and transfers with mixed priorities, staging + OCC",
+        flush=True,
+    )
+    report = run_demo(cfg, None if args.no_progress else sys.stderr)
+    print()
+    print(format_table(TABLE_COLUMNS, table_rows(report)))
+    print()
+    print("latency: per call, from the call to its result or exception (includes queueing)")
+    print("zombies: rejected/failed records still in the registry; peak memory: " + cfg.memory)
+    print()
+    print("money check (cents): initial + committed deposits - committed withdrawals")
+    for line in money_lines(report):
+        print("  " + line)
+    if args.plot:
+        path = write_plot(report, args.plot)
+        print(f"\nzombies over time: {path}")
+    if not report.money_ok:
+        print("MONEY CHECK FAILED: money was created or lost", file=sys.stderr)
+        return 1
+    print("money check passed: no money created or lost")
+    return 0
+
+
+# bench --------------------------------------------------------------------------------------------
+def _benchmarks_dir(given: str | None) -> Path | None:
+    candidates = [Path(given)] if given else []
+    candidates += [
+        Path(__file__).resolve().parents[2] / "benchmarks",
+        Path.cwd() / "benchmarks",
+    ]
+    for c in candidates:
+        if (c / "run_all.py").is_file():
+            return c
+    return None
+
+
+def _load_run_all(folder: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "contend_benchmarks_run_all", folder / "run_all.py"
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {folder / 'run_all.py'}")
+    module = importlib.util.module_from_spec(spec)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    folder = _benchmarks_dir(args.dir)
+    if folder is None:
+        print(
+            "benchmarks/ not available: run `contend bench` from a clone of the repository "
+            "(or pass --dir PATH)",
+            file=sys.stderr,
+        )
+        return 2
+    run_all = _load_run_all(folder)
+    rows = run_all.collect(quick=args.quick, only=args.only, progress=sys.stderr)
+    print(run_all.render(rows))
+    if args.json:
+        run_all.write_json(rows, args.json, quick=args.quick)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+# health and serve ---------------------------------------------------------------------------------
+async def _health(args: argparse.Namespace) -> dict[str, Any]:
+    from contend.clock import FakeClock
+    from contend.demo import DemoConfig, simulate
+    from contend.runtime import Runtime
+
+    rt = Runtime(clock=FakeClock(), name="contend-health")
+    try:
+        if args.demo_seconds > 0:
+            cfg = DemoConfig(duration=args.demo_seconds, strategies=(args.strategy,), isolate=False)
+            await simulate(rt, args.strategy, cfg)
+        return await _health_json(rt)
+    finally:
+        await rt.aclose()
+
+
+async def _health_json(rt: Any) -> dict[str, Any]:
+    """The HTTP endpoint's body when contend.http is installed, else the plain health check."""
+    try:
+        http: ModuleType | None = importlib.import_module("contend.http")
+    except ImportError:
+        http = None
+    builder = getattr(http, "health_json", None)
+    if builder is not None:
+        body = builder(rt)
+        if inspect.isawaitable(body):
+            body = await body
+        if isinstance(body, (bytes, str)):
+            body = json.loads(body)
+        if isinstance(body, dict):
+            return body
+    from contend.health import cleanup_system_health_check
+
+    return await cleanup_system_health_check(rt)
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    if not 0 <= args.demo_seconds <= 3600:
+        print(f"--demo-seconds must be within 0..3600, got {args.demo_seconds}", file=sys.stderr)
+        return 2
+    body = asyncio.run(_health(args))
+    print(json.dumps(body, indent=2, sort_keys=True, default=str))
+    return 0 if body.get("status") != "unhealthy" else 1
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        http = importlib.import_module("contend.http")
+    except ImportError as exc:
+        print(f"contend serve is not available: {exc}", file=sys.stderr)
+        return 2
+    print(f"serving on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(http.serve(args.host, args.port))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {
+        "demo": _cmd_demo,
+        "bench": _cmd_bench,
+        "health": _cmd_health,
+        "serve": _cmd_serve,
+    }
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
