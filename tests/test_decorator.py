@@ -1,0 +1,301 @@
+"""`@with_conflict_resolution`: the design's example, targets, sync functions, exposed config."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from contend import (
+    ConflictResolutionMode,
+    ConflictResolutionOperation,
+    Entity,
+    OCCConfig,
+    OperationPriority,
+    OperationRejectedError,
+    OperationStatus,
+    PreECSConfig,
+    Runtime,
+    no_conflict_resolution,
+    with_conflict_resolution,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "current_behavior.py"
+
+
+def _load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("current_behavior_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Box(Entity):
+    value: int = 0
+
+
+async def _executing(rt: Runtime) -> ConflictResolutionOperation:
+    [op] = await rt.registry.operations_with_status(OperationStatus.EXECUTING)
+    return op
+
+
+# --- the design's "Current Behavior" example -----------------------------------------------------
+
+
+async def test_current_behavior_example_runs_with_only_its_import_changed(
+    runtime: Runtime,
+) -> None:
+    example = _load_example()
+    account = example.BankAccount(balance=100)
+    result = await example.update_account(account, 50)
+    assert account.balance == 150
+    assert result is account
+
+    results = await asyncio.gather(
+        *(example.update_account(account, 10) for _ in range(5)), return_exceptions=True
+    )
+    assert sum(isinstance(r, example.BankAccount) for r in results) == 1
+    assert sum(isinstance(r, OperationRejectedError) for r in results) == 4
+    assert account.balance == 160
+    assert example.update_account.conflict_config.mode is ConflictResolutionMode.BOTH
+    assert example.update_account.conflict_config.occ.max_retries == 3
+    zombies = await runtime.registry.zombies(account.ecs_id)
+    assert [z.status for z in zombies] == [OperationStatus.REJECTED] * 4
+
+
+async def test_current_behavior_example_helper_reports_the_outcome(runtime: Runtime) -> None:
+    example = _load_example()
+    account, won, rejected = await example.run_example()
+    assert (won, rejected) == (1, 4)
+    assert account.balance == 160
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+async def test_entities_in_containers_become_targets_first_is_primary(runtime: Runtime) -> None:
+    seen: list[ConflictResolutionOperation] = []
+
+    @with_conflict_resolution()
+    async def work(
+        items: list[Box], pair: tuple[int, Box], named: dict[str, Any], *, kw: Box
+    ) -> int:
+        seen.append(await _executing(runtime))
+        return len(items)
+
+    a, b, c, d = Box(), Box(), Box(), Box()
+    assert await work([a, b], (1, c), {"x": {"deep": [d]}, "n": 3}, kw=a) == 2
+    [op] = seen
+    assert op.target_entity_ids == (a.ecs_id, b.ecs_id, c.ecs_id, d.ecs_id)
+    assert op.target_entity_id == a.ecs_id
+    assert op.target_type == "Box"
+    for e in (a, b, c, d):
+        assert await runtime.registry.get_entity(e.ecs_id) is e
+
+
+async def test_kwargs_entities_follow_positional_ones(runtime: Runtime) -> None:
+    seen: list[ConflictResolutionOperation] = []
+
+    @with_conflict_resolution()
+    async def work(first: int, *, second: Box, third: Box) -> None:
+        seen.append(await _executing(runtime))
+
+    b, c = Box(), Box()
+    await work(1, second=b, third=c)
+    assert seen[0].target_entity_ids == (b.ecs_id, c.ecs_id)
+    assert seen[0].target_entity_id == b.ecs_id
+
+
+async def test_calls_sharing_only_a_secondary_target_are_not_staged_together(
+    runtime: Runtime,
+) -> None:
+    @with_conflict_resolution()
+    async def work(primary: Box, other: Box) -> str:
+        await asyncio.sleep(0)
+        return "ok"
+
+    shared = Box()
+    results = await asyncio.gather(work(Box(), shared), work(Box(), shared))
+    assert results == ["ok", "ok"]
+
+
+async def test_staging_is_per_primary_target(runtime: Runtime) -> None:
+    @with_conflict_resolution()
+    async def work(box: Box) -> int:
+        return box.value
+
+    a, b = Box(value=1), Box(value=2)
+    results = await asyncio.gather(work(a), work(a), work(b), return_exceptions=True)
+    assert results[0] == 1
+    assert isinstance(results[1], OperationRejectedError)
+    assert results[2] == 2
+
+
+async def test_function_without_entity_argument_runs_and_conflicts_with_nothing(
+    runtime: Runtime,
+) -> None:
+    running = 0
+    peak = 0
+
+    @with_conflict_resolution(occ=True)
+    async def compute(x: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.001)
+        running -= 1
+        return x * 2
+
+    assert await asyncio.gather(*(compute(i) for i in range(5))) == [0, 2, 4, 6, 8]
+    assert peak == 5
+    assert await runtime.registry.operations_with_status(OperationStatus.EXECUTING) == []
+
+
+# --- the wrapper -------------------------------------------------------------------------------
+
+
+def test_wrapper_exposes_config_priority_and_identity() -> None:
+    rt = Runtime()
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(staging_timeout_ms=7),
+        occ=OCCConfig(max_retries=2),
+        priority=OperationPriority.HIGH,
+        runtime=rt,
+    )
+    async def named(box: Box) -> None:
+        """Docstring kept."""
+
+    assert named.__name__ == "named"
+    assert named.__doc__ == "Docstring kept."
+    assert named.priority == OperationPriority.HIGH
+    cfg = named.conflict_config
+    assert cfg.pre_ecs.staging_timeout_ms == 7
+    assert cfg.occ.max_retries == 2
+    assert cfg.mode is ConflictResolutionMode.BOTH
+    assert asyncio.iscoroutinefunction(named.__wrapped__)
+
+
+async def test_bare_decorator_stages_with_defaults(runtime: Runtime) -> None:
+    @with_conflict_resolution
+    async def work(box: Box) -> int:
+        return 1
+
+    cfg = work.conflict_config
+    assert cfg.mode is ConflictResolutionMode.PRE_ECS
+    assert not cfg.occ.enabled
+    box = Box()
+    results = await asyncio.gather(*(work(box) for _ in range(3)), return_exceptions=True)
+    assert results.count(1) == 1
+
+
+async def test_decoration_priority_is_the_default_and_with_priority_overrides(
+    runtime: Runtime,
+) -> None:
+    @with_conflict_resolution(priority=OperationPriority.LOW)
+    async def work(box: Box, label: str) -> str:
+        return label
+
+    box = Box()
+    results = await asyncio.gather(
+        work(box, "low"),
+        work.with_priority(OperationPriority.NORMAL)(box, "normal"),
+        return_exceptions=True,
+    )
+    assert results[1] == "normal"
+    assert isinstance(results[0], OperationRejectedError)
+    assert results[0].priority == OperationPriority.LOW
+    assert results[0].winner_priority == OperationPriority.NORMAL
+
+
+async def test_explicit_runtime_wins_over_the_current_one(runtime: Runtime) -> None:
+    other = Runtime()
+
+    @with_conflict_resolution(runtime=other)
+    async def work(box: Box) -> None:
+        box.value += 1
+
+    box = Box()
+    await work(box)
+    assert await other.registry.get_entity(box.ecs_id) is box
+    assert await runtime.registry.get_entity(box.ecs_id) is None
+
+
+async def test_exception_in_function_reaches_the_caller_unchanged(runtime: Runtime) -> None:
+    class Boom(Exception):
+        pass
+
+    @with_conflict_resolution()
+    async def work(box: Box) -> None:
+        raise Boom("exact")
+
+    box = Box()
+    with pytest.raises(Boom, match="exact"):
+        await work(box)
+    assert box.version == 0, "a failed call is not recorded as a write"
+
+
+def test_no_conflict_resolution_leaves_the_function_as_written() -> None:
+    def plain(box: Box) -> int:
+        return box.value
+
+    marked = no_conflict_resolution(plain)
+    assert marked is plain
+    assert marked.__contend_unprotected__ is True  # type: ignore[attr-defined]
+    assert marked(Box(value=3)) == 3
+
+
+# --- sync functions ----------------------------------------------------------------------------
+
+
+def test_sync_function_works_from_sync_code() -> None:
+    rt = Runtime()
+
+    @with_conflict_resolution(runtime=rt, occ=True)
+    def deposit(box: Box, amount: int) -> int:
+        box.value += amount
+        return box.value
+
+    box = Box()
+    assert deposit(box, 5) == 5
+    assert deposit.with_priority(OperationPriority.HIGH)(box, 2) == 7
+    assert box.value == 7
+    assert box.version == 2
+
+
+async def test_sync_function_called_inside_a_running_loop_raises_clearly(runtime: Runtime) -> None:
+    calls = 0
+
+    @with_conflict_resolution()
+    def deposit(box: Box) -> None:
+        nonlocal calls
+        calls += 1
+
+    with pytest.raises(RuntimeError, match="running event loop"):
+        deposit(Box())
+    with pytest.raises(RuntimeError, match="running event loop"):
+        deposit.with_priority(OperationPriority.HIGH)(Box())
+    assert calls == 0
+
+
+async def test_sync_function_body_runs_inside_the_loop_when_awaited_via_thread(
+    runtime: Runtime,
+) -> None:
+    """From a worker thread there is no running loop: the sync wrapper runs its own."""
+    other = Runtime()
+
+    @with_conflict_resolution(runtime=other)
+    def deposit(box: Box) -> int:
+        box.value += 1
+        return box.value
+
+    box = Box()
+    assert await asyncio.to_thread(deposit, box) == 1
+    assert await asyncio.to_thread(deposit, box) == 2
