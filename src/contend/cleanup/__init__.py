@@ -1,5 +1,12 @@
 """Cleanup of zombie operation records: strategies, handlers, policy, sweeper."""
 
+from contend.cleanup.archive import (
+    ArchiveCleanupHandler,
+    ArchivedRecord,
+    ArchiveReader,
+    ArchiveSink,
+    install_archive,
+)
 from contend.cleanup.handlers import (
     CleanupHandler,
     CustomCleanupHandler,
@@ -8,12 +15,16 @@ from contend.cleanup.handlers import (
     LazyCleanupHandler,
     NoOpCleanupHandler,
 )
-from contend.cleanup.manager import CleanupManager
+from contend.cleanup.manager import CleanupManager, Removal, RemovalSink
 from contend.cleanup.memory import MemoryPressureMonitor, read_memory_pressure
 from contend.cleanup.policy import EffectiveCleanup, effective_cleanup
 from contend.cleanup.registry import CleanupHandlerRegistry
 
 __all__ = [
+    "ArchiveCleanupHandler",
+    "ArchiveReader",
+    "ArchiveSink",
+    "ArchivedRecord",
     "CleanupHandler",
     "CleanupHandlerRegistry",
     "CleanupManager",
@@ -24,6 +35,9 @@ __all__ = [
     "LazyCleanupHandler",
     "MemoryPressureMonitor",
     "NoOpCleanupHandler",
+    "Removal",
+    "RemovalSink",
     "effective_cleanup",
+    "install_archive",
     "read_memory_pressure",
 ]

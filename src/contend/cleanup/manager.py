@@ -6,7 +6,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from contend.cleanup.handlers import (
@@ -23,16 +24,31 @@ from contend.events import OperationCleanedEvent, OperationCompletedEvent
 from contend.operations import ConflictResolutionOperation, OperationStatus
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from uuid import UUID
 
     from contend.runtime import Runtime
 
-__all__ = ["CleanupManager"]
+__all__ = ["CleanupManager", "Removal", "RemovalSink"]
 
 log = logging.getLogger("contend.cleanup")
 
 SWEEP_BATCH = 10_000
 DEFAULT_CHECK_INTERVAL = 60.0
+_NO_CAP = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """A record about to leave the registry, as a removal sink sees it."""
+
+    operation: ConflictResolutionOperation
+    reason: str
+    strategy: str
+    removed_at: datetime
+
+
+RemovalSink = Callable[[Sequence[Removal]], Awaitable[None]]
 
 
 class CleanupManager:
@@ -54,6 +70,7 @@ class CleanupManager:
         self._sweeper_loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._wake_at = float("inf")
+        self._sinks: list[RemovalSink] = []
 
     # lifecycle ----------------------------------------------------------------------------------
     async def succeeded(self, op: ConflictResolutionOperation, config: CleanupConfig) -> None:
@@ -103,10 +120,16 @@ class CleanupManager:
             rt.metrics.force_cleanup_triggered.inc()
         d["cleanup_strategy"] = eff.strategy
         d["cleanup_handler_name"] = eff.strategy.value
-        evicted = await rt.backend.add_zombie(op, None, config.max_zombie_count_per_target)
-        rt.metrics.current_zombie_count_by_target.labels(op.target_type).inc()
-        for gone in evicted:
-            await self._count(gone, "cap", gone.cleanup_strategy)
+        cap = config.max_zombie_count_per_target
+        if self._sinks:
+            await rt.backend.add_zombie(op, None, _NO_CAP)
+            rt.metrics.zombie_added(op.target_type)
+            await self._evict_over_cap(op, cap)
+        else:
+            evicted = await rt.backend.add_zombie(op, None, cap)
+            rt.metrics.zombie_added(op.target_type)
+            for gone in evicted:
+                await self._count(gone, "cap", gone.cleanup_strategy)
         await self._run_handler(op, eff, config)
         if status is not OperationStatus.REJECTED and rt.events.wants(OperationCompletedEvent):
             await rt.events.emit(
@@ -172,7 +195,7 @@ class CleanupManager:
             self.handler_failures += 1
             self.failed_handlers[name] += 1
             self.last_failure = f"{name}: {why}"
-            metrics.cleanup_failures_by_strategy.labels(eff.strategy.value).inc()
+            metrics.cleanup_failed(eff.strategy.value)
             log.error(
                 "cleanup handler %s failed for operation %s (target %s, status %s): %s; "
                 "the record is kept",
@@ -184,15 +207,18 @@ class CleanupManager:
             )
         finally:
             self.active_tasks -= 1
-            metrics.cleanup_latency_by_strategy.labels(eff.strategy.value).observe(
-                time.perf_counter() - started
-            )
+            metrics.handler_ran(eff.strategy.value, time.perf_counter() - started)
 
     # removals -----------------------------------------------------------------------------------
     async def remove(
         self, op_id: UUID, reason: str, *, strategy: CleanupStrategy | None = None
     ) -> bool:
         """Take a record out of the registry, counting the removal once; False if already gone."""
+        if self._sinks:
+            found = await self.rt.backend.get_operation(op_id)
+            if found is None:
+                return False
+            return bool(await self._through_sinks([found], reason, strategy))
         op = await self.rt.backend.remove(op_id)
         if op is None:
             return False
@@ -205,14 +231,14 @@ class CleanupManager:
         rt = self.rt
         metrics = rt.metrics
         self.removed[reason] += 1
-        metrics.removals_by_reason.labels(reason).inc()
         strategy_value = strategy.value if strategy is not None else "none"
-        metrics.operations_cleaned_by_strategy.labels(strategy_value).inc()
-        if op.is_zombie:
-            metrics.current_zombie_count_by_target.labels(op.target_type).dec()
         due = op.cleanup_scheduled_at or op.completed_at
-        if due is not None:
-            metrics.reclaim_lag.observe(max(0.0, rt.clock.time() - due.timestamp()))
+        metrics.removed(
+            reason,
+            strategy_value,
+            op.target_type if op.is_zombie else None,
+            rt.clock.time() - due.timestamp() if due is not None else None,
+        )
         log.debug("removed operation %s (%s, reason %s)", op.ecs_id, op.status.value, reason)
         if rt.events.wants(OperationCleanedEvent):
             await rt.events.emit(
@@ -229,6 +255,8 @@ class CleanupManager:
         self, ops: list[ConflictResolutionOperation]
     ) -> list[ConflictResolutionOperation]:
         """Remove the lazy records in `ops` that are due; return the rest."""
+        if self._sinks:
+            return await self._lazy_through_sinks(ops)
         now = self.rt.clock.now()
         kept: list[ConflictResolutionOperation] = []
         for op in ops:
@@ -238,6 +266,112 @@ class CleanupManager:
             else:
                 kept.append(op)
         return kept
+
+    # removal sinks ------------------------------------------------------------------------------
+    def add_removal_sink(self, sink: RemovalSink) -> Callable[[], None]:
+        """Show `sink` every batch of records before it leaves the registry; returns a detacher.
+
+        Every removal path (immediate, ttl, lazy, cap, pressure, force, custom, manual) goes
+        through the sinks; a sweep hands over its whole due batch at once. A sink that raises
+        vetoes the batch: the records stay and the failure counts as a failed cleanup (swept
+        records are retried after the check interval, lazy ones at the next query).
+        """
+        self._sinks.append(sink)
+
+        def detach() -> None:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+        return detach
+
+    @property
+    def removal_sinks(self) -> tuple[RemovalSink, ...]:
+        return tuple(self._sinks)
+
+    async def _through_sinks(
+        self,
+        ops: Sequence[ConflictResolutionOperation],
+        reason: str,
+        strategy: CleanupStrategy | None,
+    ) -> int | None:
+        """Offer `ops` to every sink as one batch, then remove them; None if a sink vetoed."""
+        rt = self.rt
+        now = rt.clock.now()
+        batch = [
+            Removal(op, reason, _strategy_value(strategy or op.cleanup_strategy), now) for op in ops
+        ]
+        for sink in tuple(self._sinks):
+            self.handler_runs += 1
+            self.active_tasks += 1
+            try:
+                await sink(batch)
+            except Exception as exc:
+                name = str(getattr(sink, "name", None) or getattr(sink, "__qualname__", sink))
+                why = f"{type(exc).__name__}: {exc}"
+                self.handler_failures += 1
+                self.failed_handlers[name] += 1
+                self.last_failure = f"{name}: {why}"
+                for value in {r.strategy for r in batch}:
+                    rt.metrics.cleanup_failed(value)
+                log.error(
+                    "removal sink %s failed on %d record(s) (reason %s; first: operation %s, "
+                    "target %s): %s; the records are kept",
+                    name,
+                    len(batch),
+                    reason,
+                    ops[0].ecs_id,
+                    ops[0].target_entity_id,
+                    why,
+                )
+                return None
+            finally:
+                self.active_tasks -= 1
+        removed = 0
+        for r in batch:
+            gone = await rt.backend.remove(r.operation.ecs_id)
+            if gone is not None:
+                removed += 1
+                await self._count(gone, reason, strategy or gone.cleanup_strategy)
+        return removed
+
+    async def _evict_over_cap(self, op: ConflictResolutionOperation, cap: int) -> None:
+        tid = op.target_entity_id
+        zombies = await self.rt.backend.zombies(tid)
+        if tid is None:
+            zombies = [z for z in zombies if z.target_entity_id is None]
+        excess = len(zombies) - cap
+        if excess > 0:
+            zombies.sort(key=_completed)
+            await self._through_sinks(zombies[:excess], "cap", None)
+
+    async def _sweep_through_sinks(self, ids: list[UUID], moment: float) -> int:
+        backend = self.rt.backend
+        ops = [op for op in [await backend.get_operation(i) for i in ids] if op is not None]
+        if not ops:
+            return 0
+        went = await self._through_sinks(ops, "ttl", None)
+        if went is None:
+            retry = moment + (self.check_interval or DEFAULT_CHECK_INTERVAL)
+            for op in ops:
+                await backend.schedule(op.ecs_id, retry)
+            return 0
+        return went
+
+    async def _lazy_through_sinks(
+        self, ops: list[ConflictResolutionOperation]
+    ) -> list[ConflictResolutionOperation]:
+        now = self.rt.clock.now()
+        due = [
+            op
+            for op in ops
+            if op.cleanup_strategy is CleanupStrategy.LAZY
+            and op.cleanup_scheduled_at is not None
+            and now >= op.cleanup_scheduled_at
+        ]
+        if not due or await self._through_sinks(due, "lazy", None) is None:
+            return list(ops)
+        gone = {op.ecs_id for op in due}
+        return [op for op in ops if op.ecs_id not in gone]
 
     # the sweeper --------------------------------------------------------------------------------
     async def schedule(self, op: ConflictResolutionOperation, due: float) -> None:
@@ -281,9 +415,12 @@ class CleanupManager:
         try:
             while True:
                 batch = await rt.backend.pop_due(moment, SWEEP_BATCH)
-                for op_id in batch:
-                    if await self.remove(op_id, "ttl"):
-                        removed += 1
+                if self._sinks:
+                    removed += await self._sweep_through_sinks(batch, moment)
+                else:
+                    for op_id in batch:
+                        if await self.remove(op_id, "ttl"):
+                            removed += 1
                 if len(batch) < SWEEP_BATCH:
                     break
                 await asyncio.sleep(0)
@@ -311,7 +448,7 @@ class CleanupManager:
             if delay > 0:
                 self._wake_at = at
                 wake.clear()
-                sleeper = asyncio.ensure_future(rt.clock.sleep(delay))
+                sleeper = asyncio.ensure_future(self._sleep_until(at))
                 waiter = asyncio.ensure_future(wake.wait())
                 try:
                     await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -325,6 +462,14 @@ class CleanupManager:
             except Exception:
                 log.exception("sweep failed; retrying after the check interval")
                 self._last_sweep = rt.clock.time()
+
+    async def _sleep_until(self, at: float) -> None:
+        """Sleep until the clock reads `at`, measured when this task starts: the clock may move
+        between creating the task and its first step (a fake clock advanced by a test)."""
+        clock = self.rt.clock
+        delay = at - clock.time()
+        if delay > 0:
+            await clock.sleep(delay)
 
     def stop(self) -> None:
         if self._sweeper is not None and not self._sweeper.done():
@@ -347,6 +492,14 @@ def _make_handler(eff: EffectiveCleanup, config: CleanupConfig) -> CleanupHandle
     if strategy is CleanupStrategy.CUSTOM:
         return CustomCleanupHandler(config.custom_cleanup_handler or "")
     return NoOpCleanupHandler()
+
+
+def _strategy_value(strategy: CleanupStrategy | None) -> str:
+    return strategy.value if strategy is not None else "none"
+
+
+def _completed(op: ConflictResolutionOperation) -> datetime:
+    return op.completed_at or op.created_at
 
 
 def _duration_ms(op: ConflictResolutionOperation) -> float:
