@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the health check and Prometheus metrics of the default runtime.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
-    serve.add_argument("--port", type=_int_in(0, 65_535), default=8000, help="default 8000")
+    serve.add_argument("--port", type=_int_in(0, 65_535), default=9464, help="default 9464")
     return parser
 
 
@@ -183,6 +183,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     print("latency: per call, from the call to its result or exception (includes queueing)")
     print("zombies: rejected/failed records still in the registry; peak memory: " + cfg.memory)
+    for r in report.results:
+        if r.archived is not None:
+            print(
+                f"{r.strategy} ({r.handler}): {r.archived:,} records written to the SQLite "
+                "archive before they left the registry"
+            )
     print()
     print("money check (cents): initial + committed deposits - committed withdrawals")
     for line in money_lines(report):
@@ -268,6 +274,8 @@ async def _health_json(rt: Any) -> dict[str, Any]:
         body = builder(rt)
         if inspect.isawaitable(body):
             body = await body
+        if isinstance(body, tuple) and len(body) == 2:
+            body = body[1]
         if isinstance(body, (bytes, str)):
             body = json.loads(body)
         if isinstance(body, dict):

@@ -13,7 +13,9 @@ import contextlib
 import gc
 import importlib
 import multiprocessing
+import os
 import random
+import tempfile
 import time
 import traceback
 import tracemalloc
@@ -102,6 +104,7 @@ class DemoConfig:
     sample_interval: float = 0.05
     memory: str = "rss"
     isolate: bool = True
+    archive_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.duration <= 3600:
@@ -141,6 +144,7 @@ class StrategyResult:
     expected_total: int = 0
     actual_total: int = 0
     removed: dict[str, int] = field(default_factory=dict)
+    archived: int | None = None
     timeline: list[tuple[float, int]] = field(default_factory=list)
 
     @property
@@ -344,6 +348,12 @@ async def simulate(
     accounts = [Account(owner=f"client-{i:04d}") for i in range(cfg.accounts)]
     for a in accounts:
         await rt.registry.register(a)
+    archive = None
+    if cleanup.custom_cleanup_handler == ARCHIVE_HANDLER:
+        from contend.cleanup.archive import install_archive
+
+        folder = Path(cfg.archive_dir or tempfile.gettempdir())
+        archive = install_archive(rt, folder / f"contend-demo-{os.getpid()}-{id(rt)}.sqlite3")
     books = _Run()
     unsubscribe = rt.events.subscribe(OperationRetriedEvent, books.on_retry)
     result = StrategyResult(strategy=strategy, handler=cleanup.custom_cleanup_handler or strategy)
@@ -409,6 +419,14 @@ async def simulate(
         committed = await rt.registry.get_entity(a.ecs_id)
         total += committed.balance if isinstance(committed, Account) else 0
     result.actual_total = total
+    if archive is not None:
+        from contend.cleanup.archive import ArchiveReader
+
+        archive.close()
+        with ArchiveReader(archive.path) as reader:
+            result.archived = reader.count()
+        if cfg.archive_dir is None:
+            archive.path.unlink(missing_ok=True)
     return result
 
 
