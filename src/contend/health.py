@@ -15,7 +15,13 @@ FAILURE_RATE_UNHEALTHY = 0.10
 
 
 async def cleanup_system_health_check(runtime: Runtime | None = None) -> dict[str, Any]:
-    """Comprehensive health check for cleanup system."""
+    """Comprehensive health check for cleanup system.
+
+    The design's dict and thresholds (degraded past 10,000 zombies or 90% memory pressure,
+    unhealthy once a cleanup handler has failed), plus the oldest zombie's age (degraded past
+    24 h) and the share of cleanup runs that failed (unhealthy past 10%). A failed handler keeps
+    the runtime unhealthy: the records it could not clean are still there for an operator.
+    """
     rt = runtime or get_runtime()
     counts = await rt.backend.zombie_counts_by_target()
     zombie_counts = {str(k): v for k, v in counts.items()}
@@ -62,6 +68,7 @@ async def cleanup_system_health_check(runtime: Runtime | None = None) -> dict[st
         "failed_cleanup_handlers": failed_cleanup_handlers,
         "oldest_zombie_age_seconds": oldest,
         "cleanup_failure_rate": failure_rate,
+        "last_cleanup_failure": manager.last_failure,
         "event_subscriber_errors": rt.events.subscriber_errors,
         "issues": issues,
     }
