@@ -97,7 +97,7 @@ class _Protected(Generic[P, R]):
         if rt._loop is not _running_loop():
             rt.bind_loop()
         if self.name not in rt._functions:
-            rt.note_function(self.name, self.cleanup.strategy.value)
+            rt.note_function(self.name, self.cleanup.strategy)
         backend = rt.backend
         clock = rt.clock
         passed = find_entities(args, kwargs)
@@ -201,35 +201,36 @@ class _Protected(Generic[P, R]):
             text = lost.reason or "rejected by staging"
             winner_id, winner_priority = None, None
         eff = await rt.cleanup.bury(op, OperationStatus.REJECTED, self.cleanup, text, winner_id)
-        log.debug(
-            "operation %s (%s, priority %d) rejected on target %s: winner %s (priority %s); "
-            "cleanup %s",
-            op.ecs_id,
-            self.name,
-            op.priority,
-            op.target_entity_id,
-            winner_id,
-            winner_priority,
-            eff.strategy.value,
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "operation %s (%s, priority %d) rejected on target %s: winner %s (priority %s); "
+                "cleanup %s",
+                op.ecs_id,
+                self.name,
+                op.priority,
+                op.target_entity_id,
+                winner_id,
+                winner_priority,
+                eff.strategy,
+            )
         if rt.events.wants(OperationRejectedEvent):
             await rt.events.emit(
                 OperationRejectedEvent(
                     op_id=op.ecs_id,
                     target_entity_id=op.target_entity_id,
                     rejection_reason=text,
-                    cleanup_strategy=eff.strategy.value,
+                    cleanup_strategy=eff.strategy._value_,
                     winner_id=winner_id,
                 )
             )
-        suffix = f"; winner {winner_id}" if winner_id is not None else ""
         return OperationRejectedError(
             op.ecs_id,
             op.target_entity_id,
             op.priority,
             winner_id,
             winner_priority,
-            f"operation {op.ecs_id} ({self.name}) rejected: {text}{suffix}",
+            text,
+            self.name,
         )
 
 
@@ -256,7 +257,14 @@ def _build_config(
             )
         return config
     if isinstance(cleanup, (CleanupStrategy, str)):
-        cleanup = CleanupConfig(strategy=CleanupStrategy(cleanup))
+        try:
+            strategy = CleanupStrategy(cleanup)
+        except ValueError:
+            allowed = ", ".join(s.value for s in CleanupStrategy)
+            raise ConfigurationError(
+                "cleanup", f"unknown strategy {cleanup!r} (allowed: {allowed})"
+            ) from None
+        cleanup = CleanupConfig(strategy=strategy)
     elif cleanup is not None and not isinstance(cleanup, CleanupConfig):
         raise ConfigurationError(
             "cleanup", f"expected CleanupConfig or a strategy name, got {type(cleanup).__name__}"

@@ -37,7 +37,11 @@ class InvalidTransitionError(ContendError, RuntimeError):
 
 
 class OperationRejectedError(ContendError, RuntimeError):
-    """The call lost its staging window to a higher-priority (or earlier) call."""
+    """The call lost its staging window to a higher-priority (or earlier) call.
+
+    The message names both operations and both priorities; it is built when first read, since
+    most rejections in a busy service are counted, not printed.
+    """
 
     def __init__(
         self,
@@ -47,6 +51,7 @@ class OperationRejectedError(ContendError, RuntimeError):
         winner_id: UUID | None,
         winner_priority: int | None,
         reason: str,
+        function_name: str = "",
     ) -> None:
         self.op_id = op_id
         self.target_entity_id = target_entity_id
@@ -54,7 +59,13 @@ class OperationRejectedError(ContendError, RuntimeError):
         self.winner_id = winner_id
         self.winner_priority = winner_priority
         self.reason = reason
+        self.function_name = function_name
         super().__init__(reason)
+
+    def __str__(self) -> str:
+        where = f" ({self.function_name})" if self.function_name else ""
+        winner = f"; winner {self.winner_id}" if self.winner_id is not None else ""
+        return f"operation {self.op_id}{where} rejected: {self.reason}{winner}"
 
 
 class OCCConflictError(ContendError, RuntimeError):
