@@ -1,0 +1,163 @@
+"""Worker processes for the multi-process Redis tests (spawned, so each has its own runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+from uuid import UUID
+
+from contend import (
+    CleanupConfig,
+    CleanupStrategy,
+    Entity,
+    OCCConfig,
+    OCCConflictError,
+    OperationRejectedError,
+    PreECSConfig,
+    Runtime,
+    with_conflict_resolution,
+)
+from contend.backends.redis import RedisBackend
+
+
+class Account(Entity):
+    balance: int = 0
+
+
+class Slot(Entity):
+    value: int = 0
+
+
+def _runtime(url: str, prefix: str, lease_ms: int = 2000) -> Runtime:
+    return Runtime(
+        backend=RedisBackend.from_url(url, prefix=prefix, lease_ms=lease_ms),
+        memory_probe=lambda: 0.0,
+    )
+
+
+def deposits(
+    url: str, prefix: str, account_ids: list[str], calls: int, seed: int
+) -> dict[str, Any]:
+    """`calls` OCC deposits spread over the shared accounts; returns what committed and how each
+    call ended."""
+
+    async def main() -> dict[str, Any]:
+        rt = _runtime(url, prefix)
+        none = CleanupConfig(strategy=CleanupStrategy.NONE)
+        occ = OCCConfig(max_retries=50, base_delay_ms=0.5, max_delay_ms=20.0)
+
+        @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=none, runtime=rt)
+        async def deposit(acct: Account, amount: int) -> None:
+            acct.balance += amount
+
+        rng = random.Random(seed)
+        accounts = [Account(ecs_id=UUID(i)) for i in account_ids]
+        committed = 0
+        ended = {"succeeded": 0, "failed": 0, "other": 0}
+
+        async def one(acct: Account, amount: int) -> None:
+            nonlocal committed
+            try:
+                await deposit(acct, amount)
+            except OCCConflictError:
+                ended["failed"] += 1
+            except Exception:
+                ended["other"] += 1
+            else:
+                committed += amount
+                ended["succeeded"] += 1
+
+        batch = 10
+        for start in range(0, calls, batch):
+            await asyncio.gather(
+                *(
+                    one(rng.choice(accounts), rng.randint(1, 100))
+                    for _ in range(min(batch, calls - start))
+                )
+            )
+        await rt.aclose()
+        return {"committed": committed, **ended}
+
+    return asyncio.run(main())
+
+
+def contend_once(
+    url: str, prefix: str, target: str, priority: int, window_ms: int, barrier: Any
+) -> dict[str, Any]:
+    """One staged call on the shared target, released together with the other workers."""
+
+    async def main() -> dict[str, Any]:
+        rt = _runtime(url, prefix)
+        slot = Slot(ecs_id=UUID(target))
+        await rt.registry.register(slot)
+
+        @with_conflict_resolution(
+            pre_ecs=PreECSConfig(staging_timeout_ms=window_ms),
+            cleanup=CleanupConfig(strategy=CleanupStrategy.NONE),
+            runtime=rt,
+        )
+        async def write(s: Slot, value: int) -> int:
+            s.value = value
+            return value
+
+        await asyncio.to_thread(barrier.wait, 10)
+        try:
+            await write.with_priority(priority)(slot, priority)
+            out: dict[str, Any] = {"won": True}
+        except OperationRejectedError as exc:
+            out = {"won": False, "winner": str(exc.winner_id)}
+        await rt.aclose()
+        return out
+
+    return asyncio.run(main())
+
+
+def hold_forever(url: str, prefix: str, target: str, lease_ms: int, started: Any) -> None:
+    """Win the target, tell the parent, then hang inside the call until killed."""
+
+    async def main() -> None:
+        rt = _runtime(url, prefix, lease_ms)
+        slot = Slot(ecs_id=UUID(target))
+
+        @with_conflict_resolution(
+            cleanup=CleanupConfig(strategy=CleanupStrategy.IMMEDIATE), runtime=rt
+        )
+        async def hang(s: Slot) -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        await hang(slot)
+
+    asyncio.run(main())
+
+
+def make_zombies(url: str, prefix: str, target: str, rounds: int, cap: int) -> int:
+    """Produce rejected zombies on one target (pairs of same-tick calls); returns how many."""
+
+    async def main() -> int:
+        rt = _runtime(url, prefix)
+        slot = Slot(ecs_id=UUID(target))
+        cfg = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=cap)
+
+        @with_conflict_resolution(cleanup=cfg, runtime=rt)
+        async def write(s: Slot) -> None:
+            s.value += 1
+
+        rejected = 0
+        for _ in range(rounds):
+            res = await asyncio.gather(write(slot), write(slot), return_exceptions=True)
+            rejected += sum(isinstance(r, OperationRejectedError) for r in res)
+        await rt.aclose()
+        return rejected
+
+    return asyncio.run(main())
+
+
+def wait_until(cond: Any, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        time.sleep(0.01)

@@ -1,0 +1,141 @@
+"""Several worker processes on one real redis-server: the guarantees hold across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import redis
+import redis_workers as w
+
+from conftest import RedisServer
+from contend import (
+    CleanupConfig,
+    CleanupStrategy,
+    OperationCleanedEvent,
+    Runtime,
+    with_conflict_resolution,
+)
+
+SPAWN = mp.get_context("spawn")
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ProcessPoolExecutor]:
+    """Four spawned workers, shared by this module's tests (spawning costs ~1 s each)."""
+    with ProcessPoolExecutor(4, mp_context=SPAWN) as executor:
+        yield executor
+
+
+def _keys(server: RedisServer, prefix: str) -> redis.Redis:
+    return redis.Redis(port=server.port, decode_responses=True)
+
+
+def test_four_workers_occ_deposits_lose_nothing(
+    pool: ProcessPoolExecutor, redis_server: RedisServer, prefix: str
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(10)]
+    futs = [pool.submit(w.deposits, redis_server.url, prefix, ids, 250, seed) for seed in range(4)]
+    results = [f.result(timeout=120) for f in futs]
+
+    r = _keys(redis_server, prefix)
+    balances = [
+        w.Account.model_validate_json(r.hget(f"{{{prefix}}}:e:{i}", "d") or "{}").balance
+        for i in ids
+    ]
+    assert sum(balances) == sum(res["committed"] for res in results)
+    for res in results:
+        assert res["succeeded"] + res["failed"] == 250
+        assert res["other"] == 0
+    failed = sum(res["failed"] for res in results)
+    assert r.scard(f"{{{prefix}}}:os:failed") == failed
+    assert r.scard(f"{{{prefix}}}:os:pending") == 0
+    assert r.scard(f"{{{prefix}}}:os:executing") == 0
+    assert int(r.get(f"{{{prefix}}}:zc") or 0) == failed
+
+
+def test_four_processes_one_window_exactly_one_winner(
+    pool: ProcessPoolExecutor, redis_server: RedisServer, prefix: str
+) -> None:
+    target = str(uuid.uuid4())
+    with SPAWN.Manager() as manager:
+        barrier = manager.Barrier(4)
+        futs = [
+            pool.submit(w.contend_once, redis_server.url, prefix, target, p, 400, barrier)
+            for p in (2, 5, 8, 3)
+        ]
+        results = [f.result(timeout=60) for f in futs]
+    assert [res["won"] for res in results] == [False, False, True, False]
+    winners = {res["winner"] for res in results if not res["won"]}
+    assert len(winners) == 1
+    r = _keys(redis_server, prefix)
+    assert r.scard(f"{{{prefix}}}:os:rejected") == 3
+    assert w.Slot.model_validate_json(r.hget(f"{{{prefix}}}:e:{target}", "d") or "").value == 8
+
+
+async def test_killed_worker_blocks_only_until_its_lease_expires(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    target = str(uuid.uuid4())
+    started = SPAWN.Event()
+    proc = SPAWN.Process(
+        target=w.hold_forever, args=(redis_server.url, prefix, target, 800, started)
+    )
+    proc.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        r = _keys(redis_server, prefix)
+        orphan = r.get(f"{{{prefix}}}:lease:{target}")
+        assert orphan is not None
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        await asyncio.to_thread(proc.join, 10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+    from contend.backends.redis import RedisBackend
+
+    rt = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, lease_ms=800),
+        memory_probe=lambda: 0.0,
+    )
+    slot = w.Slot(ecs_id=uuid.UUID(target))
+
+    cleaned: asyncio.Queue[OperationCleanedEvent] = asyncio.Queue()
+    rt.events.subscribe(OperationCleanedEvent, cleaned.put_nowait)
+
+    @with_conflict_resolution(cleanup=CleanupConfig(strategy=CleanupStrategy.NONE), runtime=rt)
+    async def write(s: w.Slot) -> str:
+        s.value = 7
+        return "done"
+
+    assert await asyncio.wait_for(write(slot), 10) == "done"
+    assert slot.value == 7
+    # The orphan ran under IMMEDIATE cleanup: buried FAILED by this survivor, then removed.
+    event = await asyncio.wait_for(cleaned.get(), 10)
+    assert (str(event.op_id), event.status, event.reason) == (orphan, "failed", "immediate")
+    assert await rt.backend.get_operation(uuid.UUID(orphan)) is None
+    assert rt.cleanup.removed["immediate"] == 1
+    assert r.zscore(f"{{{prefix}}}:inflight", orphan) is None
+    assert r.scard(f"{{{prefix}}}:os:executing") == 0
+    await rt.aclose()
+
+
+def test_zombie_cap_holds_under_four_writers(
+    pool: ProcessPoolExecutor, redis_server: RedisServer, prefix: str
+) -> None:
+    target = str(uuid.uuid4())
+    futs = [pool.submit(w.make_zombies, redis_server.url, prefix, target, 25, 5) for _ in range(4)]
+    rejected = sum(f.result(timeout=60) for f in futs)
+    assert rejected >= 25 * 4 // 2
+    r = _keys(redis_server, prefix)
+    assert r.zcard(f"{{{prefix}}}:zb:{target}") == 5
+    assert int(r.get(f"{{{prefix}}}:zc") or 0) == 5
+    assert r.scard(f"{{{prefix}}}:os:rejected") == 5
+    assert r.scard(f"{{{prefix}}}:ot:{target}") == 5
