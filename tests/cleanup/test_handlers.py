@@ -172,7 +172,9 @@ async def test_failed_call_with_immediate_cleanup_leaves_nothing(runtime: Runtim
     assert runtime.cleanup.removed == {"immediate": 1}
 
 
-async def test_cancelled_calls_follow_the_same_lifecycle(runtime: Runtime, clock: FakeClock) -> None:
+async def test_cancelled_calls_follow_the_same_lifecycle(
+    runtime: Runtime, clock: FakeClock
+) -> None:
     started = asyncio.Event()
 
     @with_conflict_resolution(
@@ -219,9 +221,12 @@ async def test_cancelled_while_staged_is_a_zombie_too(runtime: Runtime) -> None:
     assert await first is item
     (zombie,) = await runtime.registry.zombies(item.ecs_id)
     assert zombie.status is OperationStatus.CANCELLED
-    assert runtime.metrics.registry.get_sample_value(
-        "contend_operations_total", {"outcome": "cancelled"}
-    ) == 1
+    assert (
+        runtime.metrics.registry.get_sample_value(
+            "contend_operations_total", {"outcome": "cancelled"}
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(

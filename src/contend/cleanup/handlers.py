@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -137,4 +138,9 @@ class CustomCleanupHandler(CleanupHandler):
 
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         operation.__dict__["cleanup_handler_name"] = self.name
-        await self.delegate.handle_operation_rejection(operation)
+        outcome: Awaitable[object] = self.delegate.handle_operation_rejection(operation)
+        result = await outcome
+        if result is not None:
+            raise TypeError(
+                f"cleanup handler {self.name!r} returned {result!r}; a cleanup handler returns None"
+            )

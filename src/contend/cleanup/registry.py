@@ -68,9 +68,7 @@ class CleanupHandlerRegistry:
             return cls._handlers[name]
         except KeyError:
             known = ", ".join(sorted(cls._handlers)) or "none"
-            raise ValueError(
-                f"Unknown cleanup handler: {name!r} (registered: {known})"
-            ) from None
+            raise ValueError(f"Unknown cleanup handler: {name!r} (registered: {known})") from None
 
     @classmethod
     def create(cls, name: str, **kwargs: Any) -> CleanupHandler:
