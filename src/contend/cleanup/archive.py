@@ -154,8 +154,8 @@ def _row(removal: Removal) -> Row:
     )
 
 
-def _connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+def _connect(path: Path, synchronous: Synchronous, timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=timeout)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("BEGIN IMMEDIATE")
@@ -179,7 +179,8 @@ class ArchiveSink:
     that is cheaper than a hop to a thread (~140 us measured). Larger ones, such as a sweep's due
     batch, go to one dedicated writer thread so the loop keeps serving. `synchronous="NORMAL"`
     (WAL) survives the process being killed; "FULL" also survives power loss, at an fsync per
-    batch.
+    batch. Another writer holding the file's lock makes a write wait up to
+    `busy_timeout_seconds`, then fail (and the records stay).
     """
 
     name = "archive"
@@ -190,6 +191,7 @@ class ArchiveSink:
         *,
         synchronous: Synchronous = "NORMAL",
         inline_max_rows: int = 64,
+        busy_timeout_seconds: float = 5.0,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError(
@@ -201,10 +203,16 @@ class ArchiveSink:
             )
         if inline_max_rows < 0:
             raise ValueError(f"ArchiveSink.inline_max_rows: must be >= 0, got {inline_max_rows}")
+        if not 0 <= busy_timeout_seconds <= 600:
+            raise ValueError(
+                f"ArchiveSink.busy_timeout_seconds: must be 0..600, got {busy_timeout_seconds!r}"
+            )
         self.path = Path(path)
         self.synchronous = synchronous
         self.inline_max_rows = inline_max_rows
-        self._conn: sqlite3.Connection | None = _connect(self.path, synchronous)
+        self._conn: sqlite3.Connection | None = _connect(
+            self.path, synchronous, float(busy_timeout_seconds)
+        )
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._in_thread = 0
@@ -279,6 +287,7 @@ def install_archive(
     *,
     synchronous: Synchronous = "NORMAL",
     inline_max_rows: int = 64,
+    busy_timeout_seconds: float = 5.0,
 ) -> ArchiveSink:
     """Archive every record `runtime` removes from now on; returns the runtime's ArchiveSink.
 
@@ -294,7 +303,12 @@ def install_archive(
                 )
             return sink
     chosen = path if path is not None else os.environ.get(ARCHIVE_PATH_ENV, DEFAULT_ARCHIVE_PATH)
-    sink = ArchiveSink(chosen, synchronous=synchronous, inline_max_rows=inline_max_rows)
+    sink = ArchiveSink(
+        chosen,
+        synchronous=synchronous,
+        inline_max_rows=inline_max_rows,
+        busy_timeout_seconds=busy_timeout_seconds,
+    )
     sink._detach = runtime.cleanup.add_removal_sink(sink)
     return sink
 
