@@ -1,12 +1,18 @@
-"""Worker processes for the multi-process Redis tests (spawned, so each has its own runtime)."""
+"""The redis-server harness and the worker processes of the Redis tests (spawned workers)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import socket
+import subprocess
 import time
 from typing import Any
 from uuid import UUID
+
+import pytest
+import redis
 
 from contend import (
     CleanupConfig,
@@ -20,6 +26,69 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.backends.redis import RedisBackend
+
+INSTALL_HINT = (
+    "redis-server is not installed: the Redis backend tests need a real server. Install it with "
+    "`make redis-server` or `sudo apt-get update && sudo apt-get install -y redis-server`."
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server subprocess without persistence; can be stopped and started again."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(INSTALL_HINT, pytrace=False)
+        self.binary = binary
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
 
 
 class Account(Entity):
@@ -153,11 +222,3 @@ def make_zombies(url: str, prefix: str, target: str, rounds: int, cap: int) -> i
         return rejected
 
     return asyncio.run(main())
-
-
-def wait_until(cond: Any, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        time.sleep(0.01)

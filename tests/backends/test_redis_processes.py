@@ -13,8 +13,8 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import redis
 import redis_workers as w
+from redis_workers import RedisServer
 
-from conftest import RedisServer
 from contend import (
     CleanupConfig,
     CleanupStrategy,

@@ -450,6 +450,10 @@ class RedisBackend:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._spawn, self._flush())
 
+    async def flush(self) -> None:
+        """Write back now what sync steps left for later (releases, records a handler changed)."""
+        await self._flush()
+
     async def _flush(self) -> None:
         """Write what a sync step left behind: releases, and records a handler changed."""
         self._flush_scheduled = False

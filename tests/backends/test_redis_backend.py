@@ -1,0 +1,228 @@
+"""The Redis backend in one process: selection, JSON storage, staging, cleanup and outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+import redis
+from redis_workers import RedisServer
+
+from contend import (
+    CleanupConfig,
+    CleanupStrategy,
+    ConfigurationError,
+    Entity,
+    FakeClock,
+    OperationRejectedError,
+    OperationStatus,
+    Runtime,
+    with_conflict_resolution,
+)
+from contend.backends.redis import (
+    ENV_VAR,
+    RedisBackend,
+    RedisUnavailableError,
+    backend_from_env,
+)
+
+NONE = CleanupConfig(strategy=CleanupStrategy.NONE)
+
+
+class Account(Entity):
+    balance: float = 0.0
+    owner: str = ""
+
+
+def _sync(server: RedisServer) -> redis.Redis:
+    return redis.Redis(port=server.port, decode_responses=True)
+
+
+def test_bad_settings_name_the_field() -> None:
+    with pytest.raises(ConfigurationError, match="url"):
+        RedisBackend.from_url("http://localhost:6379")
+    with pytest.raises(ConfigurationError, match="lease_ms"):
+        RedisBackend.from_url("redis://localhost:6379", lease_ms=5)
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisBackend.from_url("redis://localhost:6379", prefix="a{b}")
+
+
+def test_env_var_selects_redis_with_password_db_and_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert backend_from_env() is None
+    monkeypatch.setenv(ENV_VAR, "rediss://:s3cret@cache.internal:6380/3")
+    backend = backend_from_env(prefix="svc")
+    assert backend is not None
+    kw = backend.client.connection_pool.connection_kwargs
+    assert (kw["host"], kw["port"], kw["db"], kw["password"]) == (
+        "cache.internal",
+        6380,
+        3,
+        "s3cret",
+    )
+    assert backend.client.connection_pool.connection_class.__name__ == "SSLConnection"
+    assert "s3cret" not in repr(backend)
+    assert backend.prefix == "svc"
+
+
+async def test_state_is_json_and_another_process_view_loads_it_into_its_class(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def deposit(acct: Account, amount: float) -> None:
+        acct.balance += amount
+
+    acct = Account(balance=100.0, owner="ada")
+    await deposit(acct, 50.0)
+    assert (acct.balance, acct.version) == (150.0, 1)
+
+    raw = _sync(redis_server).hget(f"{{{prefix}}}:e:{acct.ecs_id}", "d")
+    assert json.loads(raw or "")["balance"] == 150.0
+
+    other = Runtime(backend=RedisBackend.from_url(redis_server.url, prefix=prefix))
+    mine = Account(ecs_id=acct.ecs_id)
+    committed = await other.registry.register(mine)
+    assert committed is mine
+    assert (mine.balance, mine.owner, mine.version) == (150.0, "ada", 1)
+    await other.aclose()
+
+
+async def test_same_tick_calls_one_winner_losers_are_json_zombies(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    @with_conflict_resolution(cleanup=NONE, runtime=redis_runtime)
+    async def touch(acct: Account) -> str:
+        acct.balance += 1
+        return "ok"
+
+    acct = Account()
+    results = await asyncio.gather(*(touch(acct) for _ in range(5)), return_exceptions=True)
+    assert results.count("ok") == 1
+    rejected = [r for r in results if isinstance(r, OperationRejectedError)]
+    assert len(rejected) == 4
+    zombies = await redis_runtime.registry.zombies(acct.ecs_id)
+    assert {z.status for z in zombies} == {OperationStatus.REJECTED}
+    assert {z.ecs_id for z in zombies} == {r.op_id for r in rejected}
+    assert redis_runtime.backend.zombie_count == 4
+    stored = _sync(redis_server).hget(f"{{{prefix}}}:op:{rejected[0].op_id}", "j")
+    assert json.loads(stored or "")["status"] == "rejected"
+
+
+async def test_priority_wins_within_a_timed_window(redis_runtime: Runtime) -> None:
+    from contend import PreECSConfig
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(staging_timeout_ms=30), cleanup=NONE, runtime=redis_runtime
+    )
+    async def write(acct: Account, who: str) -> str:
+        acct.owner = who
+        return who
+
+    acct = Account()
+    low = asyncio.ensure_future(write.with_priority(2)(acct, "low"))
+    await asyncio.sleep(0.005)
+    high = asyncio.ensure_future(write.with_priority(8)(acct, "high"))
+    assert await high == "high"
+    with pytest.raises(OperationRejectedError) as info:
+        await low
+    assert info.value.winner_priority == 8
+
+
+async def test_deferred_removal_at_due_time_on_the_fake_clock(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    clock = redis_runtime.clock
+    assert isinstance(clock, FakeClock)
+    cfg = CleanupConfig(strategy=CleanupStrategy.DEFERRED, retention_minutes=30)
+
+    @with_conflict_resolution(cleanup=cfg, runtime=redis_runtime)
+    async def touch(acct: Account) -> None:
+        acct.balance += 1
+
+    acct = Account()
+    await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
+    (zombie,) = await redis_runtime.registry.zombies(acct.ecs_id)
+    assert zombie.cleanup_scheduled_at is not None
+    ttl = _sync(redis_server).pttl(f"{{{prefix}}}:op:{zombie.ecs_id}")
+    assert ttl > 30 * 60 * 1000  # the key-expiry backstop lies beyond the due time
+
+    clock.advance(minutes=29)
+    assert await redis_runtime.cleanup.sweep() == 0
+    assert len(await redis_runtime.registry.zombies()) == 1
+    clock.advance(minutes=1)
+    assert await redis_runtime.cleanup.sweep() == 1
+    assert await redis_runtime.registry.zombies() == []
+    assert redis_runtime.backend.zombie_count == 0
+    assert redis_runtime.cleanup.removed["ttl"] == 1
+
+
+async def test_one_sweeper_at_a_time_across_workers(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    other = RedisBackend.from_url(redis_server.url, prefix=prefix)
+    mine = redis_runtime.backend
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    r = _sync(redis_server)
+    r.zadd(f"{{{prefix}}}:due", {str(first): 1.0, str(second): 2.0, str(third): 3.0})
+    assert await mine.pop_due(10.0, 1) == [first]
+    assert await other.pop_due(10.0, 10) == []  # locked out while the first sweeper holds it
+    assert await mine.pop_due(10.0, 1) == [second]
+    r.pexpire(f"{{{prefix}}}:sweeper", 1)  # the first sweeper died: its lock runs out
+    await asyncio.sleep(0.01)
+    assert await other.pop_due(10.0, 10) == [third]
+    await other.close()
+
+
+async def test_lazy_zombie_leaves_on_the_read_that_meets_it(redis_runtime: Runtime) -> None:
+    clock = redis_runtime.clock
+    assert isinstance(clock, FakeClock)
+    cfg = CleanupConfig(strategy=CleanupStrategy.LAZY, retention_minutes=5)
+
+    @with_conflict_resolution(cleanup=cfg, runtime=redis_runtime)
+    async def touch(acct: Account) -> None:
+        acct.balance += 1
+
+    acct = Account()
+    await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
+    await redis_runtime.backend.flush()  # type: ignore[attr-defined]
+    assert len(await redis_runtime.registry.operations_for_target(acct.ecs_id)) == 1
+    clock.advance(minutes=5)
+    assert await redis_runtime.registry.operations_for_target(acct.ecs_id) == []
+    assert redis_runtime.cleanup.removed["lazy"] == 1
+    assert redis_runtime.backend.zombie_count == 0
+
+
+async def test_redis_down_fails_fast_with_a_clear_error_then_recovers() -> None:
+    server = RedisServer()
+    server.start()
+    rt = Runtime(
+        backend=RedisBackend.from_url(
+            server.url, prefix="outage", lease_ms=1000, socket_timeout=1.0, connect_timeout=0.5
+        ),
+        memory_probe=lambda: 0.0,
+    )
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=rt)
+    async def deposit(acct: Account, amount: float) -> None:
+        acct.balance += amount
+
+    acct = Account()
+    try:
+        await deposit(acct, 1.0)
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailableError, match=r"redis://127\.0\.0\.1:\d+/0"):
+            await asyncio.wait_for(deposit(Account(), 1.0), 10)
+        with pytest.raises(RedisUnavailableError):
+            await asyncio.wait_for(deposit(acct, 1.0), 10)
+        assert time.monotonic() - started < 5
+        server.start()
+        fresh = Account()
+        await asyncio.wait_for(deposit(fresh, 2.0), 10)
+        assert fresh.balance == 2.0
+    finally:
+        await rt.aclose()
+        server.stop()
