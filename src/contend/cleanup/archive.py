@@ -116,13 +116,13 @@ def _ts(moment: datetime | None) -> str | None:
         return None
     if moment.tzinfo is None:
         raise ValueError(f"archive timestamps must be timezone-aware, got naive {moment!r}")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _parse_ts(text: str | None) -> datetime | None:
     if text is None:
         return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(text)
 
 
 def _uuid_text(value: UUID | None) -> str | None:
@@ -224,17 +224,18 @@ class ArchiveSink:
         return f"ArchiveSink({str(self.path)!r}, synchronous={self.synchronous!r})"
 
     async def __call__(self, removals: Sequence[Removal]) -> None:
-        rows = [_row(r) for r in removals]
-        if not rows:
+        if not removals:
             return
-        if len(rows) <= self.inline_max_rows and self._in_thread == 0:
-            self.write_rows(rows)
+        if len(removals) <= self.inline_max_rows and self._in_thread == 0:
+            self.write(removals)
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="contend-archive")
         self._in_thread += 1
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.write_rows, rows)
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.write, list(removals)
+            )
         finally:
             self._in_thread -= 1
 
