@@ -134,6 +134,7 @@ class RedisBackend:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._subscribing: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._flush_scheduled = False
@@ -223,7 +224,7 @@ class RedisBackend:
         """The runtime moved to a new event loop: drop state and connections of the old one."""
         self._batches.clear()
         self._waiters.clear()
-        self._listener = self._renewer = None
+        self._listener = self._renewer = self._subscribing = None
         self._pubsub = None
         self._background.clear()
         self._flush_scheduled = False
@@ -643,12 +644,23 @@ class RedisBackend:
             await asyncio.wait_for(asyncio.shield(fut), timeout)
 
     async def _ensure_listener(self) -> None:
+        """One pub/sub connection per process, subscribed before any window is joined."""
         if self._listener is not None and not self._listener.done():
             return
+        if self._subscribing is None:
+            self._subscribing = asyncio.get_running_loop().create_task(self._subscribe())
+        try:
+            await asyncio.shield(self._subscribing)
+        finally:
+            if self._subscribing is not None and self._subscribing.done():
+                self._subscribing = None
+
+    async def _subscribe(self) -> None:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(f"{self._p}released")
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise self._unavailable(exc) from exc
         self._pubsub = pubsub
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
@@ -666,8 +678,11 @@ class RedisBackend:
                             fut.set_result(None)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.warning("lost the pub/sub connection; waiters fall back to lease timeouts")
+        except Exception as exc:
+            log.warning(
+                "lost the pub/sub connection (%s); waiters fall back to lease timeouts",
+                exc,
+            )
             for futs in self._waiters.values():
                 for fut in futs:
                     if not fut.done():
