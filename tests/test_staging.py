@@ -8,10 +8,15 @@ from collections.abc import Callable
 from uuid import UUID
 
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from contend import (
+    CleanupConfig,
     CleanupStrategy,
     Entity,
+    FakeClock,
+    OperationConflictEvent,
     OperationPriority,
     OperationRejectedError,
     OperationRejectedEvent,
@@ -22,6 +27,9 @@ from contend import (
 )
 
 NONE = CleanupStrategy.NONE
+KEEP_EVERY_ZOMBIE = CleanupConfig(
+    strategy=NONE, immediate_cleanup_priorities=[], debug_retention_priorities=[]
+)
 
 
 class Slot(Entity):
@@ -437,3 +445,81 @@ async def test_failed_winner_hands_target_to_next_window(runtime: Runtime) -> No
     assert isinstance(results[0], ValueError)
     assert results[1] == "queued"
     assert await _records(runtime, slot) == {OperationStatus.FAILED: 1}
+
+
+# --- random interleavings ----------------------------------------------------------------------
+
+call_plan = st.tuples(
+    st.integers(0, 2),  # target
+    st.sampled_from([1, 2, 5, 8, 10]),  # priority
+    st.integers(0, 3),  # ticks to wait before submitting
+    st.integers(0, 2),  # ticks the function body awaits
+    st.sampled_from([None, 0, 1, 3]),  # cancel after this many ticks (None: never)
+)
+
+
+@settings(max_examples=40, deadline=None, phases=[Phase.generate])
+@given(window_ms=st.sampled_from([0, 0, 2]), plans=st.lists(call_plan, min_size=1, max_size=12))
+def test_random_interleavings_keep_every_promise(
+    window_ms: int, plans: list[tuple[int, int, int, int, int | None]]
+) -> None:
+    """Whatever the timing: every caller finishes, winners never overlap, no slot leaks, and a
+    rejected call always lost to a winner of at least its priority."""
+    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    conflicts: list[OperationConflictEvent] = []
+    rt.events.subscribe(OperationConflictEvent, conflicts.append)
+    slots = [Slot(), Slot(), Slot()]
+    running: dict[UUID, int] = defaultdict(int)
+    overlap: list[UUID] = []
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(staging_timeout_ms=window_ms), cleanup=KEEP_EVERY_ZOMBIE, runtime=rt
+    )
+    async def work(slot: Slot, body_ticks: int) -> None:
+        running[slot.ecs_id] += 1
+        if running[slot.ecs_id] > 1:
+            overlap.append(slot.ecs_id)
+        try:
+            for _ in range(body_ticks):
+                await asyncio.sleep(0)
+        finally:
+            running[slot.ecs_id] -= 1
+
+    async def canceller(task: asyncio.Task[None], after: int) -> None:
+        for _ in range(after):
+            await asyncio.sleep(0)
+        task.cancel()
+
+    async def scenario() -> list[object]:
+        tasks: list[asyncio.Task[None]] = []
+        helpers: list[asyncio.Task[None]] = []
+        for target, prio, wait, body, cancel_after in plans:
+            for _ in range(wait):
+                await asyncio.sleep(0)
+            task = asyncio.create_task(work.with_priority(prio)(slots[target], body))
+            tasks.append(task)
+            if cancel_after is not None:
+                helpers.append(asyncio.create_task(canceller(task, cancel_after)))
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 2)
+        await asyncio.gather(*helpers)
+        await asyncio.sleep(0)
+        return results
+
+    results = asyncio.run(scenario())
+    assert overlap == []
+    assert rt.backend.coordinator.in_flight() == 0
+    for r in results:
+        assert r is None or isinstance(r, (OperationRejectedError, asyncio.CancelledError)), r
+    records = [op for s in slots for op in asyncio.run(rt.registry.operations_for_target(s.ecs_id))]
+    assert all(op.is_terminal for op in records)
+    assert sum(isinstance(r, asyncio.CancelledError) for r in results) == sum(
+        op.status is OperationStatus.CANCELLED for op in records
+    )
+    assert sum(isinstance(r, OperationRejectedError) for r in results) == sum(
+        op.status is OperationStatus.REJECTED for op in records
+    )
+    priority = {op.ecs_id: op.priority for op in records if op.status is OperationStatus.REJECTED}
+    for event in conflicts:
+        for loser in event.rejected_ids:
+            if loser in priority:
+                assert priority[loser] <= event.winner_priority
