@@ -255,3 +255,9 @@ async def test_every_removal_is_counted_once(
     assert len(events) == left
     assert len({e.op_id for e in events}) == left
     assert runtime.registry.zombie_count == 0
+    registry = runtime.metrics.registry
+    assert registry.get_sample_value("contend_zombie_operations", {"target_type": "Item"}) == 0
+    assert (
+        registry.get_sample_value("contend_operations_cleaned_total", {"strategy": strategy.value})
+        == left
+    )
