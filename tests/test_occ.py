@@ -6,13 +6,17 @@ import asyncio
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contend import (
     CleanupConfig,
     CleanupStrategy,
     Entity,
+    FakeClock,
     OCCConfig,
     OCCConflictError,
+    OperationRejectedError,
     OperationRetriedEvent,
     OperationStatus,
     Runtime,
@@ -254,3 +258,58 @@ async def test_occ_with_staging_serialises_and_commits(runtime: Runtime) -> None
         assert sum(isinstance(r, int) for r in results) == 1
     assert tally.value == 5
     assert tally.version == 5
+
+
+transfer_plan = st.tuples(
+    st.integers(0, 3),  # source
+    st.integers(0, 3),  # destination
+    st.integers(1, 9),  # amount
+    st.integers(0, 2),  # ticks between read and write
+    st.integers(0, 2),  # ticks before submitting
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    staged=st.booleans(),
+    plans=st.lists(transfer_plan, min_size=1, max_size=15),
+)
+def test_random_transfers_never_lose_or_invent_money(
+    staged: bool, plans: list[tuple[int, int, int, int, int]]
+) -> None:
+    """Every committed transfer is applied exactly once to both sides; failed ones to neither."""
+    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    accounts = [Account(balance=100) for _ in range(4)]
+
+    @with_conflict_resolution(
+        pre_ecs=staged, occ=OCCConfig(max_retries=2, base_delay_ms=0.0), runtime=rt
+    )
+    async def transfer(src: Account, dst: Account, amount: int, ticks: int) -> None:
+        src_balance, dst_balance = src.balance, dst.balance
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        src.balance = src_balance - amount
+        dst.balance = dst_balance + amount
+
+    async def scenario() -> list[object]:
+        tasks = []
+        for s, d, amount, ticks, wait in plans:
+            for _ in range(wait):
+                await asyncio.sleep(0)
+            src, dst = accounts[s], accounts[d if d != s else (s + 1) % 4]
+            tasks.append(asyncio.create_task(transfer(src, dst, amount, ticks)))
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+    results = asyncio.run(scenario())
+    expected = [100] * 4
+    commits = [0] * 4
+    for (s, d, amount, _, _), r in zip(plans, results, strict=True):
+        assert r is None or isinstance(r, (OCCConflictError, OperationRejectedError)), r
+        if r is None:
+            d = d if d != s else (s + 1) % 4
+            expected[s] -= amount
+            expected[d] += amount
+            commits[s] += 1
+            commits[d] += 1
+    assert [a.balance for a in accounts] == expected
+    assert [a.version for a in accounts] == commits
