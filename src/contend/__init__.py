@@ -2,6 +2,8 @@
 
 from contend.backends import Backend, MemoryBackend
 from contend.cleanup import (
+    ArchiveCleanupHandler,
+    ArchiveReader,
     CleanupHandler,
     CleanupHandlerRegistry,
     CustomCleanupHandler,
@@ -9,6 +11,7 @@ from contend.cleanup import (
     ImmediateCleanupHandler,
     LazyCleanupHandler,
     NoOpCleanupHandler,
+    install_archive,
 )
 from contend.clock import Clock, FakeClock, SystemClock
 from contend.config import (
@@ -56,6 +59,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_CLEANUP_CONFIG",
+    "ArchiveCleanupHandler",
+    "ArchiveReader",
     "Backend",
     "CleanupConfig",
     "CleanupHandler",
@@ -101,6 +106,7 @@ __all__ = [
     "cleanup_system_health_check",
     "emit",
     "get_runtime",
+    "install_archive",
     "no_conflict_resolution",
     "reset_runtime",
     "set_runtime",
