@@ -68,7 +68,7 @@ async def _throughput(
 
 
 async def _measure(quick: bool) -> list[Row]:
-    rounds, reps = (3, 3) if quick else (10, 5)
+    rounds, reps = (2, 2) if quick else (6, 5)
     rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
     immediate = with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.IMMEDIATE)(_deposit)
     rt_default = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)

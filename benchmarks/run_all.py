@@ -41,11 +41,18 @@ def load(name: str, folder: Path = HERE) -> ModuleType | None:
     path = folder / f"{name}.py"
     if not path.is_file():
         return None
-    spec = importlib.util.spec_from_file_location(f"contend_bench_{name}", path)
+    # Registered under its own name, as `python benchmarks/NAME.py` would import it, so
+    # multiprocessing can pickle the module's functions by reference.
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         return None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
 
 
