@@ -445,6 +445,10 @@ class CleanupManager:
             return
         task = self._sweeper
         if task is None or task.done() or self._sweeper_loop is not loop:
+            if task is not None and task.cancelled() and self._sweeper_loop is loop:
+                # Cancelled by someone other than stop(): the loop is shutting down (asyncio.run
+                # cancels every task) and a new sweeper would be stranded; the next loop starts one.
+                return
             self._wake = asyncio.Event()
             self._wake_at = float("inf")
             self._sweeper_loop = loop
