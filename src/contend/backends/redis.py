@@ -123,6 +123,7 @@ class RedisBackend:
         self._out_ttl = max(60_000, 2 * self.lease_ms)
         self._rt: Runtime | None = None
         self._zombie_count = 0
+        self._zombie_count_seq = 0
         self._entities: dict[UUID, Entity] = {}
         self._local: dict[UUID, ConflictResolutionOperation] = {}
         self._written: set[UUID] = set()
@@ -373,7 +374,7 @@ class RedisBackend:
             )
         )
         self._written.add(oid)
-        self._zombie_count = int(reply["zc"])
+        self._note_zombie_count(reply)
         if due is not None:
             await self.schedule(oid, due)
         else:
@@ -387,10 +388,17 @@ class RedisBackend:
         local = self._local.pop(op_id, None)
         self._written.discard(op_id)
         reply = json.loads(await self._run("REMOVE", str(op_id)))
-        self._zombie_count = int(reply["zc"])
+        self._note_zombie_count(reply)
         if reply["j"]:
             return _record(reply["j"], None)
         return local if local is not None and local.is_terminal else None
+
+    def _note_zombie_count(self, reply: dict[str, Any]) -> None:
+        """Keep the newest count: replies on a connection pool can arrive out of order."""
+        seq = int(reply.get("zv", 0))
+        if seq >= self._zombie_count_seq:
+            self._zombie_count_seq = seq
+            self._zombie_count = int(reply["zc"])
 
     async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
         return await self._read_set(f"ot:{target_id}", "s")

@@ -291,7 +291,8 @@ if over > 0 then
     if j then evicted[#evicted + 1] = j end
   end
 end
-return cjson.encode({zc = tonumber(redis.call('GET', P .. 'zc') or '0'), ev = evicted})
+return cjson.encode({zc = tonumber(redis.call('GET', P .. 'zc') or '0'), ev = evicted,
+                     zv = redis.call('INCR', P .. 'zv')})
 """
 )
 
@@ -311,7 +312,8 @@ REMOVE = (
     _PRELUDE
     + """
 local j = unindex(ARGV[2])
-return cjson.encode({j = j, zc = tonumber(redis.call('GET', P .. 'zc') or '0')})
+return cjson.encode({j = j, zc = tonumber(redis.call('GET', P .. 'zc') or '0'),
+                     zv = redis.call('INCR', P .. 'zv')})
 """
 )
 
