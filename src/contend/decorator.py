@@ -6,7 +6,8 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 from uuid import UUID
 
@@ -39,7 +40,13 @@ R_co = TypeVar("R_co", covariant=True)
 
 _EXECUTING = OperationStatus.EXECUTING
 _running_loop = asyncio.get_running_loop
-_REJECTED_TEXT: dict[tuple[int, int], str] = {}
+_REJECTED_TEXT: Mapping[tuple[int, int], str] = MappingProxyType(
+    {
+        (p, w): f"Lost Pre-ECS priority conflict (priority {p} vs winner {w})"
+        for p in range(1, 11)
+        for w in range(1, 11)
+    }
+)
 
 
 class ConflictResolved(Protocol[P, R_co]):
@@ -63,13 +70,8 @@ def _check_priority(priority: Any, field: str = "priority") -> int:
 
 
 def _rejection_text(priority: int, winner_priority: int) -> str:
-    key = (priority, winner_priority)
-    text = _REJECTED_TEXT.get(key)
-    if text is None:
-        text = _REJECTED_TEXT[key] = (
-            f"Lost Pre-ECS priority conflict (priority {priority} vs winner {winner_priority})"
-        )
-    return text
+    """The design's message; shared strings keep a zombie record small."""
+    return _REJECTED_TEXT[priority, winner_priority]
 
 
 class _Protected(Generic[P, R]):
@@ -108,6 +110,12 @@ class _Protected(Generic[P, R]):
             for e in passed:
                 c = await backend.ensure_entity(e)
                 if c is not e:
+                    if type(c) is not type(e):
+                        raise TypeError(
+                            f"{self.name}: entity {e.ecs_id} is registered as a "
+                            f"{type(c).__name__}, but a {type(e).__name__} with that ecs_id was "
+                            "passed; an ecs_id names one entity of one type"
+                        )
                     stale = True
                 committed.append(c)
             ids = tuple([c.ecs_id for c in committed])
