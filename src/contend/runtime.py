@@ -53,6 +53,7 @@ class Runtime:
         self.cleanup = CleanupManager(self)
         self.registry = Registry(self)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._bind_lock = threading.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._functions: set[str] = set()
         coordinator = self.backend.coordinator
@@ -66,22 +67,39 @@ class Runtime:
         return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
 
     def bind_loop(self) -> None:
-        """Called on every decorated call: cheap when the loop is unchanged."""
+        """Called on every decorated call: cheap when the loop is unchanged.
+
+        The switch happens under a lock, so two threads starting at once cannot both bind. A
+        loop that is not closed keeps the runtime while it runs, and also while it is paused
+        with calls still staged (``run_until_complete`` in steps): moving away would strand them.
+        """
         loop = asyncio.get_running_loop()
         if loop is self._loop:
             return
-        old = self._loop
-        if old is not None and not old.is_closed() and old.is_running():
-            raise RuntimeBindingError(
-                f"runtime {self.name!r} is driven by another running event loop "
-                f"(thread {threading.current_thread().name!r} tried to use it); "
-                "create a Runtime per event loop or thread"
-            )
-        reset = getattr(self.backend.coordinator, "reset", None)
-        if old is not None and reset is not None:
-            reset()
-        self.cleanup.stop()
-        self._loop = loop
+        with self._bind_lock:
+            old = self._loop
+            if loop is old:
+                return
+            if (
+                old is not None
+                and not old.is_closed()
+                and (old.is_running() or self.backend.coordinator.in_flight())
+            ):
+                state = (
+                    "running event loop"
+                    if old.is_running()
+                    else "event loop, paused with calls still staged,"
+                )
+                raise RuntimeBindingError(
+                    f"runtime {self.name!r} is driven by another {state} "
+                    f"(thread {threading.current_thread().name!r} tried to use it); "
+                    "create a Runtime per event loop or thread"
+                )
+            reset = getattr(self.backend.coordinator, "reset", None)
+            if old is not None and reset is not None:
+                reset()
+            self.cleanup.stop()
+            self._loop = loop
 
     def note_function(self, name: str, strategy: str) -> None:
         """Count a decorated function once per runtime, by its cleanup strategy."""
