@@ -5,7 +5,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import annotated_types
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from contend.errors import ConfigurationError
 from contend.operations import ConflictResolutionOperation, OperationPriority
@@ -45,11 +53,44 @@ class ConflictResolutionMode(StrEnum):
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
+
+class _RangeChecked(BaseModel):
+    """Out-of-range numbers fail naming the field's whole allowed range, not one bound."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_range(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name
+        field = cls.model_fields.get(name) if name else None
+        if field is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        lo: Any = None
+        hi: Any = None
+        lo_open = hi_open = False
+        for m in field.metadata:
+            if isinstance(m, annotated_types.Ge):
+                lo = m.ge
+            elif isinstance(m, annotated_types.Gt):
+                lo, lo_open = m.gt, True
+            elif isinstance(m, annotated_types.Le):
+                hi = m.le
+            elif isinstance(m, annotated_types.Lt):
+                hi, hi_open = m.lt, True
+        too_low = lo is not None and (value <= lo if lo_open else value < lo)
+        too_high = hi is not None and (value >= hi if hi_open else value > hi)
+        if too_low or too_high:
+            low = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+            high = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+            allowed = " and ".join(b for b in (low, high) if b)
+            raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        return value
+
+
 MAX_RETENTION_MINUTES = 1440
 MAX_CUSTOM_RETENTION_MINUTES = 43_200
 
 
-class PreECSConfig(BaseModel):
+class PreECSConfig(_RangeChecked):
     """Staging: calls on one target are collected in a window; the highest priority wins."""
 
     model_config = _FROZEN
@@ -69,7 +110,7 @@ class PreECSConfig(BaseModel):
     )
 
 
-class OCCConfig(BaseModel):
+class OCCConfig(_RangeChecked):
     """Optimistic concurrency: run on copies, commit with a version compare-and-set, retry."""
 
     model_config = _FROZEN
@@ -89,7 +130,7 @@ class OCCConfig(BaseModel):
         return base * (1.0 - self.jitter + self.jitter * rand) / 1000.0
 
 
-class CleanupConfig(BaseModel):
+class CleanupConfig(_RangeChecked):
     """Configuration for cleanup of rejected operations."""
 
     model_config = _FROZEN

@@ -272,22 +272,46 @@ def _build_config(
             raise ConfigurationError(
                 "cleanup", f"unknown strategy {cleanup!r} (allowed: {allowed})"
             ) from None
-        cleanup = CleanupConfig(strategy=strategy)
+        try:
+            cleanup = CleanupConfig(strategy=strategy)
+        except ValidationError as exc:
+            raise ConfigurationError(
+                "cleanup",
+                f"strategy {strategy.value!r} needs a CleanupConfig with its other fields "
+                f"({_first_message(exc)})",
+            ) from exc
     elif cleanup is not None and not isinstance(cleanup, CleanupConfig):
         raise ConfigurationError(
             "cleanup", f"expected CleanupConfig or a strategy name, got {type(cleanup).__name__}"
         )
+    for name, value, kind in (("pre_ecs", pre_ecs, PreECSConfig), ("occ", occ, OCCConfig)):
+        if value is not None and not isinstance(value, (bool, dict, kind)):
+            raise ConfigurationError(
+                name,
+                f"expected {kind.__name__} (or a dict of its fields), True, False or None, "
+                f"got {value!r}",
+            )
     data: dict[str, Any] = {"pre_ecs": pre_ecs, "occ": occ}
     if cleanup is not None:
         data["cleanup"] = cleanup
     if mode is not None:
-        data["mode"] = mode
+        try:
+            data["mode"] = ConflictResolutionMode(mode)
+        except ValueError:
+            allowed = ", ".join(m.value for m in ConflictResolutionMode)
+            raise ConfigurationError(
+                "mode", f"unknown mode {mode!r} (allowed: {allowed})"
+            ) from None
     try:
         return ConflictResolutionConfig(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigurationError(field, first["msg"]) from exc
+        raise ConfigurationError(field, _first_message(exc)) from exc
+
+
+def _first_message(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
 
 
 def _check_handlers(config: ConflictResolutionConfig) -> None:
@@ -342,6 +366,8 @@ def with_conflict_resolution(
     A call without any Entity argument conflicts with nothing: it runs at once.
     Everything is validated here, at decoration time.
     """
+    if runtime is not None and not isinstance(runtime, Runtime):
+        raise ConfigurationError("runtime", f"expected a contend Runtime, got {runtime!r}")
     resolved = _build_config(pre_ecs, occ, cleanup, mode, config)
     _check_handlers(resolved)
     default_priority = _check_priority(priority)

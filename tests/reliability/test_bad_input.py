@@ -275,9 +275,11 @@ async def test_a_handler_unregistered_after_decoration_counts_as_a_failure(rt: R
 @pytest.mark.parametrize(
     ("kwargs", "field", "names"),
     [
-        ({"pre_ecs": "yes"}, "config", "PreECSConfig"),
-        ({"occ": 3}, "config", "OCCConfig"),
-        ({"mode": "sometimes"}, "config", "ConflictResolutionMode"),
+        ({"pre_ecs": "yes"}, "pre_ecs", "PreECSConfig"),
+        ({"occ": 3}, "occ", "OCCConfig"),
+        ({"mode": "sometimes"}, "mode", "allowed: none, pre_ecs, occ, both"),
+        ({"runtime": "default"}, "runtime", "Runtime"),
+        ({"cleanup": "custom"}, "cleanup", "custom_cleanup_handler"),
         ({"cleanup": "sometimes"}, "cleanup", "deferred"),
         ({"cleanup": 42}, "cleanup", "CleanupConfig"),
         ({"config": ConflictResolutionConfig(), "pre_ecs": True}, "config", "not both"),
