@@ -253,9 +253,19 @@ class Garbage(CleanupHandler):
         return "done!"
 
 
+class Cancelling(CleanupHandler):
+    async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+        raise asyncio.CancelledError("handler gave up")
+
+
 @pytest.mark.parametrize(
     ("handler", "why"),
-    [(Raising, "audit store down"), (Slow, "timed out after 0.05s"), (Garbage, "returned 'done!'")],
+    [
+        (Raising, "audit store down"),
+        (Slow, "timed out after 0.05s"),
+        (Garbage, "returned 'done!'"),
+        (Cancelling, "CancelledError"),
+    ],
 )
 async def test_a_failing_handler_is_counted_and_the_record_kept(
     runtime: Runtime, handler: type[CleanupHandler], why: str

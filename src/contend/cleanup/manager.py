@@ -181,7 +181,11 @@ class CleanupManager:
                 result = await coro
             if result is not None:
                 raise TypeError(f"handler returned {result!r}; a cleanup handler returns None")
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
             if isinstance(exc, TimeoutError):
                 why = f"timed out after {config.handler_timeout_seconds}s"
             else:
