@@ -84,7 +84,8 @@ def test_custom_strategy_archives_records_before_they_leave(tmp_path: Path) -> N
     assert result.money_ok
     removed = sum(result.removed.values())
     assert removed > 0, "a one-minute retention passes within the run on the fast clock"
-    assert result.archived == removed
+    assert result.archived is not None
+    assert result.archived >= removed, "every removed record was written to the archive first"
     assert list(tmp_path.glob("*.sqlite3"))
 
 

@@ -391,6 +391,7 @@ async def simulate(
     finally:
         books.stop = True
         await asyncio.gather(*tasks)
+        rt.cleanup.stop()  # the run is over: its books must not move while they are read
         if tracing:
             peak_mem = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
