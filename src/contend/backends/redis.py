@@ -125,6 +125,7 @@ class RedisBackend:
         self._zombie_count = 0
         self._zombie_count_seq = 0
         self._entities: dict[UUID, Entity] = {}
+        self._loading: dict[UUID, asyncio.Future[Entity]] = {}
         self._local: dict[UUID, ConflictResolutionOperation] = {}
         self._written: set[UUID] = set()
         self._buried: dict[UUID, str] = {}
@@ -248,11 +249,28 @@ class RedisBackend:
         known = self._entities.get(entity.ecs_id)
         if known is not None:
             return known
-        sent = entity.model_dump_json()
-        _, stored = await self._run("ENSURE", str(entity.ecs_id), entity.version, sent)
-        if stored != sent:
-            _load_into(entity, stored)
-        return self._entities.setdefault(entity.ecs_id, entity)
+        loading = self._loading.get(entity.ecs_id)
+        if loading is not None:
+            # Calls gathered together on a new entity share one load and resume in the same
+            # tick, so they still stage together in one window.
+            return await asyncio.shield(loading)
+        fut: asyncio.Future[Entity] = asyncio.get_running_loop().create_future()
+        self._loading[entity.ecs_id] = fut
+        try:
+            sent = entity.model_dump_json()
+            _, stored = await self._run("ENSURE", str(entity.ecs_id), entity.version, sent)
+            if stored != sent:
+                _load_into(entity, stored)
+            known = self._entities.setdefault(entity.ecs_id, entity)
+            fut.set_result(known)
+            return known
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+                fut.exception()
+            raise
+        finally:
+            self._loading.pop(entity.ecs_id, None)
 
     async def get_entity(self, entity_id: UUID) -> Entity | None:
         try:
