@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from contend.config import CleanupStrategy
 
@@ -15,12 +17,76 @@ REMOVAL_REASONS = ("immediate", "ttl", "lazy", "cap", "pressure", "force", "cust
 OUTCOMES = ("succeeded", "failed", "rejected", "cancelled")
 _STRATEGIES = tuple(s.value for s in CleanupStrategy)
 
+_AT_ONCE = frozenset({"immediate", "cap", "pressure", "force"})
+
 _LATENCY_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 _LAG_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
 _WINDOW_BUCKETS = (2, 3, 5, 10, 20, 50, 100, 1000, 10000)
 
 
 M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class _Child:
+    """One label value of a `_LoopLocalFamily`: a plain number, no lock."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class _LoopLocalFamily:
+    """A one-label counter or gauge for the per-call hot path, exported at scrape time.
+
+    prometheus_client's metrics take a lock on every update (about 1 us here, several per
+    call). A runtime is driven by one event loop, so these counts need no lock; the exposition
+    is still prometheus_client's, through this collector.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        registry: CollectorRegistry,
+        *,
+        gauge: bool = False,
+        values: tuple[str, ...] = (),
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.gauge = gauge
+        self._children: dict[str, _Child] = {}
+        for v in values:
+            self.labels(v)
+        registry.register(self)
+
+    def labels(self, value: str) -> _Child:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[str(value)] = _Child()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        family: CounterMetricFamily | GaugeMetricFamily
+        if self.gauge:
+            family = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+        else:
+            family = CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, child in self._children.items():
+            family.add_metric([value], child.value)
+        yield family
 
 
 def _bind(metric: M, values: tuple[str, ...]) -> dict[str, M]:
@@ -40,11 +106,12 @@ class CleanupMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         # cleanup effectiveness
-        self.operations_cleaned_by_strategy = Counter(
+        self.operations_cleaned_by_strategy = _LoopLocalFamily(
             "contend_operations_cleaned",
             "Records removed from the registry by cleanup, by the strategy that removed them.",
-            ["strategy"],
-            registry=r,
+            "strategy",
+            r,
+            values=_STRATEGIES,
         )
         self.cleanup_latency_by_strategy = Histogram(
             "contend_cleanup_latency_seconds",
@@ -60,11 +127,12 @@ class CleanupMetrics:
             registry=r,
         )
         # system health
-        self.current_zombie_count_by_target = Gauge(
+        self.current_zombie_count_by_target = _LoopLocalFamily(
             "contend_zombie_operations",
             "Zombie records (rejected, failed, cancelled) present, by target entity type.",
-            ["target_type"],
-            registry=r,
+            "target_type",
+            r,
+            gauge=True,
         )
         self.memory_pressure_triggered_cleanups = Counter(
             "contend_memory_pressure_cleanups",
@@ -90,12 +158,13 @@ class CleanupMetrics:
             registry=r,
         )
         # what operators ask for next
-        self.removals_by_reason = Counter(
+        self.removals_by_reason = _LoopLocalFamily(
             "contend_removals",
             "Records removed from the registry, by reason "
             "(immediate, ttl, lazy, cap, pressure, force, custom, manual).",
-            ["reason"],
-            registry=r,
+            "reason",
+            r,
+            values=REMOVAL_REASONS,
         )
         self.reclaim_lag = Histogram(
             "contend_reclaim_lag_seconds",
@@ -110,11 +179,12 @@ class CleanupMetrics:
             buckets=_WINDOW_BUCKETS,
             registry=r,
         )
-        self.operations_by_outcome = Counter(
+        self.operations_by_outcome = _LoopLocalFamily(
             "contend_operations",
             "Decorated calls by terminal status (succeeded, failed, rejected, cancelled).",
-            ["outcome"],
-            registry=r,
+            "outcome",
+            r,
+            values=OUTCOMES,
         )
         self.occ_retries = Counter(
             "contend_occ_retries", "OCC attempts retried after a version conflict.", registry=r
@@ -127,13 +197,12 @@ class CleanupMetrics:
             "Calls that failed with OCCConflictError after max_retries conflicts.",
             registry=r,
         )
-        self._outcome = _bind(self.operations_by_outcome, OUTCOMES)
-        self._removed = _bind(self.removals_by_reason, REMOVAL_REASONS)
+        self._outcome = {v: self.operations_by_outcome.labels(v) for v in OUTCOMES}
+        self._removed = {v: self.removals_by_reason.labels(v) for v in REMOVAL_REASONS}
         self._lag = _bind(self.reclaim_lag, REMOVAL_REASONS)
-        self._cleaned = _bind(self.operations_cleaned_by_strategy, _STRATEGIES)
+        self._cleaned = {v: self.operations_cleaned_by_strategy.labels(v) for v in _STRATEGIES}
         self._failures = _bind(self.cleanup_failures_by_strategy, _STRATEGIES)
         self._latency = _bind(self.cleanup_latency_by_strategy, _STRATEGIES)
-        self._zombies: dict[str, Gauge] = {}
 
     def record_cleanup_operation(
         self, strategy: CleanupStrategy, latency_ms: float, success: bool
@@ -148,7 +217,7 @@ class CleanupMetrics:
 
     def outcome(self, status: str) -> None:
         """Count a call's terminal status."""
-        self._outcome[status].inc()
+        self._outcome[status].value += 1
 
     def handler_ran(self, strategy: str, seconds: float) -> None:
         self._latency[strategy].observe(seconds)
@@ -157,32 +226,28 @@ class CleanupMetrics:
         self._failures[strategy].inc()
 
     def zombie_added(self, target_type: str) -> None:
-        self._zombie_gauge(target_type).inc()
+        self.current_zombie_count_by_target.labels(target_type).value += 1
 
     def removed(
         self, reason: str, strategy: str, zombie_target_type: str | None, lag_seconds: float | None
     ) -> None:
-        """Count one removal; `zombie_target_type` is None for a record that was no zombie."""
+        """Count one removal; `zombie_target_type` is None for a record that was no zombie.
+
+        Reclaim lag is observed for removals that waited for a due time (ttl, lazy, custom,
+        manual); the immediate, cap, pressure and force rules remove at once by construction.
+        """
         removed = self._removed.get(reason)
         if removed is None:
             removed = self._removed[reason] = self.removals_by_reason.labels(reason)
-        removed.inc()
-        self._cleaned[strategy].inc()
+        removed.value += 1
+        self._cleaned[strategy].value += 1
         if zombie_target_type is not None:
-            self._zombie_gauge(zombie_target_type).dec()
-        if lag_seconds is not None:
+            self.current_zombie_count_by_target.labels(zombie_target_type).value -= 1
+        if lag_seconds is not None and reason not in _AT_ONCE:
             lag = self._lag.get(reason)
             if lag is None:
                 lag = self._lag[reason] = self.reclaim_lag.labels(reason)
             lag.observe(max(0.0, lag_seconds))
-
-    def _zombie_gauge(self, target_type: str) -> Gauge:
-        gauge = self._zombies.get(target_type)
-        if gauge is None:
-            gauge = self._zombies[target_type] = self.current_zombie_count_by_target.labels(
-                target_type
-            )
-        return gauge
 
     def exposition(self) -> bytes:
         """The Prometheus text format of this runtime's metrics."""

@@ -211,7 +211,8 @@ class CleanupManager:
             )
         finally:
             self.active_tasks -= 1
-            metrics.handler_ran(eff.strategy.value, time.perf_counter() - started)
+            if custom is not None or eff.strategy is CleanupStrategy.CUSTOM:
+                metrics.handler_ran(eff.strategy.value, time.perf_counter() - started)
 
     # removals -----------------------------------------------------------------------------------
     async def remove(
