@@ -30,6 +30,8 @@ class MemoryBackend:
     """
 
     name = "memory"
+    removes_unbooked = True
+    """An immediate removal may skip the zombie books: nothing else runs in between."""
 
     def __init__(self) -> None:
         self._coordinator = LocalCoordinator()

@@ -121,6 +121,18 @@ class CleanupManager:
         d["cleanup_strategy"] = eff.strategy
         d["cleanup_handler_name"] = eff.strategy.value
         cap = config.max_zombie_count_per_target
+        if (
+            eff.strategy is CleanupStrategy.IMMEDIATE
+            and not self._sinks
+            and getattr(rt.backend, "removes_unbooked", False)
+        ):
+            # Nothing can observe a zombie that leaves in the same step, so it is not booked;
+            # it is still counted as a zombie that appeared and a removal that happened.
+            rt.metrics.zombie_added(op.target_type)
+            if await rt.backend.remove(op.ecs_id) is not None:
+                await self._count(op, eff.reason, CleanupStrategy.IMMEDIATE)
+            await self._completed(op, status, message)
+            return eff
         if self._sinks:
             await rt.backend.add_zombie(op, None, _NO_CAP)
             rt.metrics.zombie_added(op.target_type)
@@ -131,6 +143,13 @@ class CleanupManager:
             for gone in evicted:
                 await self._count(gone, "cap", gone.cleanup_strategy)
         await self._run_handler(op, eff, config)
+        await self._completed(op, status, message)
+        return eff
+
+    async def _completed(
+        self, op: ConflictResolutionOperation, status: OperationStatus, message: str
+    ) -> None:
+        rt = self.rt
         if status is not OperationStatus.REJECTED and rt.events.wants(OperationCompletedEvent):
             await rt.events.emit(
                 OperationCompletedEvent(
@@ -141,7 +160,6 @@ class CleanupManager:
                     error_message=message,
                 )
             )
-        return eff
 
     def _handler(self, eff: EffectiveCleanup, config: CleanupConfig) -> CleanupHandler:
         strategy = eff.strategy
