@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from contend.config import CleanupStrategy
 
@@ -40,6 +46,60 @@ class _Child:
 
     def dec(self, amount: float = 1.0) -> None:
         self.value -= amount
+
+
+class _HistogramChild:
+    """One label value of a `_LoopLocalHistogram`: bucket counts and a sum, no lock."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class _LoopLocalHistogram:
+    """A one-label histogram for paths that observe once per record (a sweep of 10,000)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        registry: CollectorRegistry,
+        buckets: tuple[float, ...],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.bounds = tuple(sorted(buckets))
+        self._children: dict[str, _HistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> _HistogramChild:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[str(value)] = _HistogramChild(self.bounds)
+        return child
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, child in self._children.items():
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip((*self.bounds, float("inf")), child.counts, strict=True):
+                running += n
+                buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
+            family.add_metric([value], buckets, child.sum)
+        yield family
 
 
 class _LoopLocalFamily:
@@ -166,12 +226,12 @@ class CleanupMetrics:
             r,
             values=REMOVAL_REASONS,
         )
-        self.reclaim_lag = Histogram(
+        self.reclaim_lag = _LoopLocalHistogram(
             "contend_reclaim_lag_seconds",
             "From the moment a record became due for removal to its removal, by reason.",
-            ["reason"],
-            buckets=_LAG_BUCKETS,
-            registry=r,
+            "reason",
+            r,
+            _LAG_BUCKETS,
         )
         self.staging_window_size = Histogram(
             "contend_staging_window_size",
@@ -199,7 +259,7 @@ class CleanupMetrics:
         )
         self._outcome = {v: self.operations_by_outcome.labels(v) for v in OUTCOMES}
         self._removed = {v: self.removals_by_reason.labels(v) for v in REMOVAL_REASONS}
-        self._lag = _bind(self.reclaim_lag, REMOVAL_REASONS)
+        self._lag = {v: self.reclaim_lag.labels(v) for v in REMOVAL_REASONS}
         self._cleaned = {v: self.operations_cleaned_by_strategy.labels(v) for v in _STRATEGIES}
         self._failures = _bind(self.cleanup_failures_by_strategy, _STRATEGIES)
         self._latency = _bind(self.cleanup_latency_by_strategy, _STRATEGIES)

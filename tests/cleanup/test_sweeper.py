@@ -35,6 +35,10 @@ class CountingBackend(MemoryBackend):
         self.removes += 1
         return await super().remove(op_id)
 
+    async def remove_many(self, op_ids: Any) -> list[ConflictResolutionOperation]:
+        self.removes += len(op_ids)
+        return await super().remove_many(op_ids)
+
 
 async def settle(rounds: int = 10) -> None:
     for _ in range(rounds):

@@ -117,6 +117,10 @@ class Backend(Protocol):
         """Take a record out of every index; None if it was already gone."""
         ...
 
+    async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
+        """`remove` for a batch (a sweep); returns the records that were there."""
+        ...
+
     async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]: ...
 
     async def operations_with_status(

@@ -411,6 +411,10 @@ class RedisBackend:
             return _record(reply["j"], None)
         return local if local is not None and local.is_terminal else None
 
+    async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
+        gone = [await self.remove(i) for i in op_ids]
+        return [op for op in gone if op is not None]
+
     def _note_zombie_count(self, reply: dict[str, Any]) -> None:
         """Keep the newest count: replies on a connection pool can arrive out of order."""
         seq = int(reply.get("zv", 0))
