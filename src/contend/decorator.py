@@ -135,6 +135,7 @@ class _Protected(Generic[P, R]):
             except BaseException as exc:
                 await self._end(rt, op, exc)
                 raise
+        end = None
         try:
             backend.set_status(op, _EXECUTING, clock.now())
             if rt.events.wants(OperationStartedEvent):
@@ -157,7 +158,8 @@ class _Protected(Generic[P, R]):
                 if self.is_async:
                     result = await result
                 if committed:
-                    await backend.bump(committed, clock.now())
+                    end = clock.now()
+                    await backend.bump(committed, end)
                     if stale:
                         for p, c in zip(passed, committed, strict=True):
                             if p is not c:
@@ -169,7 +171,7 @@ class _Protected(Generic[P, R]):
             raise
         if staged:
             backend.coordinator.release(op)
-        await rt.cleanup.succeeded(op, self.cleanup)
+        await rt.cleanup.succeeded(op, self.cleanup, end)
         return result
 
     async def _end(self, rt: Runtime, op: ConflictResolutionOperation, exc: BaseException) -> None:

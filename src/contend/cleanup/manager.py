@@ -73,9 +73,11 @@ class CleanupManager:
         self._sinks: list[RemovalSink] = []
 
     # lifecycle ----------------------------------------------------------------------------------
-    async def succeeded(self, op: ConflictResolutionOperation, config: CleanupConfig) -> None:
+    async def succeeded(
+        self, op: ConflictResolutionOperation, config: CleanupConfig, at: datetime | None = None
+    ) -> None:
         rt = self.rt
-        rt.backend.set_status(op, OperationStatus.SUCCEEDED, rt.clock.now())
+        rt.backend.set_status(op, OperationStatus.SUCCEEDED, at or rt.clock.now())
         rt.metrics.outcome("succeeded")
         if config.retain_succeeded and config.strategy in (
             CleanupStrategy.DEFERRED,
