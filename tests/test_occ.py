@@ -313,3 +313,28 @@ def test_random_transfers_never_lose_or_invent_money(
             commits[d] += 1
     assert [a.balance for a in accounts] == expected
     assert [a.version for a in accounts] == commits
+
+
+class Ledger(Entity):
+    owner: str = "ada"
+    balance: float = 0.0
+    entries: list[dict[str, float]] = []
+    tags: dict[str, list[str]] = {}
+
+
+def test_working_copy_equals_a_deep_copy_and_shares_no_mutable_state() -> None:
+    from contend.occ import working_copy
+
+    original = Ledger(entries=[{"amount": 1.0}], tags={"kind": ["retail"]})
+    copy = working_copy(original)
+    assert copy == original.model_copy(deep=True)
+    assert copy.ecs_id == original.ecs_id and copy.version == original.version
+    assert copy.model_fields_set == original.model_fields_set
+    copy.entries[0]["amount"] = 99.0
+    copy.entries.append({"amount": 2.0})
+    copy.tags["kind"].append("vip")
+    copy.balance = 5.0
+    assert original.entries == [{"amount": 1.0}]
+    assert original.tags == {"kind": ["retail"]}
+    assert original.balance == 0.0
+    assert original.model_fields_set == {"entries", "tags"}

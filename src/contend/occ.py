@@ -7,20 +7,51 @@ import inspect
 import logging
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from copy import deepcopy
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
 
 from contend._args import substitute, substitute_call
 from contend.backends.base import Write
+from contend.entity import Entity
 from contend.errors import OCCConflictError
 from contend.events import OperationRetriedEvent
 
 if TYPE_CHECKING:
     from contend.config import OCCConfig
-    from contend.entity import Entity
     from contend.operations import ConflictResolutionOperation
     from contend.runtime import Runtime
 
-__all__ = ["run_with_occ"]
+__all__ = ["run_with_occ", "working_copy"]
+
+E = TypeVar("E", bound=Entity)
+
+_IMMUTABLE = frozenset(
+    {int, float, bool, str, bytes, type(None), UUID, datetime, date, time, timedelta, Decimal}
+)
+_new = object.__new__
+_set = object.__setattr__
+
+
+def working_copy(entity: E) -> E:
+    """A deep copy of `entity` for one attempt: what `model_copy(deep=True)` gives, without
+    running deepcopy over the immutable values most fields hold (the copy is most of an OCC
+    call's cost otherwise)."""
+    copy = _new(type(entity))
+    _set(
+        copy,
+        "__dict__",
+        {k: (v if type(v) in _IMMUTABLE else deepcopy(v)) for k, v in entity.__dict__.items()},
+    )
+    _set(copy, "__pydantic_fields_set__", set(entity.__pydantic_fields_set__))
+    extra = entity.__pydantic_extra__
+    _set(copy, "__pydantic_extra__", None if extra is None else deepcopy(extra))
+    private = entity.__pydantic_private__
+    _set(copy, "__pydantic_private__", None if private is None else deepcopy(private))
+    return copy
+
 
 log = logging.getLogger("contend.occ")
 
@@ -46,7 +77,7 @@ async def run_with_occ(
     metrics = rt.metrics
     attempt = 0
     while True:
-        copies = [c.model_copy(deep=True) for c in committed]
+        copies = [working_copy(c) for c in committed]
         read = [cp.version for cp in copies]
         by_id = {c.ecs_id: c for c in copies}
         a2, k2 = substitute_call(args, kwargs, by_id)
