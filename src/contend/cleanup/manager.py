@@ -114,14 +114,14 @@ class CleanupManager:
         rt.backend.set_status(op, status, rt.clock.now())
         d["error_message"] = message
         d["winner_id"] = winner_id
-        rt.metrics.outcome(status.value)
+        rt.metrics.outcome(status._value_)
         eff = effective_cleanup(config, op, rt)
         if eff.reason == "pressure":
             rt.metrics.memory_pressure_triggered_cleanups.inc()
         elif eff.reason == "force":
             rt.metrics.force_cleanup_triggered.inc()
         d["cleanup_strategy"] = eff.strategy
-        d["cleanup_handler_name"] = eff.strategy.value
+        d["cleanup_handler_name"] = eff.strategy._value_
         cap = config.max_zombie_count_per_target
         if (
             eff.strategy is CleanupStrategy.IMMEDIATE
@@ -302,7 +302,7 @@ class CleanupManager:
         rt = self.rt
         metrics = rt.metrics
         self.removed[reason] += 1
-        strategy_value = strategy.value if strategy is not None else "none"
+        strategy_value = strategy._value_ if strategy is not None else "none"
         due = op.cleanup_scheduled_at or op.completed_at
         metrics.removed(
             reason,
@@ -310,7 +310,8 @@ class CleanupManager:
             op.target_type if op.is_zombie else None,
             rt.clock.time() - due.timestamp() if due is not None else None,
         )
-        log.debug("removed operation %s (%s, reason %s)", op.ecs_id, op.status.value, reason)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("removed operation %s (%s, reason %s)", op.ecs_id, op.status, reason)
         if rt.events.wants(OperationCleanedEvent):
             await rt.events.emit(
                 OperationCleanedEvent(
