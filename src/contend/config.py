@@ -41,6 +41,13 @@ class CleanupStrategy(StrEnum):
     LAZY = "lazy"
     CUSTOM = "custom"
 
+    @classmethod
+    def _missing_(cls, value: object) -> CleanupStrategy | None:
+        """Accept "LAZY" as well as "lazy", as the member is spelled."""
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
 
 class ConflictResolutionMode(StrEnum):
     """Which protections a decorated call gets."""
@@ -49,6 +56,12 @@ class ConflictResolutionMode(StrEnum):
     PRE_ECS = "pre_ecs"
     OCC = "occ"
     BOTH = "both"
+
+    @classmethod
+    def _missing_(cls, value: object) -> ConflictResolutionMode | None:
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
 
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -64,6 +77,8 @@ class _RangeChecked(BaseModel):
         field = cls.model_fields.get(name) if name else None
         if field is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return value
+        if value != value:
+            raise ValueError(f"{name} must be a number, got NaN")
         lo: Any = None
         hi: Any = None
         lo_open = hi_open = False
@@ -124,6 +139,15 @@ class OCCConfig(_RangeChecked):
         default=0.5, ge=0.0, le=1.0, description="Fraction of each delay drawn at random."
     )
 
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> Self:
+        if self.base_delay_ms > self.max_delay_ms:
+            raise ConfigurationError(
+                "base_delay_ms",
+                f"must be <= max_delay_ms ({self.max_delay_ms}), got {self.base_delay_ms}",
+            )
+        return self
+
     def delay_seconds(self, attempt: int, rand: float) -> float:
         """Backoff before retry number `attempt` (0-based), with `rand` in [0, 1)."""
         base = min(self.base_delay_ms * self.backoff_factor**attempt, self.max_delay_ms)
@@ -181,6 +205,12 @@ class CleanupConfig(_RangeChecked):
         if self.strategy is CleanupStrategy.CUSTOM and not self.custom_cleanup_handler:
             raise ConfigurationError(
                 "custom_cleanup_handler", "strategy CUSTOM requires custom_cleanup_handler"
+            )
+        if self.strategy is not CleanupStrategy.CUSTOM and self.custom_cleanup_handler:
+            raise ConfigurationError(
+                "custom_cleanup_handler",
+                f"is only used with strategy CUSTOM (strategy is {self.strategy.value}); "
+                "set strategy=CleanupStrategy.CUSTOM or drop the handler name",
             )
         if (
             self.strategy is not CleanupStrategy.CUSTOM

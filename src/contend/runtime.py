@@ -14,7 +14,7 @@ from contend.backends.memory import MemoryBackend
 from contend.cleanup.manager import CleanupManager
 from contend.cleanup.memory import MemoryPressureMonitor
 from contend.clock import Clock, SystemClock
-from contend.errors import RuntimeBindingError
+from contend.errors import ConfigurationError, RuntimeBindingError
 from contend.events import EventBus, OperationConflictEvent
 from contend.metrics import CleanupMetrics
 from contend.registry import Registry
@@ -44,6 +44,21 @@ class Runtime:
         memory_probe: Callable[[], float] | None = None,
         name: str = "contend",
     ) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError(
+                "clock", f"expected a Clock (now(), time(), async sleep()), got {clock!r}"
+            )
+        if memory_probe is not None and not callable(memory_probe):
+            raise ConfigurationError(
+                "memory_probe", f"expected a callable returning 0..1, got {memory_probe!r}"
+            )
+        if backend is not None and not all(
+            hasattr(backend, a) for a in ("coordinator", "ensure_entity", "add_zombie", "commit")
+        ):
+            raise ConfigurationError(
+                "backend",
+                f"expected a contend backend (MemoryBackend, RedisBackend), got {backend!r}",
+            )
         self.name = name
         self.backend: Backend = MemoryBackend() if backend is None else backend
         self.clock: Clock = clock if clock is not None else SystemClock()

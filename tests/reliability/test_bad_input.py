@@ -23,6 +23,7 @@ from contend import (
     CleanupStrategy,
     ConfigurationError,
     ConflictResolutionConfig,
+    ConflictResolutionMode,
     ConflictResolutionOperation,
     Entity,
     FakeClock,
@@ -43,7 +44,9 @@ MODELS: dict[str, type[pydantic.BaseModel]] = {
 }
 # Fields whose bound is only valid together with another setting.
 CONTEXT: dict[str, dict[str, Any]] = {
-    "retention_minutes": {"strategy": CleanupStrategy.CUSTOM, "custom_cleanup_handler": "noop"}
+    "retention_minutes": {"strategy": CleanupStrategy.CUSTOM, "custom_cleanup_handler": "noop"},
+    "base_delay_ms": {"max_delay_ms": 60_000.0},
+    "max_delay_ms": {"base_delay_ms": 0.0},
 }
 ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| (int|float) \| (≥|>) ([\d.]+) \| ≤ ([\d.]+) \|$")
 
@@ -224,11 +227,40 @@ def test_priority_lists_are_range_checked(field: str, priority: int) -> None:
             {"immediate_cleanup_priorities": [10, 2], "debug_retention_priorities": [2]},
             "debug_retention_priorities",
         ),
+        ({"strategy": CleanupStrategy.LAZY, "custom_cleanup_handler": "noop"}, "custom_cleanup"),
     ],
 )
 def test_invalid_combinations_name_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         CleanupConfig(**kwargs)
+
+
+def test_a_base_delay_above_the_ceiling_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"base_delay_ms: must be <= max_delay_ms \(10.0\)"):
+        OCCConfig(base_delay_ms=5000, max_delay_ms=10)
+    assert OCCConfig(base_delay_ms=10, max_delay_ms=10).delay_seconds(3, 0.5) <= 0.010
+
+
+@pytest.mark.parametrize(
+    ("text", "strategy"), [("LAZY", CleanupStrategy.LAZY), ("Immediate", CleanupStrategy.IMMEDIATE)]
+)
+def test_upper_case_strategy_names_are_accepted(text: str, strategy: CleanupStrategy) -> None:
+    assert CleanupConfig(strategy=text).strategy is strategy  # type: ignore[arg-type]
+    assert ConflictResolutionMode("BOTH") is ConflictResolutionMode.BOTH
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"clock": 42}, "clock"),
+        ({"memory_probe": "x"}, "memory_probe"),
+        ({"backend": object()}, "backend"),
+    ],
+)
+def test_runtime_arguments_are_checked(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        Runtime(**kwargs)
+    assert exc.value.field == field
 
 
 # the decorator ----------------------------------------------------------------------------------
