@@ -70,6 +70,7 @@ def test_demo_prints_table_checks_money_and_writes_png(tmp_path: Path) -> None:
         "1",
         "--plot",
         str(plot),
+        "--progress",
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout
@@ -150,3 +151,22 @@ def test_health_without_a_run_is_healthy(capsys: pytest.CaptureFixture[str]) -> 
     assert cli.main(["health"]) == 0
     body = json.loads(capsys.readouterr().out)
     assert body["total_zombie_operations"] == 0
+
+
+def test_demo_draws_no_progress_bar_into_a_pipe(tmp_path: Path) -> None:
+    done = _contend(
+        "demo",
+        "--duration",
+        "0.2",
+        "--accounts",
+        "3",
+        "--clients",
+        "4",
+        "--strategies",
+        "none",
+        "--plot",
+        str(tmp_path / "p.png"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    assert "money check passed" in done.stdout

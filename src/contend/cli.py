@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="peak memory as RSS growth of a child process per strategy (default), or "
         "traced Python allocations in this process (exact but slows the run)",
     )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    demo.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: on when stderr is a terminal)",
+    )
 
     bench = sub.add_parser(
         "bench",
@@ -142,8 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve /health and /metrics over HTTP",
-        description="Serve the health check and Prometheus metrics of the default runtime.",
+        help="serve /metrics and /healthz over HTTP",
+        description=(
+            "Serve /metrics (Prometheus text) and /healthz (JSON; 503 when unhealthy) for the "
+            "default runtime of this process. A service exposes its own runtime by mounting "
+            "contend.http.make_app() in its ASGI app, or by awaiting contend.http.serve() in its "
+            "own event loop; see docs/observability.md."
+        ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     serve.add_argument("--port", type=_int_in(0, 65_535), default=9464, help="default 9464")
@@ -177,7 +187,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"deposits, withdrawals and transfers with mixed priorities, staging + OCC",
         flush=True,
     )
-    report = run_demo(cfg, None if args.no_progress else sys.stderr)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    report = run_demo(cfg, sys.stderr if show else None)
     print()
     print(format_table(TABLE_COLUMNS, table_rows(report)))
     print()
@@ -300,7 +311,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"contend serve is not available: {exc}", file=sys.stderr)
         return 2
-    print(f"serving on http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+    base = f"http://{args.host}:{args.port}"
+    print(
+        f"serving {base}/metrics and {base}/healthz for this process's runtime (Ctrl-C to stop)",
+        file=sys.stderr,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(http.serve(args.host, args.port))
     return 0
