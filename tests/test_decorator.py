@@ -299,3 +299,42 @@ async def test_sync_function_body_runs_inside_the_loop_when_awaited_via_thread(
     box = Box()
     assert await asyncio.to_thread(deposit, box) == 1
     assert await asyncio.to_thread(deposit, box) == 2
+
+
+class Wallet(Entity):
+    balance: float = 0.0
+
+
+async def test_multi_entity_calls_without_occ_warn_and_occ_guards_the_second_target(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Staging serialises the primary target only; OCC is what guards the others."""
+
+    def transfer_with(occ: bool) -> Any:
+        @with_conflict_resolution(occ=occ)
+        async def transfer(src: Wallet, dst: Wallet, amount: float) -> None:
+            src_balance, dst_balance = src.balance, dst.balance
+            await asyncio.sleep(0.01)
+            src.balance = src_balance - amount
+            dst.balance = dst_balance + amount
+
+        return transfer
+
+    @with_conflict_resolution(occ=True)
+    async def deposit(w: Wallet, amount: float) -> None:
+        w.balance += amount
+
+    with caplog.at_level("WARNING", logger="contend.decorator"):
+        a, b = Wallet(balance=100), Wallet(balance=100)
+        await asyncio.gather(transfer_with(False)(a, b, 10), deposit(b, 1000))
+    assert "OCC off" in caplog.text and "first one only" in caplog.text
+    assert a.balance + b.balance == 200  # the unguarded transfer overwrote the deposit
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="contend.decorator"):
+        a, b = Wallet(balance=100), Wallet(balance=100)
+        guarded = transfer_with(True)
+        results = await asyncio.gather(guarded(a, b, 10), deposit(b, 1000), return_exceptions=True)
+    assert "OCC off" not in caplog.text
+    assert results == [None, None]
+    assert a.balance + b.balance == 1200

@@ -93,6 +93,7 @@ class _Protected(Generic[P, R]):
         self.staging = config.pre_ecs.enabled
         self.occ = config.occ.enabled
         self.cleanup = config.cleanup
+        self.warned_unguarded = False
 
     async def run(self, priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         rt = self.runtime or get_runtime()
@@ -120,6 +121,15 @@ class _Protected(Generic[P, R]):
                 committed.append(c)
             ids = tuple([c.ecs_id for c in committed])
             target_type = type(committed[0]).__name__
+            if len(ids) > 1 and not self.occ and not self.warned_unguarded:
+                self.warned_unguarded = True
+                log.warning(
+                    "%s writes %d entities with OCC off: calls are staged under the first one "
+                    "only, so concurrent writes to the others can be lost; pass occ=OCCConfig() "
+                    "(or occ=True) to guard every target",
+                    self.name,
+                    len(ids),
+                )
         else:
             ids, target_type = (), ""
         op = ConflictResolutionOperation._start(
