@@ -32,7 +32,17 @@ __all__ = [
 ]
 
 
-class CleanupStrategy(StrEnum):
+class _NamedEnum(StrEnum):
+    """A string enum that also accepts its members' names in any case ("LAZY", "Lazy")."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
+
+class CleanupStrategy(_NamedEnum):
     """Available cleanup strategies for rejected operations."""
 
     NONE = "none"
@@ -41,27 +51,14 @@ class CleanupStrategy(StrEnum):
     LAZY = "lazy"
     CUSTOM = "custom"
 
-    @classmethod
-    def _missing_(cls, value: object) -> CleanupStrategy | None:
-        """Accept "LAZY" as well as "lazy", as the member is spelled."""
-        if isinstance(value, str):
-            return cls.__members__.get(value.upper())
-        return None
 
-
-class ConflictResolutionMode(StrEnum):
+class ConflictResolutionMode(_NamedEnum):
     """Which protections a decorated call gets."""
 
     NONE = "none"
     PRE_ECS = "pre_ecs"
     OCC = "occ"
     BOTH = "both"
-
-    @classmethod
-    def _missing_(cls, value: object) -> ConflictResolutionMode | None:
-        if isinstance(value, str):
-            return cls.__members__.get(value.upper())
-        return None
 
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
