@@ -7,7 +7,7 @@ call touches these dicts a dozen times.
 from __future__ import annotations
 
 import heapq
-import itertools
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
@@ -42,9 +42,10 @@ class MemoryBackend:
         self._by_status: dict[OperationStatus, dict[int, None]] = {s: {} for s in _TERMINAL}
         self._zombies_by_target: dict[int, dict[int, None]] = {}
         self._zombie_count = 0
-        self._heap: list[tuple[float, int, int]] = []
+        self._buckets: dict[int, list[tuple[float, int]]] = {}
+        self._seconds: list[int] = []
+        self._filed = 0
         self._due: dict[int, float] = {}
-        self._seq = itertools.count()
 
     @property
     def coordinator(self) -> LocalCoordinator:
@@ -199,16 +200,35 @@ class MemoryBackend:
         return len(self._ops)
 
     # due-time schedule --------------------------------------------------------------------------
+    # Removals are filed in one bucket per second of due time, with a heap of those seconds:
+    # records fall due in bursts (a retention after a burst of rejections), so a sweep pays a
+    # list walk per record instead of a heap pop, and a bucket is examined only once it is due.
+    # Entries of records that left by other means are dropped when their bucket comes up.
     def _push_due(self, oid: int, due: float) -> None:
         self._due[oid] = due
-        heapq.heappush(self._heap, (due, next(self._seq), oid))
+        second = math.floor(due)
+        bucket = self._buckets.get(second)
+        if bucket is None:
+            self._buckets[second] = [(due, oid)]
+            heapq.heappush(self._seconds, second)
+        else:
+            bucket.append((due, oid))
+        self._filed += 1
 
     def _maybe_compact(self) -> None:
-        heap = self._heap
-        if len(heap) > 1024 and len(heap) > 2 * len(self._due):
+        if self._filed > 1024 and self._filed > 2 * len(self._due):
             due = self._due
-            self._heap = [e for e in heap if due.get(e[2]) == e[0]]
-            heapq.heapify(self._heap)
+            filed = 0
+            for second in list(self._buckets):
+                live = [e for e in self._buckets[second] if due.get(e[1]) == e[0]]
+                if live:
+                    self._buckets[second] = live
+                    filed += len(live)
+                else:
+                    del self._buckets[second]
+            self._seconds = list(self._buckets)
+            heapq.heapify(self._seconds)
+            self._filed = filed
 
     async def schedule(self, op_id: UUID, due: float) -> None:
         oid = op_id.int
@@ -216,20 +236,42 @@ class MemoryBackend:
             self._push_due(oid, due)
 
     async def pop_due(self, now: float, limit: int) -> list[UUID]:
-        heap, due = self._heap, self._due
+        seconds, buckets, due, ops = self._seconds, self._buckets, self._due, self._ops
         out: list[UUID] = []
-        while heap and heap[0][0] <= now and len(out) < limit:
-            t, _, oid = heapq.heappop(heap)
-            if due.get(oid) == t:
-                del due[oid]
-                out.append(self._ops[oid].ecs_id)
+        while seconds and seconds[0] <= now and len(out) < limit:
+            second = seconds[0]
+            bucket = buckets[second]
+            later: list[tuple[float, int]] = []
+            for i, (t, oid) in enumerate(bucket):
+                if len(out) >= limit:
+                    later.extend(bucket[i:])
+                    break
+                if t > now:
+                    later.append((t, oid))
+                elif due.get(oid) == t:
+                    del due[oid]
+                    out.append(ops[oid].ecs_id)
+            self._filed -= len(bucket) - len(later)
+            if later:
+                buckets[second] = later
+                break
+            del buckets[second]
+            heapq.heappop(seconds)
         return out
 
     async def next_due(self) -> float | None:
-        heap, due = self._heap, self._due
-        while heap and due.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        seconds, buckets, due = self._seconds, self._buckets, self._due
+        while seconds:
+            second = seconds[0]
+            bucket = buckets[second]
+            live = [e for e in bucket if due.get(e[1]) == e[0]]
+            self._filed -= len(bucket) - len(live)
+            if live:
+                buckets[second] = live
+                return min(t for t, _ in live)
+            del buckets[second]
+            heapq.heappop(seconds)
+        return None
 
     def scheduled_count(self) -> int:
         return len(self._due)
