@@ -39,6 +39,11 @@ class CountingBackend(MemoryBackend):
         self.removes += len(op_ids)
         return await super().remove_many(op_ids)
 
+    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+        taken = await super().take_due(now, limit)
+        self.removes += len(taken)
+        return taken
+
 
 async def settle(rounds: int = 10) -> None:
     for _ in range(rounds):

@@ -236,8 +236,16 @@ class MemoryBackend:
             self._push_due(oid, due)
 
     async def pop_due(self, now: float, limit: int) -> list[UUID]:
-        seconds, buckets, due, ops = self._seconds, self._buckets, self._due, self._ops
-        out: list[UUID] = []
+        ops = self._ops
+        return [ops[oid].ecs_id for oid in self._pop_due(now, limit)]
+
+    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+        unindex = self._unindex
+        return [op for op in map(unindex, self._pop_due(now, limit)) if op is not None]
+
+    def _pop_due(self, now: float, limit: int) -> list[int]:
+        seconds, buckets, due = self._seconds, self._buckets, self._due
+        out: list[int] = []
         while seconds and seconds[0] <= now and len(out) < limit:
             second = seconds[0]
             bucket = buckets[second]
@@ -250,7 +258,7 @@ class MemoryBackend:
                     later.append((t, oid))
                 elif due.get(oid) == t:
                     del due[oid]
-                    out.append(ops[oid].ecs_id)
+                    out.append(oid)
             self._filed -= len(bucket) - len(later)
             if later:
                 buckets[second] = later

@@ -411,6 +411,9 @@ class RedisBackend:
             return _record(reply["j"], None)
         return local if local is not None and local.is_terminal else None
 
+    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+        return await self.remove_many(await self.pop_due(now, limit))
+
     async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
         gone = [await self.remove(i) for i in op_ids]
         return [op for op in gone if op is not None]
