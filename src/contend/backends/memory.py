@@ -146,26 +146,29 @@ class MemoryBackend:
         op = self._ops.pop(oid, None)
         if op is None:
             return None
+        d = op.__dict__
         by_target = self._by_target
-        for t in op.target_entity_ids:
+        for t in d["target_entity_ids"]:
             tid = t.int
             bucket = by_target.get(tid)
             if bucket is not None:
                 bucket.pop(oid, None)
                 if not bucket:
                     del by_target[tid]
-        status = op.status
+        status = d["status"]
         if status in _TERMINAL:
             self._by_status[status].pop(oid, None)
         else:
             self._inflight.pop(oid, None)
-        if status is not OperationStatus.SUCCEEDED or self._zombies_by_target:
-            tkey = _tkey(op)
-            zb = self._zombies_by_target.get(tkey)
+        zombies = self._zombies_by_target
+        if zombies and status is not OperationStatus.SUCCEEDED:
+            target = d["target_entity_id"]
+            tkey = target.int if target is not None else -1
+            zb = zombies.get(tkey)
             if zb is not None and zb.pop(oid, 0) is None:
                 self._zombie_count -= 1
                 if not zb:
-                    del self._zombies_by_target[tkey]
+                    del zombies[tkey]
         if self._due and self._due.pop(oid, None) is not None:
             self._maybe_compact()
         return op
