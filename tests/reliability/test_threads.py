@@ -131,7 +131,10 @@ def test_threads_racing_for_one_runtime_bind_exactly_one_loop() -> None:
         except RuntimeBindingError:
             with lock:
                 outcomes.append("refused")
-            release.set()
+                # the holder lets go only once every other thread has tried, or a late thread
+                # would find the first loop closed and (rightly) bind
+                if outcomes.count("refused") == threads - 1:
+                    release.set()
 
     started = [_in_thread(lambda: asyncio.run(contender(Account()))) for _ in range(threads)]
     for thread, _ in started:
