@@ -17,13 +17,14 @@ from prometheus_client.metrics_core import (
 
 from contend.config import CleanupStrategy
 
-__all__ = ["OUTCOMES", "REMOVAL_REASONS", "CleanupMetrics"]
+__all__ = ["AT_ONCE_REASONS", "OUTCOMES", "REMOVAL_REASONS", "CleanupMetrics"]
 
 REMOVAL_REASONS = ("immediate", "ttl", "lazy", "cap", "pressure", "force", "custom", "manual")
 OUTCOMES = ("succeeded", "failed", "rejected", "cancelled")
 _STRATEGIES = tuple(s.value for s in CleanupStrategy)
 
-_AT_ONCE = frozenset({"immediate", "cap", "pressure", "force"})
+AT_ONCE_REASONS = frozenset({"immediate", "cap", "pressure", "force"})
+"""Removal reasons that remove a record at once: no reclaim lag to observe."""
 
 _LATENCY_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 _LAG_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
@@ -303,7 +304,7 @@ class CleanupMetrics:
         self._cleaned[strategy].value += 1
         if zombie_target_type is not None:
             self.current_zombie_count_by_target.labels(zombie_target_type).value -= 1
-        if lag_seconds is not None and reason not in _AT_ONCE:
+        if lag_seconds is not None and reason not in AT_ONCE_REASONS:
             lag = self._lag.get(reason)
             if lag is None:
                 lag = self._lag[reason] = self.reclaim_lag.labels(reason)

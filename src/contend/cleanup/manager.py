@@ -21,6 +21,7 @@ from contend.cleanup.handlers import (
 from contend.cleanup.policy import EffectiveCleanup, effective_cleanup
 from contend.config import CleanupConfig, CleanupStrategy
 from contend.events import OperationCleanedEvent, OperationCompletedEvent
+from contend.metrics import AT_ONCE_REASONS
 from contend.operations import ConflictResolutionOperation, OperationStatus
 
 if TYPE_CHECKING:
@@ -295,13 +296,11 @@ class CleanupManager:
         metrics = rt.metrics
         self.removed[reason] += 1
         strategy_value = strategy._value_ if strategy is not None else "none"
-        due = op.cleanup_scheduled_at or op.completed_at
-        metrics.removed(
-            reason,
-            strategy_value,
-            op.target_type if op.is_zombie else None,
-            rt.clock.time() - due.timestamp() if due is not None else None,
-        )
+        lag = None
+        if reason not in AT_ONCE_REASONS:
+            due = op.cleanup_scheduled_at or op.completed_at
+            lag = rt.clock.time() - due.timestamp() if due is not None else None
+        metrics.removed(reason, strategy_value, op.target_type if op.is_zombie else None, lag)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("removed operation %s (%s, reason %s)", op.ecs_id, op.status, reason)
         if rt.events.wants(OperationCleanedEvent):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from contend.config import CleanupConfig, CleanupStrategy
 
@@ -22,9 +21,12 @@ _REASON = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class EffectiveCleanup:
-    """A strategy plus why it was chosen (the removal reason reported in metrics)."""
+class EffectiveCleanup(NamedTuple):
+    """A strategy plus why it was chosen (the removal reason reported in metrics).
+
+    A tuple, not a frozen dataclass: one is built per zombie, and a frozen dataclass pays a
+    guarded ``__setattr__`` per field.
+    """
 
     strategy: CleanupStrategy
     reason: str
