@@ -18,7 +18,9 @@ class Entity(BaseModel):
     Subclass it: ``class BankAccount(Entity): balance: float``.
     """
 
-    model_config = ConfigDict(validate_assignment=False, revalidate_instances="never")
+    model_config = ConfigDict(
+        validate_assignment=False, revalidate_instances="never", extra="forbid"
+    )
 
     ecs_id: UUID = Field(default_factory=uuid4, description="Stable identity across versions.")
     version: int = Field(default=0, ge=0, description="Committed writes so far.")

@@ -235,6 +235,13 @@ def test_invalid_combinations_name_the_field(kwargs: dict[str, Any], field: str)
         CleanupConfig(**kwargs)
 
 
+def test_unknown_entity_fields_are_refused() -> None:
+    with pytest.raises(pydantic.ValidationError) as exc:
+        Account(balanse=5)  # type: ignore[call-arg]
+    _refused_at(exc, "balanse")
+    assert Account(balance=5).balance == 5
+
+
 def test_a_base_delay_above_the_ceiling_is_refused() -> None:
     with pytest.raises(ValueError, match=r"base_delay_ms: must be <= max_delay_ms \(10.0\)"):
         OCCConfig(base_delay_ms=5000, max_delay_ms=10)
