@@ -139,3 +139,40 @@ def test_zombie_cap_holds_under_four_writers(
     assert int(r.get(f"{{{prefix}}}:zc") or 0) == 5
     assert r.scard(f"{{{prefix}}}:os:rejected") == 5
     assert r.scard(f"{{{prefix}}}:ot:{target}") == 5
+
+
+async def test_a_sweep_reaps_an_orphan_on_a_target_nobody_calls_again(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    target = str(uuid.uuid4())
+    started = SPAWN.Event()
+    proc = SPAWN.Process(
+        target=w.hold_forever, args=(redis_server.url, prefix, target, 500, started)
+    )
+    proc.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        r = _keys(redis_server, prefix)
+        orphan = r.get(f"{{{prefix}}}:lease:{target}")
+        assert orphan is not None
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        await asyncio.to_thread(proc.join, 10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+
+    from contend.backends.redis import RedisBackend
+
+    rt = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, lease_ms=500),
+        memory_probe=lambda: 0.0,
+    )
+    deadline = asyncio.get_running_loop().time() + 10
+    while r.zscore(f"{{{prefix}}}:inflight", orphan) is not None:
+        await rt.cleanup.sweep()  # no staging call on that target: the sweep reaps it
+        assert asyncio.get_running_loop().time() < deadline, "the orphan was never reaped"
+        await asyncio.sleep(0.1)
+    assert rt.cleanup.removed["immediate"] == 1
+    assert await rt.backend.get_operation(uuid.UUID(orphan)) is None
+    assert r.scard(f"{{{prefix}}}:os:executing") == 0
+    await rt.aclose()

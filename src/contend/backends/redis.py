@@ -194,7 +194,7 @@ class RedisBackend:
     def _load_scripts(self) -> None:
         names = (
             "ENSURE COMMIT BUMP JOIN RESOLVE DISCARD ADD_ZOMBIE SCHEDULE REMOVE POP_DUE READ_SET "
-            "ZOMBIES_ALL OLDEST RENEW"
+            "ZOMBIES_ALL OLDEST RENEW REAP"
         )
         self._scripts = {n: self.client.register_script(getattr(lua, n)) for n in names.split()}
 
@@ -412,7 +412,20 @@ class RedisBackend:
         return local if local is not None and local.is_terminal else None
 
     async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+        await self.reap_orphans()
         return await self.remove_many(await self.pop_due(now, limit))
+
+    async def reap_orphans(self) -> int:
+        """Give records of dead workers (in flight past their deadline) their terminal state.
+
+        Staging calls do this on the side; a sweep does it too, so an orphan on a target nobody
+        calls again still ends terminal and is cleaned as its config says.
+        """
+        reply = json.loads(await self._run("REAP", self.lease_ms, self._out_ttl))
+        claimed = list(reply.get("c") or ())
+        if claimed:
+            await self._reap(claimed)
+        return len(claimed)
 
     async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
         gone = [await self.remove(i) for i in op_ids]

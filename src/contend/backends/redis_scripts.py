@@ -30,6 +30,7 @@ __all__ = [
     "OLDEST",
     "POP_DUE",
     "READ_SET",
+    "REAP",
     "REMOVE",
     "RENEW",
     "RESOLVE",
@@ -247,6 +248,15 @@ local now = now_ms()
 local r = settle(tid, ops, ents, now)
 r.c = reap(now)
 return cjson.encode(r)
+"""
+)
+
+# ARGV: P, LEASE, OUT_TTL. Claims orphaned in-flight records (deadline passed) for the caller.
+REAP = (
+    _PRELUDE
+    + _STAGING
+    + """
+return cjson.encode({c = reap(now_ms())})
 """
 )
 
