@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from uuid import UUID
@@ -523,3 +524,34 @@ def test_random_interleavings_keep_every_promise(
         for loser in event.rejected_ids:
             if loser in priority:
                 assert priority[loser] <= event.winner_priority
+
+
+async def test_a_caller_that_once_swallowed_a_cancellation_still_wins_by_priority(
+    runtime: Runtime,
+) -> None:
+    """Python 3.11 keeps task.cancelling() raised after a swallowed CancelledError; only a
+    cancellation requested while the call is staged may cost it the window."""
+
+    @with_conflict_resolution()
+    async def deposit(a: Slot, x: int) -> Slot:
+        a.value += x
+        return a
+
+    async def critical(a: Slot) -> Slot:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        assert task.cancelling() == 1
+        return await deposit.with_priority(OperationPriority.CRITICAL)(a, 100)
+
+    async def low(a: Slot) -> Slot:
+        await asyncio.sleep(0)
+        return await deposit.with_priority(OperationPriority.LOW)(a, 1)
+
+    account = Slot()
+    won, lost = await asyncio.gather(critical(account), low(account), return_exceptions=True)
+    assert won is account
+    assert isinstance(lost, OperationRejectedError) and lost.winner_priority == 10
+    assert account.value == 100

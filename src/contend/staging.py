@@ -42,7 +42,7 @@ class _Window:
     def __init__(self, fast: bool) -> None:
         self.entries: list[ConflictResolutionOperation] = []
         self.futures: dict[int, asyncio.Future[None]] = {}
-        self.tasks: dict[int, asyncio.Task[Any] | None] = {}
+        self.tasks: dict[int, tuple[asyncio.Task[Any] | None, int]] = {}
         self.closed = False
         self.fast = fast
         self.winner: ConflictResolutionOperation | None = None
@@ -68,7 +68,8 @@ def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _pick_winner(
-    entries: list[ConflictResolutionOperation], tasks: dict[int, asyncio.Task[Any] | None]
+    entries: list[ConflictResolutionOperation],
+    tasks: dict[int, tuple[asyncio.Task[Any] | None, int]],
 ) -> ConflictResolutionOperation:
     """Highest priority, ties to the earliest; a call whose caller is being cancelled cannot win.
 
@@ -77,8 +78,8 @@ def _pick_winner(
     """
     best: ConflictResolutionOperation | None = None
     for candidate in entries:
-        task = tasks.get(candidate.ecs_id.int)
-        if task is not None and task.cancelling():
+        task, baseline = tasks.get(candidate.ecs_id.int, (None, 0))
+        if task is not None and task.cancelling() > baseline:
             continue
         if best is None or candidate.priority > best.priority:
             best = candidate
@@ -151,7 +152,8 @@ class LocalCoordinator:
                 f"(max_pending_per_target={config.max_pending_per_target})",
             )
         w.entries.append(op)
-        w.tasks[op.ecs_id.int] = asyncio.current_task()
+        task = asyncio.current_task()
+        w.tasks[op.ecs_id.int] = (task, task.cancelling() if task is not None else 0)
         if w.fast:
             try:
                 await _yield_once()
