@@ -212,3 +212,29 @@ async def test_sweeper_restarts_on_a_new_loop() -> None:
 
     assert await asyncio.create_task(round_trip()) == 0
     rt.cleanup.stop()
+
+
+async def test_a_sweep_cancelled_while_a_sink_writes_leaves_its_batch_scheduled() -> None:
+    """stop(), a loop switch or shutdown cancel the sweeper; the batch must not fall off."""
+    clock = FakeClock()
+    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    config = CleanupConfig(retention_minutes=1, cleanup_check_interval_seconds=10)
+    targets = [uuid.uuid4() for _ in range(20)]
+    await bury(rt, config, 20, targets)
+    rt.cleanup.stop()  # this test drives the sweeps itself
+
+    async def slow_sink(batch: Any) -> None:
+        await asyncio.sleep(0.05)
+
+    rt.cleanup.add_removal_sink(slow_sink)
+    clock.advance(minutes=2)
+    sweep = asyncio.create_task(rt.cleanup.sweep())
+    await asyncio.sleep(0.01)
+    sweep.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sweep
+    assert rt.registry.zombie_count == 20
+    assert rt.backend.scheduled_count() == 20  # type: ignore[attr-defined]
+    assert await rt.cleanup.sweep() == 20
+    assert rt.registry.zombie_count == 0
+    rt.cleanup.stop()

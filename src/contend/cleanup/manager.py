@@ -412,7 +412,15 @@ class CleanupManager:
         ops = [op for op in [await backend.get_operation(i) for i in ids] if op is not None]
         if not ops:
             return 0
-        went = await self._through_sinks(ops, "ttl", None)
+        try:
+            went = await self._through_sinks(ops, "ttl", None)
+        except BaseException:
+            # cancelled mid-write (stop(), a loop switch, shutdown): the batch is off the
+            # schedule already, so put back what is still here or nothing would remove it
+            for op in ops:
+                if await backend.get_operation(op.ecs_id) is not None:
+                    await backend.schedule(op.ecs_id, moment)
+            raise
         if went is None:
             retry = moment + (self.check_interval or DEFAULT_CHECK_INTERVAL)
             for op in ops:
