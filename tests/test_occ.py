@@ -98,7 +98,8 @@ async def test_retry_events_follow_backoff_with_jitter(runtime: Runtime) -> None
     @with_conflict_resolution(pre_ecs=False, occ=config, cleanup=KEEP_ALL)
     async def always_overtaken(t: Tally) -> None:
         t.value += 1
-        await interfere(t)
+        # another task commits first (a nested call in this task would join this one instead)
+        await asyncio.create_task(interfere(t))
 
     tally = Tally()
     with pytest.raises(OCCConflictError) as info:
@@ -338,3 +339,29 @@ def test_working_copy_equals_a_deep_copy_and_shares_no_mutable_state() -> None:
     assert original.tags == {"kind": ["retail"]}
     assert original.balance == 0.0
     assert original.model_fields_set == {"entries", "tags"}
+
+
+async def test_a_nested_call_joins_the_enclosing_commit_and_applies_once(runtime: Runtime) -> None:
+    """Retrying the enclosing call re-runs the nested one on fresh copies: counted once."""
+
+    @with_conflict_resolution(occ=True)
+    async def deposit(a: Account, amount: int) -> None:
+        a.balance += amount
+
+    attempts = 0
+
+    @with_conflict_resolution(occ=True)
+    async def transfer(src: Account, dst: Account, amount: int) -> None:
+        nonlocal attempts
+        attempts += 1
+        src.balance -= amount
+        await deposit(dst, amount)  # same task, a target transfer holds: joins it
+        await asyncio.sleep(0.01)
+
+    a, b = Account(balance=100), Account(balance=100)
+    await asyncio.gather(transfer(a, b, 10), deposit(b, 1000))
+    assert attempts == 2  # the outside deposit on b forced one retry
+    assert (a.balance, b.balance) == (90, 1110)
+    assert a.version == 1 and b.version == 2
+    records = await runtime.registry.operations_for_target(b.ecs_id)
+    assert records == []  # every record, nested ones included, succeeded and left

@@ -555,3 +555,25 @@ async def test_a_caller_that_once_swallowed_a_cancellation_still_wins_by_priorit
     assert won is account
     assert isinstance(lost, OperationRejectedError) and lost.winner_priority == 10
     assert account.value == 100
+
+
+async def test_a_nested_call_on_a_held_target_runs_inside_the_enclosing_call(
+    runtime: Runtime,
+) -> None:
+    """Staging it would wait for a release that comes only after it returns."""
+
+    @with_conflict_resolution()
+    async def add(s: Slot, x: int) -> None:
+        s.value += x
+
+    @with_conflict_resolution()
+    async def add_twice(s: Slot, x: int) -> None:
+        await add(s, x)
+        s.value += x
+
+    slot = Slot()
+    await asyncio.wait_for(add_twice(slot, 1), 5)
+    assert slot.value == 2
+    assert slot.version == 1  # one commit: the nested call is part of the enclosing one
+    assert runtime.backend.coordinator.in_flight() == 0  # type: ignore[attr-defined]
+    assert await runtime.registry.operations_for_target(slot.ecs_id) == []

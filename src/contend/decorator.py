@@ -7,6 +7,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 from uuid import UUID
@@ -24,6 +25,7 @@ from contend.config import (
     OCCConfig,
     PreECSConfig,
 )
+from contend.entity import Entity
 from contend.errors import ConfigurationError, OperationRejectedError
 from contend.events import OperationRejectedEvent, OperationStartedEvent
 from contend.occ import run_with_occ
@@ -40,6 +42,11 @@ R_co = TypeVar("R_co", covariant=True)
 
 _EXECUTING = OperationStatus.EXECUTING
 _running_loop = asyncio.get_running_loop
+_current_task = asyncio.current_task
+_enclosing: ContextVar[tuple[asyncio.Task[Any] | None, frozenset[int]] | None] = ContextVar(
+    "contend_enclosing_call", default=None
+)
+"""The task running a protected call and the entities it holds (for calls nested inside it)."""
 _REJECTED_TEXT: Mapping[tuple[int, int], str] = MappingProxyType(
     {
         (p, w): f"Lost Pre-ECS priority conflict (priority {p} vs winner {w})"
@@ -104,6 +111,14 @@ class _Protected(Generic[P, R]):
         backend = rt.backend
         clock = rt.clock
         passed = find_entities(args, kwargs)
+        if passed:
+            enclosing = _enclosing.get()
+            if (
+                enclosing is not None
+                and enclosing[0] is _current_task()
+                and all(e.ecs_id.int in enclosing[1] for e in passed)
+            ):
+                return await self._run_joined(rt, priority, passed, args, kwargs)
         committed = passed
         stale = False
         if passed:
@@ -146,6 +161,7 @@ class _Protected(Generic[P, R]):
                 await self._end(rt, op, exc)
                 raise
         end = None
+        token = _enclosing.set((_current_task(), frozenset([i.int for i in ids])))
         try:
             backend.set_status(op, _EXECUTING, clock.now())
             if rt.events.wants(OperationStartedEvent):
@@ -175,13 +191,49 @@ class _Protected(Generic[P, R]):
                             if p is not c:
                                 p.__dict__.update(c.__dict__)
         except BaseException as exc:
+            _enclosing.reset(token)
             if staged:
                 backend.coordinator.release(op)
             await self._end(rt, op, exc)
             raise
+        _enclosing.reset(token)
         if staged:
             backend.coordinator.release(op)
         await rt.cleanup.succeeded(op, self.cleanup, end)
+        return result
+
+    async def _run_joined(
+        self,
+        rt: Runtime,
+        priority: int,
+        passed: list[Entity],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """A call made inside another protected call, on entities that call already holds.
+
+        Staging it would wait for the enclosing call to release a target it holds until this
+        call returns (a deadlock), and its own OCC commit would race the enclosing one. So it
+        joins the enclosing call: it runs at once on the objects it was given (the enclosing
+        call's working copies under OCC), and the enclosing call's staging and commit cover it.
+        It still gets its own record.
+        """
+        backend = rt.backend
+        now = rt.clock.now()
+        ids = tuple([e.ecs_id for e in passed])
+        op = ConflictResolutionOperation._start(
+            self.name, ids, type(passed[0]).__name__, priority, self.cleanup, now
+        )
+        await backend.add_operation(op)
+        try:
+            backend.set_status(op, _EXECUTING, now)
+            result = self.fn(*args, **kwargs)
+            if self.is_async:
+                result = await result
+        except BaseException as exc:
+            await self._end(rt, op, exc)
+            raise
+        await rt.cleanup.succeeded(op, self.cleanup)
         return result
 
     async def _end(self, rt: Runtime, op: ConflictResolutionOperation, exc: BaseException) -> None:
