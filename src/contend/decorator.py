@@ -43,7 +43,7 @@ R_co = TypeVar("R_co", covariant=True)
 _EXECUTING = OperationStatus.EXECUTING
 _running_loop = asyncio.get_running_loop
 _current_task = asyncio.current_task
-_enclosing: ContextVar[tuple[asyncio.Task[Any] | None, frozenset[int]] | None] = ContextVar(
+_enclosing: ContextVar[tuple[asyncio.Task[Any] | None, tuple[UUID, ...]] | None] = ContextVar(
     "contend_enclosing_call", default=None
 )
 """The task running a protected call and the entities it holds (for calls nested inside it)."""
@@ -116,7 +116,7 @@ class _Protected(Generic[P, R]):
             if (
                 enclosing is not None
                 and enclosing[0] is _current_task()
-                and all(e.ecs_id.int in enclosing[1] for e in passed)
+                and all(e.ecs_id in enclosing[1] for e in passed)
             ):
                 return await self._run_joined(rt, priority, passed, args, kwargs)
         committed = passed
@@ -161,7 +161,7 @@ class _Protected(Generic[P, R]):
                 await self._end(rt, op, exc)
                 raise
         end = None
-        token = _enclosing.set((_current_task(), frozenset([i.int for i in ids])))
+        token = _enclosing.set((_current_task(), ids))
         try:
             backend.set_status(op, _EXECUTING, clock.now())
             if rt.events.wants(OperationStartedEvent):
