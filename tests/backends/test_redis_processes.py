@@ -37,6 +37,26 @@ def _keys(server: RedisServer, prefix: str) -> redis.Redis:
     return redis.Redis(port=server.port, decode_responses=True)
 
 
+async def _kill_a_lease_holder(server: RedisServer, prefix: str, lease_ms: int) -> tuple[str, str]:
+    """A worker that wins a target and holds it, SIGKILLed; returns (target, its record id)."""
+    target = str(uuid.uuid4())
+    started = SPAWN.Event()
+    proc = SPAWN.Process(
+        target=w.hold_forever, args=(server.url, prefix, target, lease_ms, started)
+    )
+    proc.start()
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        orphan = _keys(server, prefix).get(f"{{{prefix}}}:lease:{target}")
+        assert orphan is not None
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        await asyncio.to_thread(proc.join, 10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    return target, orphan
+
+
 def test_four_workers_occ_deposits_lose_nothing(
     pool: ProcessPoolExecutor, redis_server: RedisServer, prefix: str
 ) -> None:
@@ -82,22 +102,8 @@ def test_four_processes_one_window_exactly_one_winner(
 async def test_killed_worker_blocks_only_until_its_lease_expires(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    target = str(uuid.uuid4())
-    started = SPAWN.Event()
-    proc = SPAWN.Process(
-        target=w.hold_forever, args=(redis_server.url, prefix, target, 800, started)
-    )
-    proc.start()
-    try:
-        assert await asyncio.to_thread(started.wait, 30)
-        r = _keys(redis_server, prefix)
-        orphan = r.get(f"{{{prefix}}}:lease:{target}")
-        assert orphan is not None
-        os.kill(proc.pid or 0, signal.SIGKILL)
-        await asyncio.to_thread(proc.join, 10)
-    finally:
-        if proc.is_alive():
-            proc.kill()
+    target, orphan = await _kill_a_lease_holder(redis_server, prefix, lease_ms=800)
+    r = _keys(redis_server, prefix)
 
     from contend.backends.redis import RedisBackend
 
@@ -144,22 +150,8 @@ def test_zombie_cap_holds_under_four_writers(
 async def test_a_sweep_reaps_an_orphan_on_a_target_nobody_calls_again(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    target = str(uuid.uuid4())
-    started = SPAWN.Event()
-    proc = SPAWN.Process(
-        target=w.hold_forever, args=(redis_server.url, prefix, target, 500, started)
-    )
-    proc.start()
-    try:
-        assert await asyncio.to_thread(started.wait, 30)
-        r = _keys(redis_server, prefix)
-        orphan = r.get(f"{{{prefix}}}:lease:{target}")
-        assert orphan is not None
-        os.kill(proc.pid or 0, signal.SIGKILL)
-        await asyncio.to_thread(proc.join, 10)
-    finally:
-        if proc.is_alive():
-            proc.kill()
+    _, orphan = await _kill_a_lease_holder(redis_server, prefix, lease_ms=500)
+    r = _keys(redis_server, prefix)
 
     from contend.backends.redis import RedisBackend
 
