@@ -35,10 +35,6 @@ class CountingBackend(MemoryBackend):
         self.removes += 1
         return await super().remove(op_id)
 
-    async def remove_many(self, op_ids: Any) -> list[ConflictResolutionOperation]:
-        self.removes += len(op_ids)
-        return await super().remove_many(op_ids)
-
     async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
         taken = await super().take_due(now, limit)
         self.removes += len(taken)

@@ -117,10 +117,6 @@ class Backend(Protocol):
         """Take a record out of every index; None if it was already gone."""
         ...
 
-    async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
-        """`remove` for a batch (a sweep); returns the records that were there."""
-        ...
-
     async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]: ...
 
     async def operations_with_status(
@@ -144,7 +140,7 @@ class Backend(Protocol):
         ...
 
     async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
-        """`pop_due` and `remove_many` in one step: the records taken out."""
+        """Take the records due by `now` out of every index in one step (a sweep)."""
         ...
 
     async def next_due(self) -> float | None: ...

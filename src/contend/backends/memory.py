@@ -138,10 +138,6 @@ class MemoryBackend:
     async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._unindex(op_id.int)
 
-    async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
-        unindex = self._unindex
-        return [op for op in (unindex(i.int) for i in op_ids) if op is not None]
-
     def _unindex(self, oid: int) -> ConflictResolutionOperation | None:
         op = self._ops.pop(oid, None)
         if op is None:

@@ -413,7 +413,8 @@ class RedisBackend:
 
     async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
         await self.reap_orphans()
-        return await self.remove_many(await self.pop_due(now, limit))
+        gone = [await self.remove(i) for i in await self.pop_due(now, limit)]
+        return [op for op in gone if op is not None]
 
     async def reap_orphans(self) -> int:
         """Give records of dead workers (in flight past their deadline) their terminal state.
@@ -426,10 +427,6 @@ class RedisBackend:
         if claimed:
             await self._reap(claimed)
         return len(claimed)
-
-    async def remove_many(self, op_ids: Sequence[UUID]) -> list[ConflictResolutionOperation]:
-        gone = [await self.remove(i) for i in op_ids]
-        return [op for op in gone if op is not None]
 
     def _note_zombie_count(self, reply: dict[str, Any]) -> None:
         """Keep the newest count: replies on a connection pool can arrive out of order."""
