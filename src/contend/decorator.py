@@ -154,12 +154,12 @@ class _Protected(Generic[P, R]):
         staged = self.staging and bool(ids)
         if staged:
             try:
-                await backend.coordinator.acquire(op, self.config.pre_ecs)
-            except Lost as lost:
-                raise await self._rejected(rt, op, lost) from None
+                lost = await backend.coordinator.acquire(op, self.config.pre_ecs)
             except BaseException as exc:
                 await self._end(rt, op, exc)
                 raise
+            if lost is not None:
+                raise await self._rejected(rt, op, lost)
         end = None
         token = _enclosing.set((_current_task(), ids))
         try:

@@ -20,32 +20,29 @@ __all__ = ["LocalCoordinator", "WindowObserver"]
 
 log = logging.getLogger("contend.staging")
 
+_running_loop = asyncio.get_running_loop
+
 WindowObserver = Callable[
     ["ConflictResolutionOperation", "list[ConflictResolutionOperation]"], None
 ]
 
 
+_Entry = tuple["ConflictResolutionOperation", "asyncio.Task[Any] | None", int]
+"""A staged call, its caller's task and that task's `cancelling()` count when it was staged."""
+
+
 class _Window:
     """Calls collected for one target; closed once, then every entry knows whether it won."""
 
-    __slots__ = (
-        "closed",
-        "entries",
-        "fast",
-        "futures",
-        "tasks",
-        "timer",
-        "timer_fired",
-        "winner",
-    )
+    __slots__ = ("closed", "entries", "fast", "futures", "lost", "timer", "timer_fired", "winner")
 
     def __init__(self, fast: bool) -> None:
-        self.entries: list[ConflictResolutionOperation] = []
+        self.entries: list[_Entry] = []
         self.futures: dict[int, asyncio.Future[None]] = {}
-        self.tasks: dict[int, tuple[asyncio.Task[Any] | None, int]] = {}
         self.closed = False
         self.fast = fast
         self.winner: ConflictResolutionOperation | None = None
+        self.lost: Lost | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_fired = False
 
@@ -54,6 +51,18 @@ class _Window:
 def _yield_once() -> Any:
     """One trip through the event loop (what asyncio.sleep(0) does, minus its checks)."""
     yield
+
+
+_tasks_by_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
+    asyncio.tasks, "_current_tasks", None
+)
+
+
+def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
+    """`asyncio.current_task()` without its Python-level overhead (one dict lookup on 3.11)."""
+    if _tasks_by_loop is not None:
+        return _tasks_by_loop.get(loop)
+    return asyncio.current_task(loop)
 
 
 def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
@@ -67,25 +76,21 @@ def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
     return type(ready) is collections.deque and not ready
 
 
-def _pick_winner(
-    entries: list[ConflictResolutionOperation],
-    tasks: dict[int, tuple[asyncio.Task[Any] | None, int]],
-) -> ConflictResolutionOperation:
+def _pick_winner(entries: list[_Entry]) -> ConflictResolutionOperation:
     """Highest priority, ties to the earliest; a call whose caller is being cancelled cannot win.
 
     A cancellation requested in the tick the window closes has not reached its caller yet; letting
     that call win would reject everyone else in favour of a call that never runs.
     """
     best: ConflictResolutionOperation | None = None
-    for candidate in entries:
-        task, baseline = tasks.get(candidate.ecs_id.int, (None, 0))
+    for candidate, task, baseline in entries:
         if task is not None and task.cancelling() > baseline:
             continue
         if best is None or candidate.priority > best.priority:
             best = candidate
     if best is None:
-        best = entries[0]
-        for candidate in entries:
+        best = entries[0][0]
+        for candidate, _, _ in entries:
             if candidate.priority > best.priority:
                 best = candidate
     return best
@@ -123,37 +128,34 @@ class LocalCoordinator:
 
     def pending(self, target_id: UUID) -> list[ConflictResolutionOperation]:
         w = self._windows.get(target_id.int)
-        return list(w.entries) if w is not None else []
+        return [e[0] for e in w.entries] if w is not None else []
 
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> None:
+    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
         target = op.target_entity_id
         if target is None:
-            return
+            return None
         tid = target.int
+        loop = _running_loop()
         w = self._windows.get(tid)
         if w is None:
             timeout_ms = config.staging_timeout_ms
             if timeout_ms == 0 and tid not in self._running:
-                loop = asyncio.get_running_loop()
                 if _loop_is_idle(loop):
                     self._running[tid] = op
-                    return
+                    return None
                 w = self._windows[tid] = _Window(fast=True)
             else:
                 w = self._windows[tid] = _Window(fast=False)
                 if timeout_ms > 0:
-                    w.timer = asyncio.get_running_loop().call_later(
-                        timeout_ms / 1000.0, self._on_timer, tid, w
-                    )
+                    w.timer = loop.call_later(timeout_ms / 1000.0, self._on_timer, tid, w)
         if len(w.entries) >= config.max_pending_per_target:
-            raise Lost(
+            return Lost(
                 None,
                 f"staging window for target {target} is full "
                 f"(max_pending_per_target={config.max_pending_per_target})",
             )
-        w.entries.append(op)
-        task = asyncio.current_task()
-        w.tasks[op.ecs_id.int] = (task, task.cancelling() if task is not None else 0)
+        task = current_task(loop)
+        w.entries.append((op, task, task.cancelling() if task is not None else 0))
         if w.fast:
             try:
                 await _yield_once()
@@ -170,8 +172,7 @@ class LocalCoordinator:
             except BaseException:
                 self._abandon(tid, w, op)
                 raise
-        if w.winner is not op:
-            raise Lost(w.winner)
+        return None if w.winner is op else w.lost
 
     def release(self, op: ConflictResolutionOperation) -> None:
         target = op.target_entity_id
@@ -200,25 +201,24 @@ class LocalCoordinator:
         entries = w.entries
         if not entries:
             return
-        best = _pick_winner(entries, w.tasks)
-        w.tasks.clear()
+        best = _pick_winner(entries)
         w.winner = best
+        w.lost = Lost(best)
         self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():
                 fut.set_result(None)
         if len(entries) > 1 and self.on_window is not None:
             try:
-                self.on_window(best, entries)
+                self.on_window(best, [e[0] for e in entries])
             except Exception:
                 log.exception("window observer failed for target %s", best.target_entity_id)
 
     def _abandon(self, tid: int, w: _Window, op: ConflictResolutionOperation) -> None:
         """The caller of `op` was cancelled while staged: nobody may be left waiting on it."""
         if not w.closed:
-            w.entries.remove(op)
+            w.entries = [e for e in w.entries if e[0] is not op]
             w.futures.pop(op.ecs_id.int, None)
-            w.tasks.pop(op.ecs_id.int, None)
             if not w.entries:
                 if w.timer is not None:
                     w.timer.cancel()

@@ -35,21 +35,31 @@ class Write:
     expected: int
 
 
-class Lost(Exception):
-    """Internal: raised by a coordinator to a call that lost its window."""
+class Lost:
+    """Internal: what a coordinator returns to a call that did not win its window.
 
-    def __init__(self, winner: ConflictResolutionOperation | None, reason: str | None = None):
+    A value, not an exception: most calls of a contended window lose, and raising through the
+    coordinator's frames costs more than the rest of a rejection.
+    """
+
+    __slots__ = ("reason", "winner")
+
+    def __init__(
+        self, winner: ConflictResolutionOperation | None, reason: str | None = None
+    ) -> None:
         self.winner = winner
         self.reason = reason
-        super().__init__(reason or "lost staging window")
+
+    def __repr__(self) -> str:
+        return f"Lost(winner={self.winner and self.winner.ecs_id}, reason={self.reason!r})"
 
 
 @runtime_checkable
 class Coordinator(Protocol):
     """Pre-ECS staging: one winner per window per target; winners on a target never overlap."""
 
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> None:
-        """Return once `op` won and holds its primary target; raise `Lost` if it did not win."""
+    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
+        """Return None once `op` won and holds its primary target, or `Lost` if it did not win."""
         ...
 
     def release(self, op: ConflictResolutionOperation) -> None:

@@ -530,7 +530,7 @@ class RedisBackend:
     def in_flight(self) -> int:
         return len(set(self._inflight.values()))
 
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> None:
+    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
         """Join the cross-process window of the primary target; return once `op` won.
 
         Calls of this process in the same tick go to Redis together (one round trip); the window
@@ -538,7 +538,7 @@ class RedisBackend:
         """
         tid = op.target_entity_id
         if tid is None:
-            return
+            return None
         key = str(tid)
         batch = self._batches.get(key)
         if batch is None:
@@ -560,9 +560,9 @@ class RedisBackend:
         outcome = outcomes.get(oid, "X")
         if outcome == "W":
             _held.set((*_held.get(), (key, oid)))
-            return
+            return None
         if outcome == "F":
-            raise Lost(
+            return Lost(
                 None,
                 f"staging window for target {tid} is full "
                 f"(max_pending_per_target={config.max_pending_per_target})",
@@ -570,8 +570,8 @@ class RedisBackend:
         if outcome.startswith("L|"):
             _, wid, wprio = outcome.split("|")
             winner = next((o for o in batch.ops if str(o.ecs_id) == wid), None)
-            raise Lost(winner or _stub(wid, int(wprio), op))
-        raise Lost(None, f"staging outcome for target {tid} was lost (window expired)")
+            return Lost(winner or _stub(wid, int(wprio), op))
+        return Lost(None, f"staging outcome for target {tid} was lost (window expired)")
 
     async def _stage(self, key: str, batch: _Batch) -> dict[str, str]:
         if self._batches.get(key) is batch:
