@@ -289,6 +289,11 @@ class CleanupMetrics:
     def zombie_added(self, target_type: str) -> None:
         self.current_zombie_count_by_target.labels(target_type).value += 1
 
+    def zombie_passed(self, target_type: str) -> None:
+        """A zombie that left in the step it appeared: its gauge series exists, at net zero."""
+        if target_type not in self.current_zombie_count_by_target._children:
+            self.current_zombie_count_by_target.labels(target_type)
+
     def removed(
         self, reason: str, strategy: str, zombie_target_type: str | None, lag_seconds: float | None
     ) -> None:

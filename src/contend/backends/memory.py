@@ -108,6 +108,30 @@ class MemoryBackend:
             if self._inflight.pop(oid, 0) is None:
                 self._by_status[status][oid] = None
 
+    def end_unbooked(
+        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime
+    ) -> bool:
+        """Give an in-flight record its terminal status and drop it from every index in one step.
+
+        For records that leave the moment they end (succeeded, or IMMEDIATE cleanup): nothing
+        runs in between, so the status index and zombie books are skipped. False if the record
+        was not in the registry.
+        """
+        op.transition(status, at)
+        oid = op.ecs_id.int
+        if self._ops.pop(oid, None) is None:
+            return False
+        self._inflight.pop(oid, None)
+        by_target = self._by_target
+        for t in op.__dict__["target_entity_ids"]:
+            tid = t.int
+            bucket = by_target.get(tid)
+            if bucket is not None:
+                bucket.pop(oid, None)
+                if not bucket:
+                    del by_target[tid]
+        return True
+
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._ops.get(op_id.int)
 

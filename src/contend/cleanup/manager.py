@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from contend.backends.memory import MemoryBackend
 from contend.cleanup.handlers import (
     CleanupHandler,
     CustomCleanupHandler,
@@ -37,6 +38,7 @@ log = logging.getLogger("contend.cleanup")
 SWEEP_BATCH = 10_000
 DEFAULT_CHECK_INTERVAL = 60.0
 _NO_CAP = 1 << 62
+_IMMEDIATE = CleanupStrategy.IMMEDIATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,24 +74,34 @@ class CleanupManager:
         self._wake: asyncio.Event | None = None
         self._wake_at = float("inf")
         self._sinks: list[RemovalSink] = []
+        backend = runtime.backend
+        self._local = (
+            backend
+            if isinstance(backend, MemoryBackend) and type(backend).removes_unbooked
+            else None
+        )
 
     # lifecycle ----------------------------------------------------------------------------------
     async def succeeded(
         self, op: ConflictResolutionOperation, config: CleanupConfig, at: datetime | None = None
     ) -> None:
         rt = self.rt
-        rt.backend.set_status(op, OperationStatus.SUCCEEDED, at or rt.clock.now())
         rt.metrics.outcome("succeeded")
+        local = self._local
         if config.retain_succeeded and config.strategy in (
             CleanupStrategy.DEFERRED,
             CleanupStrategy.LAZY,
             CleanupStrategy.NONE,
         ):
+            rt.backend.set_status(op, OperationStatus.SUCCEEDED, at or rt.clock.now())
             handler = self._handler(
                 EffectiveCleanup(config.strategy, "ttl", config.retention_minutes), config
             )
             await handler.handle_operation_rejection(op)
+        elif local is not None:
+            local.end_unbooked(op, OperationStatus.SUCCEEDED, at or rt.clock.now())
         else:
+            rt.backend.set_status(op, OperationStatus.SUCCEEDED, at or rt.clock.now())
             await rt.backend.discard(op)
         if rt.events.wants(OperationCompletedEvent):
             await rt.events.emit(
@@ -111,58 +123,70 @@ class CleanupManager:
     ) -> EffectiveCleanup:
         """End `op` as a zombie (rejected, failed, cancelled) and apply its cleanup strategy."""
         rt = self.rt
+        eff = effective_cleanup(config, op, rt)
+        strategy = eff.strategy
+        local = self._local
+        if strategy is _IMMEDIATE and local is not None and not self._sinks:
+            # Nothing can observe a zombie that leaves in the same step, so it is never booked
+            # (and the zombie gauge never moves); the removal is counted like any other.
+            removed = local.end_unbooked(op, status, rt.clock.now())
+            self._mark(op, status, message, winner_id, eff)
+            if removed:
+                rt.metrics.zombie_passed(op.target_type)
+                self._tally(op, eff.reason, "immediate", booked=False)
+                if rt.events.wants(OperationCleanedEvent):
+                    await self._announce(op, eff.reason, "immediate")
+        else:
+            rt.backend.set_status(op, status, rt.clock.now())
+            self._mark(op, status, message, winner_id, eff)
+            cap = config.max_zombie_count_per_target
+            if self._sinks:
+                await rt.backend.add_zombie(op, None, _NO_CAP)
+                rt.metrics.zombie_added(op.target_type)
+                await self._evict_over_cap(op, cap)
+            else:
+                evicted = await rt.backend.add_zombie(op, None, cap)
+                rt.metrics.zombie_added(op.target_type)
+                for gone in evicted:
+                    await self._count(gone, "cap", gone.cleanup_strategy)
+            await self._run_handler(op, eff, config)
+        if status is not OperationStatus.REJECTED and rt.events.wants(OperationCompletedEvent):
+            await self._completed(op, status, message)
+        return eff
+
+    def _mark(
+        self,
+        op: ConflictResolutionOperation,
+        status: OperationStatus,
+        message: str,
+        winner_id: UUID | None,
+        eff: EffectiveCleanup,
+    ) -> None:
         d = op.__dict__
-        rt.backend.set_status(op, status, rt.clock.now())
         d["error_message"] = message
         d["winner_id"] = winner_id
-        rt.metrics.outcome(status._value_)
-        eff = effective_cleanup(config, op, rt)
-        if eff.reason == "pressure":
-            rt.metrics.memory_pressure_triggered_cleanups.inc()
-        elif eff.reason == "force":
-            rt.metrics.force_cleanup_triggered.inc()
         d["cleanup_strategy"] = eff.strategy
         d["cleanup_handler_name"] = eff.strategy._value_
-        cap = config.max_zombie_count_per_target
-        if (
-            eff.strategy is CleanupStrategy.IMMEDIATE
-            and not self._sinks
-            and getattr(rt.backend, "removes_unbooked", False)
-        ):
-            # Nothing can observe a zombie that leaves in the same step, so it is not booked;
-            # it is still counted as a zombie that appeared and a removal that happened.
-            rt.metrics.zombie_added(op.target_type)
-            if await rt.backend.remove(op.ecs_id) is not None:
-                await self._count(op, eff.reason, CleanupStrategy.IMMEDIATE)
-            await self._completed(op, status, message)
-            return eff
-        if self._sinks:
-            await rt.backend.add_zombie(op, None, _NO_CAP)
-            rt.metrics.zombie_added(op.target_type)
-            await self._evict_over_cap(op, cap)
-        else:
-            evicted = await rt.backend.add_zombie(op, None, cap)
-            rt.metrics.zombie_added(op.target_type)
-            for gone in evicted:
-                await self._count(gone, "cap", gone.cleanup_strategy)
-        await self._run_handler(op, eff, config)
-        await self._completed(op, status, message)
-        return eff
+        metrics = self.rt.metrics
+        metrics.outcome(status._value_)
+        reason = eff.reason
+        if reason == "pressure":
+            metrics.memory_pressure_triggered_cleanups.inc()
+        elif reason == "force":
+            metrics.force_cleanup_triggered.inc()
 
     async def _completed(
         self, op: ConflictResolutionOperation, status: OperationStatus, message: str
     ) -> None:
-        rt = self.rt
-        if status is not OperationStatus.REJECTED and rt.events.wants(OperationCompletedEvent):
-            await rt.events.emit(
-                OperationCompletedEvent(
-                    op_id=op.ecs_id,
-                    target_entity_id=op.target_entity_id,
-                    status=status.value,
-                    duration_ms=_duration_ms(op),
-                    error_message=message,
-                )
+        await self.rt.events.emit(
+            OperationCompletedEvent(
+                op_id=op.ecs_id,
+                target_entity_id=op.target_entity_id,
+                status=status.value,
+                duration_ms=_duration_ms(op),
+                error_message=message,
             )
+        )
 
     def _handler(self, eff: EffectiveCleanup, config: CleanupConfig) -> CleanupHandler:
         strategy = eff.strategy
@@ -292,27 +316,39 @@ class CleanupManager:
     async def _count(
         self, op: ConflictResolutionOperation, reason: str, strategy: CleanupStrategy | None
     ) -> None:
-        rt = self.rt
-        metrics = rt.metrics
-        self.removed[reason] += 1
         strategy_value = strategy._value_ if strategy is not None else "none"
+        self._tally(op, reason, strategy_value)
+        if self.rt.events.wants(OperationCleanedEvent):
+            await self._announce(op, reason, strategy_value)
+
+    def _tally(
+        self, op: ConflictResolutionOperation, reason: str, strategy_value: str, booked: bool = True
+    ) -> None:
+        """Count one removal; `booked` is False for a zombie that never entered the books."""
+        rt = self.rt
+        self.removed[reason] += 1
         lag = None
         if reason not in AT_ONCE_REASONS:
             due = op.cleanup_scheduled_at or op.completed_at
             lag = rt.clock.time() - due.timestamp() if due is not None else None
-        metrics.removed(reason, strategy_value, op.target_type if op.is_zombie else None, lag)
+        rt.metrics.removed(
+            reason, strategy_value, op.target_type if booked and op.is_zombie else None, lag
+        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("removed operation %s (%s, reason %s)", op.ecs_id, op.status, reason)
-        if rt.events.wants(OperationCleanedEvent):
-            await rt.events.emit(
-                OperationCleanedEvent(
-                    op_id=op.ecs_id,
-                    target_entity_id=op.target_entity_id,
-                    reason=reason,
-                    strategy=strategy_value,
-                    status=op.status.value,
-                )
+
+    async def _announce(
+        self, op: ConflictResolutionOperation, reason: str, strategy_value: str
+    ) -> None:
+        await self.rt.events.emit(
+            OperationCleanedEvent(
+                op_id=op.ecs_id,
+                target_entity_id=op.target_entity_id,
+                reason=reason,
+                strategy=strategy_value,
+                status=op.status.value,
             )
+        )
 
     async def remove_due_lazy(
         self, ops: list[ConflictResolutionOperation]
