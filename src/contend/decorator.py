@@ -7,7 +7,6 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 from uuid import UUID
@@ -31,6 +30,7 @@ from contend.events import OperationRejectedEvent, OperationStartedEvent
 from contend.occ import run_with_occ
 from contend.operations import ConflictResolutionOperation, OperationPriority, OperationStatus
 from contend.runtime import Runtime, get_runtime
+from contend.staging import current_task
 
 __all__ = ["ConflictResolved", "no_conflict_resolution", "with_conflict_resolution"]
 
@@ -42,11 +42,6 @@ R_co = TypeVar("R_co", covariant=True)
 
 _EXECUTING = OperationStatus.EXECUTING
 _running_loop = asyncio.get_running_loop
-_current_task = asyncio.current_task
-_enclosing: ContextVar[tuple[asyncio.Task[Any] | None, tuple[UUID, ...]] | None] = ContextVar(
-    "contend_enclosing_call", default=None
-)
-"""The task running a protected call and the entities it holds (for calls nested inside it)."""
 _REJECTED_TEXT: Mapping[tuple[int, int], str] = MappingProxyType(
     {
         (p, w): f"Lost Pre-ECS priority conflict (priority {p} vs winner {w})"
@@ -66,6 +61,34 @@ class ConflictResolved(Protocol[P, R_co]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
     def with_priority(self, priority: int) -> Callable[P, R_co]: ...
+
+
+class _Raise:
+    """A rejection travelling from `_Protected.run` to the wrapper, which raises it.
+
+    Raised there, the caller's traceback holds one small frame instead of the whole call's
+    (its record, entity lists and arguments), and a gather of many rejected calls leaves the
+    garbage collector that much less to walk.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: OperationRejectedError) -> None:
+        self.error = error
+
+
+def _let_go(
+    holding: dict[asyncio.Task[Any], tuple[UUID, ...]],
+    task: asyncio.Task[Any] | None,
+    outer: tuple[UUID, ...] | None,
+) -> None:
+    """The call running in `task` is done with its entities; an enclosing call's are back."""
+    if task is None:
+        return
+    if outer is None:
+        holding.pop(task, None)
+    else:
+        holding[task] = outer
 
 
 def _check_priority(priority: Any, field: str = "priority") -> int:
@@ -104,27 +127,31 @@ class _Protected(Generic[P, R]):
 
     async def run(self, priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         rt = self.runtime or get_runtime()
-        if rt._loop is not _running_loop():
+        loop = _running_loop()
+        if rt._loop is not loop:
             rt.bind_loop()
         if self.name not in rt._functions:
             rt.note_function(self.name, self.cleanup.strategy)
         backend = rt.backend
+        local = rt._local
         clock = rt.clock
+        holding = rt._holding
         passed = find_entities(args, kwargs)
-        if passed:
-            enclosing = _enclosing.get()
-            if (
-                enclosing is not None
-                and enclosing[0] is _current_task()
-                and all(e.ecs_id in enclosing[1] for e in passed)
-            ):
+        if passed and holding:
+            # not kept in a local: a rejected call's traceback keeps this frame, and a frame
+            # holding its own task is a reference cycle only the garbage collector can free
+            held = holding.get(current_task(loop))  # type: ignore[arg-type]
+            if held is not None and all(e.ecs_id in held for e in passed):
                 return await self._run_joined(rt, priority, passed, args, kwargs)
         committed = passed
         stale = False
         if passed:
             committed = []
             for e in passed:
-                c = await backend.ensure_entity(e)
+                if local is not None:
+                    c = local.ensure_entity_now(e)
+                else:
+                    c = await backend.ensure_entity(e)
                 if c is not e:
                     if type(c) is not type(e):
                         raise TypeError(
@@ -150,7 +177,10 @@ class _Protected(Generic[P, R]):
         op = ConflictResolutionOperation._start(
             self.name, ids, target_type, priority, self.cleanup, clock.now()
         )
-        await backend.add_operation(op)
+        if local is not None:
+            local.add_operation_now(op)
+        else:
+            await backend.add_operation(op)
         staged = self.staging and bool(ids)
         if staged:
             try:
@@ -159,9 +189,13 @@ class _Protected(Generic[P, R]):
                 await self._end(rt, op, exc)
                 raise
             if lost is not None:
-                raise await self._rejected(rt, op, lost)
+                return _Raise(await self._rejected(rt, op, lost))
         end = None
-        token = _enclosing.set((_current_task(), ids))
+        outer = None
+        task = current_task(loop)
+        if task is not None:
+            outer = holding.get(task)
+            holding[task] = ids
         try:
             backend.set_status(op, _EXECUTING, clock.now())
             if rt.events.wants(OperationStartedEvent):
@@ -185,18 +219,21 @@ class _Protected(Generic[P, R]):
                     result = await result
                 if committed:
                     end = clock.now()
-                    await backend.bump(committed, end)
+                    if local is not None:
+                        local.bump_now(committed, end)
+                    else:
+                        await backend.bump(committed, end)
                     if stale:
                         for p, c in zip(passed, committed, strict=True):
                             if p is not c:
                                 p.__dict__.update(c.__dict__)
         except BaseException as exc:
-            _enclosing.reset(token)
+            _let_go(holding, task, outer)
             if staged:
                 backend.coordinator.release(op)
             await self._end(rt, op, exc)
             raise
-        _enclosing.reset(token)
+        _let_go(holding, task, outer)
         if staged:
             backend.coordinator.release(op)
         await rt.cleanup.succeeded(op, self.cleanup, end)
@@ -446,14 +483,20 @@ def with_conflict_resolution(
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await protected.run(protected.priority, args, kwargs)
+                result = await protected.run(protected.priority, args, kwargs)
+                if type(result) is _Raise:
+                    raise result.error
+                return result
 
             def async_with_priority(p: int) -> Callable[..., Any]:
                 checked = _check_priority(p)
 
                 @functools.wraps(fn)
                 async def call(*args: Any, **kwargs: Any) -> Any:
-                    return await protected.run(checked, args, kwargs)
+                    result = await protected.run(checked, args, kwargs)
+                    if type(result) is _Raise:
+                        raise result.error
+                    return result
 
                 return call
 
@@ -492,12 +535,17 @@ def _run_sync(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(protected.run(priority, args, kwargs))
-    raise RuntimeError(
-        f"{protected.name} is a sync function decorated with with_conflict_resolution and was "
-        "called inside a running event loop, where it would block the loop; decorate an "
-        "`async def` and await it, or call this function from synchronous code"
-    )
+        pass
+    else:
+        raise RuntimeError(
+            f"{protected.name} is a sync function decorated with with_conflict_resolution and "
+            "was called inside a running event loop, where it would block the loop; decorate an "
+            "`async def` and await it, or call this function from synchronous code"
+        )
+    result = asyncio.run(protected.run(priority, args, kwargs))
+    if type(result) is _Raise:
+        raise result.error
+    return result
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -57,6 +57,10 @@ class MemoryBackend:
 
     # entities ---------------------------------------------------------------------------------
     async def ensure_entity(self, entity: Entity) -> Entity:
+        return self.ensure_entity_now(entity)
+
+    def ensure_entity_now(self, entity: Entity) -> Entity:
+        """`ensure_entity` without a coroutine, for the decorator's hot path."""
         return self._entities.setdefault(entity.ecs_id.int, entity)
 
     async def get_entity(self, entity_id: UUID) -> Entity | None:
@@ -80,6 +84,9 @@ class MemoryBackend:
         return None
 
     async def bump(self, entities: Sequence[Entity], now: datetime) -> None:
+        self.bump_now(entities, now)
+
+    def bump_now(self, entities: Sequence[Entity], now: datetime) -> None:
         for e in entities:
             d = e.__dict__
             d["version"] += 1
@@ -87,6 +94,9 @@ class MemoryBackend:
 
     # operation records ------------------------------------------------------------------------
     async def add_operation(self, op: ConflictResolutionOperation) -> None:
+        self.add_operation_now(op)
+
+    def add_operation_now(self, op: ConflictResolutionOperation) -> None:
         oid = op.ecs_id.int
         self._ops[oid] = op
         by_target = self._by_target

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from contend.backends.memory import MemoryBackend
 from contend.cleanup.handlers import (
     CleanupHandler,
     CustomCleanupHandler,
@@ -74,12 +73,7 @@ class CleanupManager:
         self._wake: asyncio.Event | None = None
         self._wake_at = float("inf")
         self._sinks: list[RemovalSink] = []
-        backend = runtime.backend
-        self._local = (
-            backend
-            if isinstance(backend, MemoryBackend) and type(backend).removes_unbooked
-            else None
-        )
+        self._local = runtime._local
 
     # lifecycle ----------------------------------------------------------------------------------
     async def succeeded(
