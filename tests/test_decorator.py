@@ -338,3 +338,80 @@ async def test_multi_entity_calls_without_occ_warn_and_occ_guards_the_second_tar
     assert "OCC off" not in caplog.text
     assert results == [None, None]
     assert a.balance + b.balance == 1200
+
+
+# --- what a call leaves behind ------------------------------------------------------------------
+
+
+async def test_entity_arguments_are_found_in_every_position(runtime: Runtime) -> None:
+    seen: list[tuple[int, ...]] = []
+
+    @with_conflict_resolution(pre_ecs=False)
+    async def work(*args: Any) -> None:
+        op = await _executing(runtime)
+        seen.append(tuple(op.target_entity_ids.index(e.ecs_id) for e in args if isinstance(e, Box)))
+
+    a, b = Box(), Box()
+    for call in ((a,), (a, 5), (a, "note"), (a, None), (a, b), (a, a), (3, a), (a, 1, b)):
+        await work(*call)
+    assert seen == [(0,), (0,), (0,), (0,), (0, 1), (0, 0), (0,), (0, 1)]
+
+
+async def test_a_rejected_call_leaves_no_reference_cycle(runtime: Runtime) -> None:
+    """A busy service drops thousands of rejections; each must be freed when dropped, not
+    left for the cycle collector."""
+    import gc
+    import weakref
+
+    @with_conflict_resolution(cleanup="immediate")
+    async def touch(box: Box) -> int:
+        box.value += 1
+        return box.value
+
+    box = Box()
+    tasks = [asyncio.create_task(touch(box)) for _ in range(5)]
+    await asyncio.wait(tasks)
+    errors = [t.exception() for t in tasks if t.exception() is not None]
+    assert all(isinstance(e, OperationRejectedError) for e in errors)
+    assert len(errors) == 4
+    refs = [weakref.ref(e) for e in errors]
+    assert all(e.__traceback__ is not None for e in errors)
+    gc.disable()
+    try:
+        del tasks, errors
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()
+
+
+async def test_a_memory_backend_subclass_sees_every_call_it_overrides() -> None:
+    """The in-process fast path skips coroutines only for the stock MemoryBackend's methods."""
+    from contend.backends.memory import MemoryBackend
+
+    class Recording(MemoryBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.added: list[ConflictResolutionOperation] = []
+
+        async def add_operation(self, op: ConflictResolutionOperation) -> None:
+            self.added.append(op)
+            await super().add_operation(op)
+
+    rt = Runtime(Recording(), memory_probe=lambda: 0.0)
+
+    @with_conflict_resolution(runtime=rt, cleanup="immediate")
+    async def touch(box: Box) -> int:
+        box.value += 1
+        return box.value
+
+    box = Box()
+    results = await asyncio.gather(*(touch(box) for _ in range(3)), return_exceptions=True)
+    assert sorted(map(type, results), key=str) == sorted(
+        [int, OperationRejectedError, OperationRejectedError], key=str
+    )
+    backend = rt.backend
+    assert isinstance(backend, Recording)
+    assert len(backend.added) == 3
+    assert all(op.is_terminal for op in backend.added)
+    assert await rt.registry.operations_for_target(box.ecs_id) == []
+    rt.cleanup.stop()

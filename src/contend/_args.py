@@ -15,6 +15,10 @@ _CONTAINERS = (list, tuple, set, frozenset, dict)
 def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]:
     """Every Entity in the arguments (also inside lists, tuples, sets and dict values), first
     occurrence of each id, in order."""
+    if not kwargs and len(args) <= 2:
+        first = args[0] if args else None
+        if isinstance(first, Entity) and (len(args) == 1 or _plain(args[1])):
+            return [first]
     found: dict[int, Entity] = {}
     for a in args:
         if isinstance(a, Entity):
@@ -28,6 +32,14 @@ def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]
             elif isinstance(a, _CONTAINERS):
                 _collect(a, found)
     return list(found.values())
+
+
+_PLAIN = (int, float, str, bytes, bool, type(None))
+
+
+def _plain(obj: Any) -> bool:
+    """A value that can hold no entity (the common second argument: an amount, a name)."""
+    return type(obj) in _PLAIN
 
 
 def _collect(obj: Any, found: dict[int, Entity]) -> None:

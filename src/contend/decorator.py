@@ -74,7 +74,24 @@ class _Raise:
     __slots__ = ("error",)
 
     def __init__(self, error: OperationRejectedError) -> None:
-        self.error = error
+        self.error: OperationRejectedError | None = error
+
+    def take(self) -> OperationRejectedError:
+        """Hand the error over and forget it: the raising frame keeps this object, and the
+        error's traceback keeps that frame, a cycle only the garbage collector could break."""
+        error, self.error = self.error, None
+        if error is None:
+            raise RuntimeError("rejection already raised")
+        return error
+
+
+def _ids(entities: list[Entity]) -> list[UUID]:
+    return [e.ecs_id for e in entities]
+
+
+def _holds_all(held: tuple[UUID, ...], passed: list[Entity]) -> bool:
+    """Every entity of a call is held already (a helper, so `run` keeps no cell variable)."""
+    return all(e.ecs_id in held for e in passed)
 
 
 def _let_go(
@@ -141,13 +158,12 @@ class _Protected(Generic[P, R]):
             # not kept in a local: a rejected call's traceback keeps this frame, and a frame
             # holding its own task is a reference cycle only the garbage collector can free
             held = holding.get(current_task(loop))  # type: ignore[arg-type]
-            if held is not None and all(e.ecs_id in held for e in passed):
+            if held is not None and _holds_all(held, passed):
                 return await self._run_joined(rt, priority, passed, args, kwargs)
         committed = passed
         stale = False
         if passed:
-            committed = []
-            for e in passed:
+            for i, e in enumerate(passed):
                 if local is not None:
                     c = local.ensure_entity_now(e)
                 else:
@@ -159,9 +175,11 @@ class _Protected(Generic[P, R]):
                             f"{type(c).__name__}, but a {type(e).__name__} with that ecs_id was "
                             "passed; an ecs_id names one entity of one type"
                         )
-                    stale = True
-                committed.append(c)
-            ids = tuple([c.ecs_id for c in committed])
+                    if not stale:
+                        committed = list(passed)
+                        stale = True
+                    committed[i] = c
+            ids = (committed[0].ecs_id,) if len(committed) == 1 else tuple(_ids(committed))
             target_type = type(committed[0]).__name__
             if len(ids) > 1 and not self.occ and not self.warned_unguarded:
                 self.warned_unguarded = True
@@ -485,7 +503,7 @@ def with_conflict_resolution(
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 result = await protected.run(protected.priority, args, kwargs)
                 if type(result) is _Raise:
-                    raise result.error
+                    raise result.take()
                 return result
 
             def async_with_priority(p: int) -> Callable[..., Any]:
@@ -495,7 +513,7 @@ def with_conflict_resolution(
                 async def call(*args: Any, **kwargs: Any) -> Any:
                     result = await protected.run(checked, args, kwargs)
                     if type(result) is _Raise:
-                        raise result.error
+                        raise result.take()
                     return result
 
                 return call
@@ -544,7 +562,7 @@ def _run_sync(
         )
     result = asyncio.run(protected.run(priority, args, kwargs))
     if type(result) is _Raise:
-        raise result.error
+        raise result.take()
     return result
 
 

@@ -51,22 +51,27 @@ def _get_current_zombie_count(runtime: Runtime | None = None) -> int:
     return _runtime(runtime).backend.zombie_count
 
 
+_AT_ONCE = EffectiveCleanup(CleanupStrategy.IMMEDIATE, "immediate", 0)
+_PRESSURE = EffectiveCleanup(CleanupStrategy.IMMEDIATE, "pressure", 0)
+_FORCE = EffectiveCleanup(CleanupStrategy.IMMEDIATE, "force", 0)
+
+
 def effective_cleanup(
     config: CleanupConfig, operation: ConflictResolutionOperation, runtime: Runtime | None = None
 ) -> EffectiveCleanup:
     """First matching rule wins: immediate priorities, memory pressure, force threshold,
     debug-retention priorities, then the configured strategy."""
     priority = operation.priority
-    retention = config.retention_minutes
     if priority in config.immediate_cleanup_priorities:
-        return EffectiveCleanup(CleanupStrategy.IMMEDIATE, "immediate", 0)
+        return _AT_ONCE
     if (
         config.aggressive_on_memory_pressure
         and _get_system_memory_pressure(runtime) > config.memory_pressure_threshold
     ):
-        return EffectiveCleanup(CleanupStrategy.IMMEDIATE, "pressure", 0)
+        return _PRESSURE
     if _get_current_zombie_count(runtime) > config.force_cleanup_threshold:
-        return EffectiveCleanup(CleanupStrategy.IMMEDIATE, "force", 0)
+        return _FORCE
     if priority in config.debug_retention_priorities:
-        return EffectiveCleanup(CleanupStrategy.DEFERRED, "ttl", retention)
-    return EffectiveCleanup(config.strategy, _REASON[config.strategy], retention)
+        return EffectiveCleanup(CleanupStrategy.DEFERRED, "ttl", config.retention_minutes)
+    strategy = config.strategy
+    return EffectiveCleanup(strategy, _REASON[strategy], config.retention_minutes)
