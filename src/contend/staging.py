@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import sys
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -53,13 +54,15 @@ def _yield_once() -> Any:
     yield
 
 
-_tasks_by_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = getattr(
-    asyncio.tasks, "_current_tasks", None
+_tasks_by_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
+    getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
 )
+"""On 3.11 `asyncio.current_task` is Python code over this dict; from 3.12 it is C (and later
+versions keep the current task elsewhere), so the dict is read directly on 3.11 only."""
 
 
 def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-    """`asyncio.current_task()` without its Python-level overhead (one dict lookup on 3.11)."""
+    """`asyncio.current_task()` without its Python-level overhead on 3.11."""
     if _tasks_by_loop is not None:
         return _tasks_by_loop.get(loop)
     return asyncio.current_task(loop)
