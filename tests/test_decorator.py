@@ -415,3 +415,24 @@ async def test_a_memory_backend_subclass_sees_every_call_it_overrides() -> None:
     assert all(op.is_terminal for op in backend.added)
     assert await rt.registry.operations_for_target(box.ecs_id) == []
     rt.cleanup.stop()
+
+
+async def test_a_failed_call_leaves_no_reference_cycle(runtime: Runtime) -> None:
+    import gc
+    import weakref
+
+    @with_conflict_resolution(cleanup="immediate")
+    async def boom(box: Box) -> int:
+        raise ValueError("no")
+
+    task = asyncio.create_task(boom(Box()))
+    await asyncio.wait([task])
+    error = task.exception()
+    assert isinstance(error, ValueError)
+    ref = weakref.ref(task)
+    gc.disable()
+    try:
+        del task, error
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -247,6 +247,7 @@ class _Protected(Generic[P, R]):
                                 p.__dict__.update(c.__dict__)
         except BaseException as exc:
             _let_go(holding, task, outer)
+            task = None  # this frame goes into exc's traceback; it must not point at exc's task
             if staged:
                 backend.coordinator.release(op)
             await self._end(rt, op, exc)
