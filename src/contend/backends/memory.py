@@ -9,9 +9,9 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from operator import attrgetter, is_not, itemgetter
 from typing import cast
 from uuid import UUID
@@ -33,6 +33,7 @@ _TARGETS = itemgetter("target_entity_ids")
 _TARGET = itemgetter("target_entity_id")
 _STATUS = itemgetter("status")
 _FIRST = itemgetter(0)
+_POP = cast("Callable[[dict[int, None], int, object], object]", dict.pop)
 
 
 class MemoryBackend:
@@ -40,6 +41,8 @@ class MemoryBackend:
 
     Records in flight (pending, executing) share one index, so starting a call touches no status
     index; a status query for them is O(calls in flight), for terminal statuses O(result).
+    A booked zombie is indexed under its primary target in the zombie index only, not also in the
+    target index: removing it (a sweep removes thousands) then walks one per-target index, not two.
     """
 
     name = "memory"
@@ -143,6 +146,9 @@ class MemoryBackend:
             bucket = self._zombies_by_target[tid] = {}
         bucket[oid] = None
         self._zombie_count += 1
+        listed = self._by_target.get(tid)
+        if listed is not None and listed.pop(oid, 0) is None and not listed:
+            del self._by_target[tid]
         if due is not None:
             self._push_due(oid, due)
         evicted: list[ConflictResolutionOperation] = []
@@ -160,28 +166,32 @@ class MemoryBackend:
         if op is None:
             return None
         d = op.__dict__
-        by_target = self._by_target
-        for t in d["target_entity_ids"]:
-            tid = t.int
-            bucket = by_target.get(tid)
-            if bucket is not None:
-                bucket.pop(oid, None)
-                if not bucket:
-                    del by_target[tid]
         status = d["status"]
         if status in _TERMINAL:
             self._by_status[status].pop(oid, None)
         else:
             self._inflight.pop(oid, None)
+        booked = None
         zombies = self._zombies_by_target
         if zombies and status is not _SUCCEEDED:
             target = d["target_entity_id"]
             tkey = target.int if target is not None else -1
             zb = zombies.get(tkey)
             if zb is not None and zb.pop(oid, 0) is None:
+                booked = tkey
                 self._zombie_count -= 1
                 if not zb:
                     del zombies[tkey]
+        by_target = self._by_target
+        for t in d["target_entity_ids"]:
+            tid = t.int
+            if tid == booked:
+                continue
+            bucket = by_target.get(tid)
+            if bucket is not None:
+                bucket.pop(oid, None)
+                if not bucket:
+                    del by_target[tid]
         if self._due and self._due.pop(oid, None) is not None:
             self._maybe_compact()
         return op
@@ -201,39 +211,49 @@ class MemoryBackend:
         if not ops:
             return []
         dicts = list(map(_DICT, ops))
-        targets = list(map(_TARGETS, dicts))
-        if set(map(len, targets)) == {1}:
-            firsts = list(map(_FIRST, targets))
-            tids = list(map(_INT, firsts))
-            target_oids = oids
-        else:
-            firsts = []
-            tids = list(map(_INT, chain.from_iterable(targets)))
-            target_oids = list(chain.from_iterable(map(repeat, oids, map(len, targets))))
-        by_target = self._by_target
-        _drain(map(dict.pop, map(by_target.get, tids, repeat(_EMPTY)), target_oids, repeat(None)))
-        _drop_empty(by_target, tids)
         by_status = map(self._status_index.__getitem__, map(_STATUS, dicts))
         _drain(map(dict.pop, by_status, oids, repeat(None)))
+        targets = list(map(_TARGETS, dicts))
+        primaries = list(map(_TARGET, dicts))
+        simple = set(map(len, targets)) == {1} and primaries == list(map(_FIRST, targets))
+        if simple:
+            keys = list(map(_INT, primaries))
+        else:
+            keys = [t.int if t is not None else -1 for t in primaries]
         zombies = self._zombies_by_target
+        booked: list[object] = [0] * len(oids)
         if zombies:
-            primaries = list(map(_TARGET, dicts))
-            if primaries == firsts:
-                keys = tids
-            elif all(map(is_not, primaries, repeat(None))):
-                keys = list(map(_INT, primaries))
-            else:
-                keys = [t.int if t is not None else -1 for t in primaries]
-            buckets = map(zombies.get, keys, repeat(_EMPTY))
-            booked = list(map(dict.pop, buckets, oids, repeat(0))).count(None)
-            if booked:
-                self._zombie_count -= booked
+            booked = list(map(_POP, map(zombies.get, keys, repeat(_EMPTY)), oids, repeat(0)))
+            count = booked.count(None)
+            if count:
+                self._zombie_count -= count
                 _drop_empty(zombies, keys)
+            if simple and count == len(oids):
+                return ops
+        unbooked = list(map(is_not, booked, repeat(None)))
+        if simple:
+            self._unlist(list(compress(keys, unbooked)), list(compress(oids, unbooked)))
+        else:
+            listed: list[tuple[int, int]] = []
+            for oid, key, free, ts in zip(oids, keys, unbooked, targets, strict=True):
+                listed += [(tid, oid) for tid in map(_INT, ts) if free or tid != key]
+            self._unlist([t for t, _ in listed], [o for _, o in listed])
         return ops
+
+    def _unlist(self, tids: list[int], oids: list[int]) -> None:
+        """Take each `oids[i]` out of the target index of `tids[i]`."""
+        by_target = self._by_target
+        _drain(map(dict.pop, map(by_target.get, tids, repeat(_EMPTY)), oids, repeat(None)))
+        _drop_empty(by_target, tids)
 
     async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
         ops = self._ops
-        return [ops[i] for i in self._by_target.get(target_id.int, ())]
+        tid = target_id.int
+        found = [ops[i] for i in self._by_target.get(tid, ())]
+        zombies = self._zombies_by_target.get(tid)
+        if zombies:
+            found += [ops[i] for i in zombies]
+        return found
 
     async def operations_with_status(
         self, status: OperationStatus
