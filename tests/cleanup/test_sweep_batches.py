@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 import pytest
 
@@ -23,13 +24,13 @@ class Item(Entity):
     n: int = 0
 
 
-def deferred(minutes: int = 1, **extra: object) -> CleanupConfig:
+def deferred(minutes: int = 1, *, retain_succeeded: bool = False) -> CleanupConfig:
     return CleanupConfig(
         strategy=CleanupStrategy.DEFERRED,
         retention_minutes=minutes,
         max_zombie_count_per_target=10_000,
         force_cleanup_threshold=100_000,
-        **extra,  # type: ignore[arg-type]
+        retain_succeeded=retain_succeeded,
     )
 
 
@@ -103,6 +104,8 @@ async def test_within_one_second_a_sweep_takes_only_what_is_due(clock: FakeClock
     clock.advance(100.5)
     assert await rt.cleanup.sweep() == 2
     assert [await rt.registry.get_operation(op.ecs_id) for op in ops] == [ops[0], None, None]
+    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == [ops[0]]
+    assert rt.backend.scheduled_count() == 1  # type: ignore[attr-defined]
     assert await rt.backend.next_due() == start + 100.8
     clock.advance(0.3)
     assert await rt.cleanup.sweep() == 1
@@ -206,3 +209,91 @@ async def test_a_sweep_observes_each_records_reclaim_lag_once(clock: FakeClock) 
         assert sample(rt, "contend_reclaim_lag_seconds_bucket", reason="ttl", le=le) == count
     assert [e.op_id for e in cleaned] == [op.ecs_id for op in [ops[0], ahead, *ops[1:]]]
     assert {(e.reason, e.strategy, e.status) for e in cleaned} == {("ttl", "deferred", "rejected")}
+
+
+async def test_a_target_lists_its_records_whatever_their_state(clock: FakeClock) -> None:
+    rt = runtime(clock)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    keep = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=2)
+    pending = ConflictResolutionOperation(
+        function_name="f", target_entity_id=a, target_entity_ids=(a,), target_type="Item"
+    )
+    await rt.backend.add_operation(pending)
+    success = ConflictResolutionOperation(
+        function_name="f", target_entity_id=a, target_entity_ids=(a,), target_type="Item"
+    )
+    await rt.backend.add_operation(success)
+    rt.backend.set_status(success, OperationStatus.EXECUTING, clock.now())
+    await rt.cleanup.succeeded(success, deferred(1, retain_succeeded=True))
+    oldest = await bury(rt, keep, (a,))
+    pair = await bury(rt, keep, (a, b))
+    other = await bury(rt, deferred(1), (b, a))
+
+    def ids(records: list[ConflictResolutionOperation]) -> set[uuid.UUID]:
+        return {r.ecs_id for r in records}
+
+    listed = ids([pending, success, oldest, pair, other])
+    assert ids(await rt.registry.operations_for_target(a)) == listed
+    assert ids(await rt.registry.operations_for_target(b)) == ids([pair, other])
+    probe = ConflictResolutionOperation(
+        function_name="g", target_entity_id=a, target_entity_ids=(a,), target_type="Item"
+    )
+    assert await rt.registry.conflicting_operations(probe) == [pending]
+
+    newest = await bury(rt, keep, (a,))  # a cap of 2 zombies on `a` evicts `oldest`
+    assert ids(await rt.registry.operations_for_target(a)) == listed - {oldest.ecs_id} | {
+        newest.ecs_id
+    }
+    assert await rt.registry.remove(pair.ecs_id)
+    assert ids(await rt.registry.operations_for_target(b)) == {other.ecs_id}
+    clock.advance(minutes=1)
+    assert await rt.cleanup.sweep() == 2
+    assert ids(await rt.registry.operations_for_target(a)) == ids([pending, newest])
+    assert await rt.registry.operations_for_target(b) == []
+    assert await rt.registry.zombies(a) == [newest]
+
+
+async def test_a_schedule_set_in_flight_holds_once_the_call_ends(clock: FakeClock) -> None:
+    rt = runtime(clock)
+    target = uuid.uuid4()
+    op = ConflictResolutionOperation(
+        function_name="f", target_entity_id=target, target_entity_ids=(target,)
+    )
+    await rt.backend.add_operation(op)
+    await rt.cleanup.schedule(op, clock.time() + 30)
+    rt.cleanup.stop()
+    rt.backend.set_status(op, OperationStatus.REJECTED, clock.now())
+    assert rt.backend.scheduled_count() == 1  # type: ignore[attr-defined]
+    clock.advance(29)
+    assert await rt.cleanup.sweep() == 0
+    clock.advance(1)
+    assert await rt.cleanup.sweep() == 1
+    assert await rt.registry.get_operation(op.ecs_id) is None
+    assert rt.backend.scheduled_count() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_vetoed_sweep_keeps_its_batch_listed_and_scheduled(clock: FakeClock) -> None:
+    rt = runtime(clock)
+    targets = (uuid.uuid4(),)
+    ops = [await bury(rt, deferred(1), targets) for _ in range(3)]
+    rt.cleanup.stop()
+    seen: list[int] = []
+
+    async def veto(batch: Sequence[object]) -> None:
+        seen.append(len(batch))
+        raise OSError("archive offline")
+
+    detach = rt.cleanup.add_removal_sink(veto)
+    clock.advance(minutes=1)
+    assert await rt.cleanup.sweep() == 0
+    assert seen == [3]
+    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == ops
+    assert await rt.registry.zombies(targets[0]) == ops
+    assert rt.backend.scheduled_count() == 3  # type: ignore[attr-defined]
+    detach()
+    clock.advance(59)
+    assert await rt.cleanup.sweep() == 0, "retried after the check interval, not before"
+    clock.advance(1)
+    assert await rt.cleanup.sweep() == 3
+    assert rt.registry.zombie_count == 0
+    assert rt.backend.scheduled_count() == 0  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from itertools import compress, repeat
 from operator import attrgetter, is_not, itemgetter
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 from contend.backends.base import VersionConflict, Write
@@ -25,7 +25,7 @@ __all__ = ["MemoryBackend"]
 
 _TERMINAL = TERMINAL_STATUSES
 _SUCCEEDED = OperationStatus.SUCCEEDED
-_EMPTY: dict[int, None] = {}
+_EMPTY: dict[int, Any] = {}
 """What a missing index bucket reads as; only ever popped with a default, never written."""
 _DICT = attrgetter("__dict__")
 _INT = attrgetter("int")
@@ -33,14 +33,17 @@ _TARGETS = itemgetter("target_entity_ids")
 _TARGET = itemgetter("target_entity_id")
 _STATUS = itemgetter("status")
 _FIRST = itemgetter(0)
-_POP = cast("Callable[[dict[int, None], int, object], object]", dict.pop)
+_POP = cast("Callable[[dict[int, Any], int, object], Any]", dict.pop)
+_GET = cast("Callable[[dict[int, Any], int], Any]", dict.get)
+_ABSENT: Any = object()
 
 
 class MemoryBackend:
     """Entities and operation records in dicts, zombie removals on a due-time heap.
 
     Records in flight (pending, executing) share one index, so starting a call touches no status
-    index; a status query for them is O(calls in flight), for terminal statuses O(result).
+    index; a status query for them is O(calls in flight), for terminal statuses O(result). A
+    record's entry in its status index holds its due time while it is scheduled for removal.
     A booked zombie is indexed under its primary target in the zombie index only, not also in the
     target index: removing it (a sweep removes thousands) then walks one per-target index, not two.
     """
@@ -54,15 +57,15 @@ class MemoryBackend:
         self._entities: dict[int, Entity] = {}
         self._ops: dict[int, ConflictResolutionOperation] = {}
         self._by_target: dict[int, dict[int, None]] = {}
-        self._inflight: dict[int, None] = {}
-        self._by_status: dict[OperationStatus, dict[int, None]] = {s: {} for s in _TERMINAL}
+        self._inflight: dict[int, float | None] = {}
+        self._by_status: dict[OperationStatus, dict[int, float | None]] = {s: {} for s in _TERMINAL}
         self._zombies_by_target: dict[int, dict[int, None]] = {}
         self._zombie_count = 0
         self._buckets: dict[int, list[int]] = {}
         self._seconds: list[int] = []
         self._filed = 0
-        self._due: dict[int, float] = {}
-        self._status_index: dict[OperationStatus, dict[int, None]] = {
+        self._scheduled = 0
+        self._status_index: dict[OperationStatus, dict[int, float | None]] = {
             **dict.fromkeys(OperationStatus, self._inflight),
             **self._by_status,
         }
@@ -125,8 +128,9 @@ class MemoryBackend:
         op.transition(status, at)
         if status in _TERMINAL:
             oid = op.ecs_id.int
-            if self._inflight.pop(oid, 0) is None:
-                self._by_status[status][oid] = None
+            due = self._inflight.pop(oid, _ABSENT)
+            if due is not _ABSENT:
+                self._by_status[status][oid] = due
 
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._ops.get(op_id.int)
@@ -150,7 +154,7 @@ class MemoryBackend:
         if listed is not None and listed.pop(oid, 0) is None and not listed:
             del self._by_target[tid]
         if due is not None:
-            self._push_due(oid, due)
+            self._push_due(op, oid, due)
         evicted: list[ConflictResolutionOperation] = []
         while len(bucket) > cap:
             gone = self._unindex(next(iter(bucket)))
@@ -167,10 +171,7 @@ class MemoryBackend:
             return None
         d = op.__dict__
         status = d["status"]
-        if status in _TERMINAL:
-            self._by_status[status].pop(oid, None)
-        else:
-            self._inflight.pop(oid, None)
+        due = self._status_index[status].pop(oid, None)
         booked = None
         zombies = self._zombies_by_target
         if zombies and status is not _SUCCEEDED:
@@ -192,27 +193,22 @@ class MemoryBackend:
                 bucket.pop(oid, None)
                 if not bucket:
                     del by_target[tid]
-        if self._due and self._due.pop(oid, None) is not None:
+        if due is not None:
+            self._scheduled -= 1
             self._maybe_compact()
         return op
 
-    def _unindex_taken(self, oids: list[int]) -> list[ConflictResolutionOperation]:
-        """`_unindex` for a batch already taken off the schedule: one pass in C per index.
+    def _unindex_taken(
+        self, oids: list[int], ops: list[ConflictResolutionOperation]
+    ) -> list[ConflictResolutionOperation]:
+        """`_unindex` for the rest of a batch `_take` took out of the registry and status index.
 
         A sweep removes thousands of records; walking each index once for the whole batch, with
         no Python-level step per record, is what keeps it a few milliseconds.
         """
-        found = list(map(self._ops.pop, oids, repeat(None)))
-        if all(map(is_not, found, repeat(None))):
-            ops = cast("list[ConflictResolutionOperation]", found)
-        else:
-            oids = list(compress(oids, map(is_not, found, repeat(None))))
-            ops = [op for op in found if op is not None]
         if not ops:
-            return []
+            return ops
         dicts = list(map(_DICT, ops))
-        by_status = map(self._status_index.__getitem__, map(_STATUS, dicts))
-        _drain(map(dict.pop, by_status, oids, repeat(None)))
         targets = list(map(_TARGETS, dicts))
         primaries = list(map(_TARGET, dicts))
         simple = set(map(len, targets)) == {1} and primaries == list(map(_FIRST, targets))
@@ -284,11 +280,14 @@ class MemoryBackend:
     # Removals are filed in one bucket per second of due time, with a heap of those seconds:
     # records fall due in bursts (a retention after a burst of rejections), so a sweep takes a
     # bucket with a few passes in C instead of a heap pop per record, and a bucket is examined
-    # only once it is due. A bucket holds ids only; `_due` holds each record's one current due
-    # time, so an entry whose record left, or was rescheduled into another second, is stale and
-    # dropped when its bucket comes up.
-    def _push_due(self, oid: int, due: float) -> None:
-        self._due[oid] = due
+    # only once it is due. A bucket holds ids only; a record's one current due time is the value
+    # of its entry in the status index, which a removal takes out anyway, so an entry whose record
+    # left, or was rescheduled into another second, is stale and dropped when its bucket comes up.
+    def _push_due(self, op: ConflictResolutionOperation, oid: int, due: float) -> None:
+        index = self._status_index[op.__dict__["status"]]
+        if index.get(oid) is None:
+            self._scheduled += 1
+        index[oid] = due
         second = math.floor(due)
         bucket = self._buckets.get(second)
         if bucket is None:
@@ -298,16 +297,31 @@ class MemoryBackend:
             bucket.append(oid)
         self._filed += 1
 
-    def _live(self, second: int, bucket: list[int]) -> list[int]:
-        """The entries of `bucket` still filed under `second`, once each."""
-        due = self._due
-        return [oid for oid in dict.fromkeys(bucket) if _second_of(due.get(oid)) == second]
+    def _live(self, second: int, bucket: list[int]) -> tuple[list[int], list[float]]:
+        """The entries of `bucket` still filed under `second`, once each, and their due times."""
+        entries = list(dict.fromkeys(bucket))
+        ops = self._ops
+        found = list(map(ops.get, entries))
+        if all(map(is_not, found, repeat(None))):
+            records = cast("list[ConflictResolutionOperation]", found)
+            indexes = map(self._status_index.__getitem__, map(_STATUS, map(_DICT, records)))
+            times = list(map(_GET, indexes, entries))
+        else:
+            index_of = self._status_index
+            times = [
+                None if op is None else index_of[op.__dict__["status"]].get(oid)
+                for oid, op in zip(entries, found, strict=True)
+            ]
+        if None in times or min(times) < second or max(times) >= second + 1:
+            kept = [(oid, t) for oid, t in zip(entries, times, strict=True) if _within(t, second)]
+            return [oid for oid, _ in kept], [t for _, t in kept]
+        return entries, cast("list[float]", times)
 
     def _maybe_compact(self) -> None:
-        if self._filed > 1024 and self._filed > 2 * len(self._due):
+        if self._filed > 1024 and self._filed > 2 * self._scheduled:
             filed = 0
             for second in list(self._buckets):
-                live = self._live(second, self._buckets[second])
+                live, _ = self._live(second, self._buckets[second])
                 if live:
                     self._buckets[second] = live
                     filed += len(live)
@@ -319,39 +333,69 @@ class MemoryBackend:
 
     async def schedule(self, op_id: UUID, due: float) -> None:
         oid = op_id.int
-        if oid in self._ops:
-            self._push_due(oid, due)
+        op = self._ops.get(oid)
+        if op is not None:
+            self._push_due(op, oid, due)
 
     async def pop_due(self, now: float, limit: int) -> list[UUID]:
-        ops = self._ops
-        return [ops[oid].ecs_id for oid in self._pop_due(now, limit)]
+        oids, ops = self._take(now, limit)
+        index = self._status_index
+        for oid, op in zip(oids, ops, strict=True):
+            self._ops[oid] = op
+            index[op.__dict__["status"]][oid] = None
+        return [op.ecs_id for op in ops]
 
     async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
-        return self._unindex_taken(self._pop_due(now, limit))
+        return self._unindex_taken(*self._take(now, limit))
 
-    def _pop_due(self, now: float, limit: int) -> list[int]:
-        """Take up to `limit` ids due by `now` off the schedule."""
-        seconds, buckets, due = self._seconds, self._buckets, self._due
+    def _take(self, now: float, limit: int) -> tuple[list[int], list[ConflictResolutionOperation]]:
+        """Take up to `limit` records due by `now` out of the registry and their status index.
+
+        The record and its due time come out in one pass each over a bucket; the rare entries
+        that must stay (not due yet, no longer scheduled) are put back.
+        """
+        seconds, buckets, ops, index_of = (
+            self._seconds,
+            self._buckets,
+            self._ops,
+            self._status_index,
+        )
         out: list[int] = []
+        taken: list[ConflictResolutionOperation] = []
         while seconds and seconds[0] <= now and len(out) < limit:
             second = seconds[0]
             bucket = buckets[second]
             room = limit - len(out)
             take = bucket if len(bucket) <= room else bucket[:room]
-            times = list(map(due.pop, take, repeat(None)))
-            later: list[int] = []
-            if None not in times and max(cast("list[float]", times)) <= now:
-                out += take
+            found = list(map(ops.pop, take, repeat(None)))
+            present = all(map(is_not, found, repeat(None)))
+            if present:
+                records = cast("list[ConflictResolutionOperation]", found)
+                indexes = list(map(index_of.__getitem__, map(_STATUS, map(_DICT, records))))
+                times = list(map(_POP, indexes, take, repeat(None)))
             else:
-                for oid, t in zip(take, times, strict=True):
-                    if t is None:
+                indexes = [
+                    _EMPTY if op is None else index_of[op.__dict__["status"]] for op in found
+                ]
+                times = list(map(_POP, indexes, take, repeat(None)))
+            later: list[int] = []
+            before = len(out)
+            if present and None not in times and max(times) <= now:
+                out += take
+                taken += records
+            else:
+                for oid, op, index, t in zip(take, found, indexes, times, strict=True):
+                    if op is None:
                         continue
-                    if t <= now:
+                    if t is not None and t <= now:
                         out.append(oid)
-                    else:
-                        due[oid] = t
-                        if math.floor(t) == second:
-                            later.append(oid)
+                        taken.append(op)
+                        continue
+                    ops[oid] = op
+                    index[oid] = t
+                    if t is not None and math.floor(t) == second:
+                        later.append(oid)
+            self._scheduled -= len(out) - before
             self._filed -= len(take) - len(later)
             rest = bucket[len(take) :] + later
             if rest:
@@ -361,24 +405,24 @@ class MemoryBackend:
             else:
                 del buckets[second]
                 heapq.heappop(seconds)
-        return out
+        return out, taken
 
     async def next_due(self) -> float | None:
-        seconds, buckets, due = self._seconds, self._buckets, self._due
+        seconds, buckets = self._seconds, self._buckets
         while seconds:
             second = seconds[0]
             bucket = buckets[second]
-            live = self._live(second, bucket)
+            live, times = self._live(second, bucket)
             self._filed -= len(bucket) - len(live)
             if live:
                 buckets[second] = live
-                return min(map(due.__getitem__, live))
+                return min(times)
             del buckets[second]
             heapq.heappop(seconds)
         return None
 
     def scheduled_count(self) -> int:
-        return len(self._due)
+        return self._scheduled
 
     async def close(self) -> None:
         return None
@@ -395,8 +439,8 @@ def _drop_empty(index: dict[int, dict[int, None]], keys: list[int]) -> None:
             del index[key]
 
 
-def _second_of(due: float | None) -> int | None:
-    return math.floor(due) if due is not None else None
+def _within(due: float | None, second: int) -> bool:
+    return due is not None and second <= due < second + 1
 
 
 def _tkey(op: ConflictResolutionOperation) -> int:
