@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from itertools import compress, repeat
+from operator import attrgetter, is_not, itemgetter
+from typing import Any, cast
 from uuid import UUID
 
 from contend.backends.base import VersionConflict, Write
@@ -20,13 +24,28 @@ from contend.staging import LocalCoordinator
 __all__ = ["MemoryBackend"]
 
 _TERMINAL = TERMINAL_STATUSES
+_SUCCEEDED = OperationStatus.SUCCEEDED
+_EMPTY: dict[int, Any] = {}
+"""What a missing index bucket reads as; only ever popped with a default, never written."""
+_DICT = attrgetter("__dict__")
+_INT = attrgetter("int")
+_TARGETS = itemgetter("target_entity_ids")
+_TARGET = itemgetter("target_entity_id")
+_STATUS = itemgetter("status")
+_FIRST = itemgetter(0)
+_POP = cast("Callable[[dict[int, Any], int, object], Any]", dict.pop)
+_GET = cast("Callable[[dict[int, Any], int], Any]", dict.get)
+_ABSENT: Any = object()
 
 
 class MemoryBackend:
     """Entities and operation records in dicts, zombie removals on a due-time heap.
 
     Records in flight (pending, executing) share one index, so starting a call touches no status
-    index; a status query for them is O(calls in flight), for terminal statuses O(result).
+    index; a status query for them is O(calls in flight), for terminal statuses O(result). A
+    record's entry in its status index holds its due time while it is scheduled for removal.
+    A booked zombie is indexed under its primary target in the zombie index only, not also in the
+    target index: removing it (a sweep removes thousands) then walks one per-target index, not two.
     """
 
     name = "memory"
@@ -38,14 +57,18 @@ class MemoryBackend:
         self._entities: dict[int, Entity] = {}
         self._ops: dict[int, ConflictResolutionOperation] = {}
         self._by_target: dict[int, dict[int, None]] = {}
-        self._inflight: dict[int, None] = {}
-        self._by_status: dict[OperationStatus, dict[int, None]] = {s: {} for s in _TERMINAL}
+        self._inflight: dict[int, float | None] = {}
+        self._by_status: dict[OperationStatus, dict[int, float | None]] = {s: {} for s in _TERMINAL}
         self._zombies_by_target: dict[int, dict[int, None]] = {}
         self._zombie_count = 0
-        self._buckets: dict[int, list[tuple[float, int]]] = {}
+        self._buckets: dict[int, list[int]] = {}
         self._seconds: list[int] = []
         self._filed = 0
-        self._due: dict[int, float] = {}
+        self._scheduled = 0
+        self._status_index: dict[OperationStatus, dict[int, float | None]] = {
+            **dict.fromkeys(OperationStatus, self._inflight),
+            **self._by_status,
+        }
 
     @property
     def coordinator(self) -> LocalCoordinator:
@@ -115,8 +138,9 @@ class MemoryBackend:
         op.transition(status, at)
         if status in _TERMINAL:
             oid = op.ecs_id.int
-            if self._inflight.pop(oid, 0) is None:
-                self._by_status[status][oid] = None
+            due = self._inflight.pop(oid, _ABSENT)
+            if due is not _ABSENT:
+                self._by_status[status][oid] = due
 
     def end_unbooked(
         self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime
@@ -160,8 +184,11 @@ class MemoryBackend:
             bucket = self._zombies_by_target[tid] = {}
         bucket[oid] = None
         self._zombie_count += 1
+        listed = self._by_target.get(tid)
+        if listed is not None and listed.pop(oid, 0) is None and not listed:
+            del self._by_target[tid]
         if due is not None:
-            self._push_due(oid, due)
+            self._push_due(op, oid, due)
         evicted: list[ConflictResolutionOperation] = []
         while len(bucket) > cap:
             gone = self._unindex(next(iter(bucket)))
@@ -177,35 +204,86 @@ class MemoryBackend:
         if op is None:
             return None
         d = op.__dict__
+        status = d["status"]
+        due = self._status_index[status].pop(oid, None)
+        booked = None
+        zombies = self._zombies_by_target
+        if zombies and status is not _SUCCEEDED:
+            target = d["target_entity_id"]
+            tkey = target.int if target is not None else -1
+            zb = zombies.get(tkey)
+            if zb is not None and zb.pop(oid, 0) is None:
+                booked = tkey
+                self._zombie_count -= 1
+                if not zb:
+                    del zombies[tkey]
         by_target = self._by_target
         for t in d["target_entity_ids"]:
             tid = t.int
+            if tid == booked:
+                continue
             bucket = by_target.get(tid)
             if bucket is not None:
                 bucket.pop(oid, None)
                 if not bucket:
                     del by_target[tid]
-        status = d["status"]
-        if status in _TERMINAL:
-            self._by_status[status].pop(oid, None)
-        else:
-            self._inflight.pop(oid, None)
-        zombies = self._zombies_by_target
-        if zombies and status is not OperationStatus.SUCCEEDED:
-            target = d["target_entity_id"]
-            tkey = target.int if target is not None else -1
-            zb = zombies.get(tkey)
-            if zb is not None and zb.pop(oid, 0) is None:
-                self._zombie_count -= 1
-                if not zb:
-                    del zombies[tkey]
-        if self._due and self._due.pop(oid, None) is not None:
+        if due is not None:
+            self._scheduled -= 1
             self._maybe_compact()
         return op
 
+    def _unindex_taken(
+        self, oids: list[int], ops: list[ConflictResolutionOperation]
+    ) -> list[ConflictResolutionOperation]:
+        """`_unindex` for the rest of a batch `_take` took out of the registry and status index.
+
+        A sweep removes thousands of records; walking each index once for the whole batch, with
+        no Python-level step per record, is what keeps it a few milliseconds.
+        """
+        if not ops:
+            return ops
+        dicts = list(map(_DICT, ops))
+        targets = list(map(_TARGETS, dicts))
+        primaries = list(map(_TARGET, dicts))
+        simple = set(map(len, targets)) == {1} and primaries == list(map(_FIRST, targets))
+        if simple:
+            keys = list(map(_INT, primaries))
+        else:
+            keys = [t.int if t is not None else -1 for t in primaries]
+        zombies = self._zombies_by_target
+        booked: list[object] = [0] * len(oids)
+        if zombies:
+            booked = list(map(_POP, map(zombies.get, keys, repeat(_EMPTY)), oids, repeat(0)))
+            count = booked.count(None)
+            if count:
+                self._zombie_count -= count
+                _drop_empty(zombies, keys)
+            if simple and count == len(oids):
+                return ops
+        unbooked = list(map(is_not, booked, repeat(None)))
+        if simple:
+            self._unlist(list(compress(keys, unbooked)), list(compress(oids, unbooked)))
+        else:
+            listed: list[tuple[int, int]] = []
+            for oid, key, free, ts in zip(oids, keys, unbooked, targets, strict=True):
+                listed += [(tid, oid) for tid in map(_INT, ts) if free or tid != key]
+            self._unlist([t for t, _ in listed], [o for _, o in listed])
+        return ops
+
+    def _unlist(self, tids: list[int], oids: list[int]) -> None:
+        """Take each `oids[i]` out of the target index of `tids[i]`."""
+        by_target = self._by_target
+        _drain(map(dict.pop, map(by_target.get, tids, repeat(_EMPTY)), oids, repeat(None)))
+        _drop_empty(by_target, tids)
+
     async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
         ops = self._ops
-        return [ops[i] for i in self._by_target.get(target_id.int, ())]
+        tid = target_id.int
+        found = [ops[i] for i in self._by_target.get(tid, ())]
+        zombies = self._zombies_by_target.get(tid)
+        if zombies:
+            found += [ops[i] for i in zombies]
+        return found
 
     async def operations_with_status(
         self, status: OperationStatus
@@ -234,26 +312,50 @@ class MemoryBackend:
 
     # due-time schedule --------------------------------------------------------------------------
     # Removals are filed in one bucket per second of due time, with a heap of those seconds:
-    # records fall due in bursts (a retention after a burst of rejections), so a sweep pays a
-    # list walk per record instead of a heap pop, and a bucket is examined only once it is due.
-    # Entries of records that left by other means are dropped when their bucket comes up.
-    def _push_due(self, oid: int, due: float) -> None:
-        self._due[oid] = due
+    # records fall due in bursts (a retention after a burst of rejections), so a sweep takes a
+    # bucket with a few passes in C instead of a heap pop per record, and a bucket is examined
+    # only once it is due. A bucket holds ids only; a record's one current due time is the value
+    # of its entry in the status index, which a removal takes out anyway, so an entry whose record
+    # left, or was rescheduled into another second, is stale and dropped when its bucket comes up.
+    def _push_due(self, op: ConflictResolutionOperation, oid: int, due: float) -> None:
+        index = self._status_index[op.__dict__["status"]]
+        if index.get(oid) is None:
+            self._scheduled += 1
+        index[oid] = due
         second = math.floor(due)
         bucket = self._buckets.get(second)
         if bucket is None:
-            self._buckets[second] = [(due, oid)]
+            self._buckets[second] = [oid]
             heapq.heappush(self._seconds, second)
         else:
-            bucket.append((due, oid))
+            bucket.append(oid)
         self._filed += 1
 
+    def _live(self, second: int, bucket: list[int]) -> tuple[list[int], list[float]]:
+        """The entries of `bucket` still filed under `second`, once each, and their due times."""
+        entries = list(dict.fromkeys(bucket))
+        ops = self._ops
+        found = list(map(ops.get, entries))
+        if all(map(is_not, found, repeat(None))):
+            records = cast("list[ConflictResolutionOperation]", found)
+            indexes = map(self._status_index.__getitem__, map(_STATUS, map(_DICT, records)))
+            times = list(map(_GET, indexes, entries))
+        else:
+            index_of = self._status_index
+            times = [
+                None if op is None else index_of[op.__dict__["status"]].get(oid)
+                for oid, op in zip(entries, found, strict=True)
+            ]
+        if None in times or min(times) < second or max(times) >= second + 1:
+            kept = [(oid, t) for oid, t in zip(entries, times, strict=True) if _within(t, second)]
+            return [oid for oid, _ in kept], [t for _, t in kept]
+        return entries, cast("list[float]", times)
+
     def _maybe_compact(self) -> None:
-        if self._filed > 1024 and self._filed > 2 * len(self._due):
-            due = self._due
+        if self._filed > 1024 and self._filed > 2 * self._scheduled:
             filed = 0
             for second in list(self._buckets):
-                live = [e for e in self._buckets[second] if due.get(e[1]) == e[0]]
+                live, _ = self._live(second, self._buckets[second])
                 if live:
                     self._buckets[second] = live
                     filed += len(live)
@@ -265,60 +367,114 @@ class MemoryBackend:
 
     async def schedule(self, op_id: UUID, due: float) -> None:
         oid = op_id.int
-        if oid in self._ops:
-            self._push_due(oid, due)
+        op = self._ops.get(oid)
+        if op is not None:
+            self._push_due(op, oid, due)
 
     async def pop_due(self, now: float, limit: int) -> list[UUID]:
-        ops = self._ops
-        return [ops[oid].ecs_id for oid in self._pop_due(now, limit)]
+        oids, ops = self._take(now, limit)
+        index = self._status_index
+        for oid, op in zip(oids, ops, strict=True):
+            self._ops[oid] = op
+            index[op.__dict__["status"]][oid] = None
+        return [op.ecs_id for op in ops]
 
     async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
-        unindex = self._unindex
-        return [op for op in map(unindex, self._pop_due(now, limit)) if op is not None]
+        return self._unindex_taken(*self._take(now, limit))
 
-    def _pop_due(self, now: float, limit: int) -> list[int]:
-        seconds, buckets, due = self._seconds, self._buckets, self._due
+    def _take(self, now: float, limit: int) -> tuple[list[int], list[ConflictResolutionOperation]]:
+        """Take up to `limit` records due by `now` out of the registry and their status index.
+
+        The record and its due time come out in one pass each over a bucket; the rare entries
+        that must stay (not due yet, no longer scheduled) are put back.
+        """
+        seconds, buckets, ops, index_of = (
+            self._seconds,
+            self._buckets,
+            self._ops,
+            self._status_index,
+        )
         out: list[int] = []
+        taken: list[ConflictResolutionOperation] = []
         while seconds and seconds[0] <= now and len(out) < limit:
             second = seconds[0]
             bucket = buckets[second]
-            later: list[tuple[float, int]] = []
-            for i, (t, oid) in enumerate(bucket):
-                if len(out) >= limit:
-                    later.extend(bucket[i:])
+            room = limit - len(out)
+            take = bucket if len(bucket) <= room else bucket[:room]
+            found = list(map(ops.pop, take, repeat(None)))
+            present = all(map(is_not, found, repeat(None)))
+            if present:
+                records = cast("list[ConflictResolutionOperation]", found)
+                indexes = list(map(index_of.__getitem__, map(_STATUS, map(_DICT, records))))
+                times = list(map(_POP, indexes, take, repeat(None)))
+            else:
+                indexes = [
+                    _EMPTY if op is None else index_of[op.__dict__["status"]] for op in found
+                ]
+                times = list(map(_POP, indexes, take, repeat(None)))
+            later: list[int] = []
+            before = len(out)
+            if present and None not in times and max(times) <= now:
+                out += take
+                taken += records
+            else:
+                for oid, op, index, t in zip(take, found, indexes, times, strict=True):
+                    if op is None:
+                        continue
+                    if t is not None and t <= now:
+                        out.append(oid)
+                        taken.append(op)
+                        continue
+                    ops[oid] = op
+                    index[oid] = t
+                    if t is not None and math.floor(t) == second:
+                        later.append(oid)
+            self._scheduled -= len(out) - before
+            self._filed -= len(take) - len(later)
+            rest = bucket[len(take) :] + later
+            if rest:
+                buckets[second] = rest
+                if later and len(rest) == len(later):
                     break
-                if t > now:
-                    later.append((t, oid))
-                elif due.get(oid) == t:
-                    del due[oid]
-                    out.append(oid)
-            self._filed -= len(bucket) - len(later)
-            if later:
-                buckets[second] = later
-                break
-            del buckets[second]
-            heapq.heappop(seconds)
-        return out
+            else:
+                del buckets[second]
+                heapq.heappop(seconds)
+        return out, taken
 
     async def next_due(self) -> float | None:
-        seconds, buckets, due = self._seconds, self._buckets, self._due
+        seconds, buckets = self._seconds, self._buckets
         while seconds:
             second = seconds[0]
             bucket = buckets[second]
-            live = [e for e in bucket if due.get(e[1]) == e[0]]
+            live, times = self._live(second, bucket)
             self._filed -= len(bucket) - len(live)
             if live:
                 buckets[second] = live
-                return min(t for t, _ in live)
+                return min(times)
             del buckets[second]
             heapq.heappop(seconds)
         return None
 
     def scheduled_count(self) -> int:
-        return len(self._due)
+        return self._scheduled
 
     async def close(self) -> None:
         return None
+
+
+def _drain(it: Iterator[object]) -> None:
+    deque(it, maxlen=0)
+
+
+def _drop_empty(index: dict[int, dict[int, None]], keys: list[int]) -> None:
+    """Delete the buckets of `keys` that a batch removal left empty."""
+    for key in set(keys):
+        if not index.get(key, True):
+            del index[key]
+
+
+def _within(due: float | None, second: int) -> bool:
+    return due is not None and second <= due < second + 1
 
 
 def _tkey(op: ConflictResolutionOperation) -> int:
