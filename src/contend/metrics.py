@@ -86,7 +86,8 @@ class _HistogramChild:
 
 
 class _LoopLocalHistogram:
-    """A one-label histogram for paths that observe once per record (a sweep of 10,000)."""
+    """A histogram with one label or none, for paths that observe once per record (a sweep of
+    10,000) or once per contended window; `label=""` makes it unlabelled (use `labels("")`)."""
 
     def __init__(
         self,
@@ -113,14 +114,15 @@ class _LoopLocalHistogram:
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        names = [self.label] if self.label else []
+        family = HistogramMetricFamily(self.name, self.documentation, labels=names)
         for value, child in self._children.items():
             running = 0
             buckets: list[tuple[str, float]] = []
             for bound, n in zip((*self.bounds, float("inf")), child.counts, strict=True):
                 running += n
                 buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), running))
-            family.add_metric([value], buckets, child.sum)
+            family.add_metric([value] if self.label else [], buckets, child.sum)
         yield family
 
 
@@ -255,12 +257,13 @@ class CleanupMetrics:
             r,
             _LAG_BUCKETS,
         )
-        self.staging_window_size = Histogram(
+        self.staging_window_size = _LoopLocalHistogram(
             "contend_staging_window_size",
             "Calls resolved together in one contended staging window (two or more).",
-            buckets=_WINDOW_BUCKETS,
-            registry=r,
-        )
+            "",
+            r,
+            _WINDOW_BUCKETS,
+        ).labels("")
         self.operations_by_outcome = _LoopLocalFamily(
             "contend_operations",
             "Decorated calls by terminal status (succeeded, failed, rejected, cancelled).",
