@@ -297,3 +297,27 @@ async def test_a_vetoed_sweep_keeps_its_batch_listed_and_scheduled(clock: FakeCl
     assert await rt.cleanup.sweep() == 3
     assert rt.registry.zombie_count == 0
     assert rt.backend.scheduled_count() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_scheduled_record_that_leaves_as_it_ends_is_off_the_schedule(
+    clock: FakeClock,
+) -> None:
+    """A call whose record got a removal time while it ran, then succeeded: the record leaves
+    at once, and the schedule no longer counts it."""
+    rt = runtime(clock)
+    seen: list[ConflictResolutionOperation] = []
+
+    @with_conflict_resolution(runtime=rt)
+    async def work(item: Item) -> int:
+        [op] = await rt.registry.operations_with_status(OperationStatus.EXECUTING)
+        seen.append(op)
+        await rt.cleanup.schedule(op, clock.time() + 30)
+        assert rt.backend.scheduled_count() == 1  # type: ignore[attr-defined]
+        return 1
+
+    assert await work(Item()) == 1
+    assert rt.backend.scheduled_count() == 0  # type: ignore[attr-defined]
+    assert await rt.registry.get_operation(seen[0].ecs_id) is None
+    clock.advance(60)
+    assert await rt.cleanup.sweep() == 0
+    rt.cleanup.stop()

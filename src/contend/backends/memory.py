@@ -155,7 +155,9 @@ class MemoryBackend:
         oid = op.ecs_id.int
         if self._ops.pop(oid, None) is None:
             return False
-        self._inflight.pop(oid, None)
+        if self._inflight.pop(oid, None) is not None:
+            self._scheduled -= 1
+            self._maybe_compact()
         by_target = self._by_target
         for t in op.__dict__["target_entity_ids"]:
             tid = t.int
