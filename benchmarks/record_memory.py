@@ -23,8 +23,8 @@ from contend import (
     CleanupConfig,
     CleanupStrategy,
     Entity,
-    FakeClock,
     Runtime,
+    SystemClock,
     with_conflict_resolution,
 )
 
@@ -76,7 +76,8 @@ def _plain_records(n: int, targets: list[uuid.UUID]) -> Any:
 async def _measure(quick: bool) -> list[Row]:
     wanted = 20_000 if quick else 100_000
     rounds = -(-wanted // (TARGETS * (WAYS - 1)))
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    # the system clock: a FakeClock that never moves would share one datetime among all records
+    rt = Runtime(clock=SystemClock(), memory_probe=lambda: 0.0)
     keep_all = CleanupConfig(
         strategy=CleanupStrategy.NONE,
         max_zombie_count_per_target=10_000,
