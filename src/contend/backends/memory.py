@@ -152,21 +152,7 @@ class MemoryBackend:
         was not in the registry.
         """
         op.transition(status, at)
-        oid = op.ecs_id.int
-        if self._ops.pop(oid, None) is None:
-            return False
-        if self._inflight.pop(oid, None) is not None:
-            self._scheduled -= 1
-            self._maybe_compact()
-        by_target = self._by_target
-        for t in op.__dict__["target_entity_ids"]:
-            tid = t.int
-            bucket = by_target.get(tid)
-            if bucket is not None:
-                bucket.pop(oid, None)
-                if not bucket:
-                    del by_target[tid]
-        return True
+        return self._unindex(op.ecs_id.int, in_flight=True) is not None
 
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._ops.get(op_id.int)
@@ -201,16 +187,18 @@ class MemoryBackend:
     async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._unindex(op_id.int)
 
-    def _unindex(self, oid: int) -> ConflictResolutionOperation | None:
+    def _unindex(self, oid: int, in_flight: bool = False) -> ConflictResolutionOperation | None:
+        """Take a record out of every index; `in_flight` for one that just ended unbooked (it
+        is still filed as in flight, and was never a zombie)."""
         op = self._ops.pop(oid, None)
         if op is None:
             return None
         d = op.__dict__
         status = d["status"]
-        due = self._status_index[status].pop(oid, None)
+        due = (self._inflight if in_flight else self._status_index[status]).pop(oid, None)
         booked = None
         zombies = self._zombies_by_target
-        if zombies and status is not _SUCCEEDED:
+        if zombies and not in_flight and status is not _SUCCEEDED:
             target = d["target_entity_id"]
             tkey = target.int if target is not None else -1
             zb = zombies.get(tkey)
