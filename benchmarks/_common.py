@@ -18,6 +18,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contend import Entity
+
+
+class Account(Entity):
+    """The entity every benchmark contends over."""
+
+    balance: int = 0
+
+
+async def deposit(account: Account, amount: int) -> int:
+    """The protected function of the benchmarks, and undecorated their bare baseline."""
+    account.balance += amount
+    return account.balance
+
+
 Row = dict[str, Any]
 
 # What the reference implementation this design came from measured (it polls every 50 ms).

@@ -26,13 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _common import Row, main, median, row
+from _common import Account, Row, deposit, main, median, row
 
 from contend import (
     CleanupConfig,
     CleanupStrategy,
     ConflictResolutionOperation,
-    Entity,
     FakeClock,
     OperationRejectedError,
     OperationStatus,
@@ -44,15 +43,6 @@ TARGETS = 1_000
 WAYS = 5
 DUE = 10_000
 RETAINED_TARGETS = 1_000
-
-
-class Account(Entity):
-    balance: int = 0
-
-
-async def _deposit(account: Account, amount: int) -> int:
-    account.balance += amount
-    return account.balance
 
 
 async def _round(
@@ -82,11 +72,11 @@ async def _rejection_cost(quick: bool) -> list[Row]:
         return CleanupConfig(strategy=strategy, force_cleanup_threshold=100_000)
 
     immediate = with_conflict_resolution(runtime=rt_imm, cleanup=config(CleanupStrategy.IMMEDIATE))(
-        _deposit
+        deposit
     )
-    none = with_conflict_resolution(runtime=rt_none, cleanup=config(CleanupStrategy.NONE))(_deposit)
+    none = with_conflict_resolution(runtime=rt_none, cleanup=config(CleanupStrategy.NONE))(deposit)
     variants: dict[str, Callable[[Account, int], Awaitable[int]]] = {
-        "bare": _deposit,
+        "bare": deposit,
         "immediate": immediate,
         "none": none,
     }

@@ -15,12 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _common import REFERENCE_CONTENDED_OPS_PER_S, Row, main, median, row
+from _common import REFERENCE_CONTENDED_OPS_PER_S, Account, Row, deposit, main, median, row
 
 from contend import (
     CleanupConfig,
     CleanupStrategy,
-    Entity,
     FakeClock,
     OperationRejectedError,
     Runtime,
@@ -29,15 +28,6 @@ from contend import (
 
 TARGETS = 1_000
 WAYS = 5
-
-
-class Account(Entity):
-    balance: int = 0
-
-
-async def _deposit(account: Account, amount: int) -> int:
-    account.balance += amount
-    return account.balance
 
 
 async def _round(
@@ -70,11 +60,11 @@ async def _throughput(
 async def _measure(quick: bool) -> list[Row]:
     rounds, reps = (2, 2) if quick else (6, 5)
     rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    immediate = with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.IMMEDIATE)(_deposit)
+    immediate = with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.IMMEDIATE)(deposit)
     rt_default = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    default = with_conflict_resolution(runtime=rt_default, cleanup=CleanupConfig())(_deposit)
+    default = with_conflict_resolution(runtime=rt_default, cleanup=CleanupConfig())(deposit)
     accounts = [Account() for _ in range(TARGETS)]
-    variants = {"bare": _deposit, "immediate": immediate, "default": default}
+    variants = {"bare": deposit, "immediate": immediate, "default": default}
     for fn in variants.values():
         await _throughput(fn, accounts, 1)
     rates: dict[str, list[float]] = {k: [] for k in variants}

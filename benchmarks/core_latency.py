@@ -12,24 +12,14 @@ import gc
 import time
 from collections.abc import Awaitable, Callable
 
-from _common import REFERENCE_UNCONTENDED_US, Row, main, median, percentile, row
+from _common import REFERENCE_UNCONTENDED_US, Account, Row, deposit, main, median, percentile, row
 
 from contend import (
     CleanupStrategy,
-    Entity,
     FakeClock,
     Runtime,
     with_conflict_resolution,
 )
-
-
-class Account(Entity):
-    balance: int = 0
-
-
-async def _deposit(account: Account, amount: int) -> int:
-    account.balance += amount
-    return account.balance
 
 
 async def _time_calls(
@@ -47,12 +37,12 @@ async def _time_calls(
 async def _measure(quick: bool) -> list[Row]:
     calls, reps, warmup = (3_000, 3, 1_000) if quick else (20_000, 7, 5_000)
     rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    staged = with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.IMMEDIATE)(_deposit)
+    staged = with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.IMMEDIATE)(deposit)
     staged_occ = with_conflict_resolution(runtime=rt, occ=True, cleanup=CleanupStrategy.IMMEDIATE)(
-        _deposit
+        deposit
     )
     variants: dict[str, Callable[[Account, int], Awaitable[int]]] = {
-        "bare": _deposit,
+        "bare": deposit,
         "staged": staged,
         "staged+occ": staged_occ,
     }

@@ -17,12 +17,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from _common import Row, main, row
+from _common import Account, Row, deposit, main, row
 
 from contend import (
     CleanupConfig,
     CleanupStrategy,
-    Entity,
     Runtime,
     SystemClock,
     with_conflict_resolution,
@@ -30,15 +29,6 @@ from contend import (
 
 TARGETS = 1_000
 WAYS = 5
-
-
-class Account(Entity):
-    balance: int = 0
-
-
-async def _deposit(account: Account, amount: int) -> int:
-    account.balance += amount
-    return account.balance
 
 
 def _traced(fn: Any) -> int:
@@ -86,12 +76,12 @@ async def _measure(quick: bool) -> list[Row]:
         debug_retention_priorities=[],
         aggressive_on_memory_pressure=False,
     )
-    deposit = with_conflict_resolution(runtime=rt, cleanup=keep_all)(_deposit)
+    protected = with_conflict_resolution(runtime=rt, cleanup=keep_all)(deposit)
     accounts = [Account() for _ in range(TARGETS)]
 
     async def one_round() -> None:
         await asyncio.gather(
-            *[deposit(a, 1) for a in accounts for _ in range(WAYS)], return_exceptions=True
+            *[protected(a, 1) for a in accounts for _ in range(WAYS)], return_exceptions=True
         )
 
     await one_round()  # registers the accounts and warms every cache

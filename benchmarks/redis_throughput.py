@@ -25,16 +25,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from _common import Row, main, row
+from _common import Account, Row, main, row
 
-from contend import CleanupStrategy, Entity, Runtime, with_conflict_resolution
+from contend import CleanupStrategy, Runtime, with_conflict_resolution
 from contend.backends.redis import RedisBackend
 
 TASKS = 32
-
-
-class Account(Entity):
-    balance: int = 0
 
 
 def _free_port() -> int:

@@ -15,12 +15,11 @@ import gc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _common import Row, main, row, rss_bytes
+from _common import Account, Row, deposit, main, row, rss_bytes
 
 from contend import (
     CleanupConfig,
     CleanupStrategy,
-    Entity,
     FakeClock,
     Runtime,
     with_conflict_resolution,
@@ -32,15 +31,6 @@ WARMUP_SHARE = 0.2
 ADVANCE_SECONDS = 15.0
 RETENTION_SECONDS = 60.0
 CHECK_INTERVAL_SECONDS = 10.0
-
-
-class Account(Entity):
-    balance: int = 0
-
-
-async def _deposit(account: Account, amount: int) -> int:
-    account.balance += amount
-    return account.balance
 
 
 async def _growth(
@@ -70,7 +60,7 @@ async def _growth(
 
 async def _measure(quick: bool) -> list[Row]:
     calls = 100_000 if quick else 1_000_000
-    bare_growth, _, _ = await _growth(_deposit, calls, None)
+    bare_growth, _, _ = await _growth(deposit, calls, None)
     rows: list[Row] = []
     for strategy in (CleanupStrategy.IMMEDIATE, CleanupStrategy.DEFERRED):
         clock = FakeClock()
@@ -83,7 +73,7 @@ async def _measure(quick: bool) -> list[Row]:
             force_cleanup_threshold=100_000,
             aggressive_on_memory_pressure=False,
         )
-        fn = with_conflict_resolution(runtime=rt, cleanup=config)(_deposit)
+        fn = with_conflict_resolution(runtime=rt, cleanup=config)(deposit)
         growth, base, peak = await _growth(fn, calls, clock)
         zombies = rt.backend.zombie_count
         rt.cleanup.stop()
