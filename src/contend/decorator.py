@@ -85,10 +85,6 @@ class _Raise:
         return error
 
 
-def _ids(entities: list[Entity]) -> list[UUID]:
-    return [e.ecs_id for e in entities]
-
-
 def _holds_all(held: tuple[UUID, ...], passed: list[Entity]) -> bool:
     """Every entity of a call is held already (a helper, so `run` keeps no cell variable)."""
     return all(e.ecs_id in held for e in passed)
@@ -179,7 +175,7 @@ class _Protected(Generic[P, R]):
                         committed = list(passed)
                         stale = True
                     committed[i] = c
-            ids = (committed[0].ecs_id,) if len(committed) == 1 else tuple(_ids(committed))
+            ids = tuple([c.ecs_id for c in committed])
             target_type = type(committed[0]).__name__
             if len(ids) > 1 and not self.occ and not self.warned_unguarded:
                 self.warned_unguarded = True

@@ -78,7 +78,6 @@ class CleanupManager:
         self._wake: asyncio.Event | None = None
         self._wake_at = float("inf")
         self._sinks: list[RemovalSink] = []
-        self._local = runtime._local
 
     # lifecycle ----------------------------------------------------------------------------------
     async def succeeded(
@@ -86,7 +85,7 @@ class CleanupManager:
     ) -> None:
         rt = self.rt
         rt.metrics.outcome("succeeded")
-        local = self._local
+        local = rt._local
         if config.retain_succeeded and config.strategy in (
             CleanupStrategy.DEFERRED,
             CleanupStrategy.LAZY,
@@ -124,7 +123,7 @@ class CleanupManager:
         rt = self.rt
         eff = effective_cleanup(config, op, rt)
         strategy = eff.strategy
-        local = self._local
+        local = rt._local
         if strategy is _IMMEDIATE and local is not None and not self._sinks:
             # Nothing can observe a zombie that leaves in the same step, so it is never booked
             # (and the zombie gauge never moves); the removal is counted like any other.
