@@ -436,3 +436,77 @@ async def test_a_failed_call_leaves_no_reference_cycle(runtime: Runtime) -> None
         assert ref() is None
     finally:
         gc.enable()
+
+
+# --- a window's losers, rejected together ----------------------------------------------------
+
+
+def _metric(rt: Runtime, name: str, **labels: str) -> float:
+    return rt.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_losers_of_one_window_each_get_their_own_function_and_cleanup(
+    runtime: Runtime,
+) -> None:
+    """Losers from two functions share a window: each error names its own function and the
+    winner, IMMEDIATE losers leave, DEFERRED ones stay as zombies, and every end is counted."""
+    from contend import CleanupConfig, CleanupStrategy
+
+    @with_conflict_resolution(cleanup="immediate")
+    async def quick(box: Box) -> str:
+        return "quick"
+
+    @with_conflict_resolution(cleanup=CleanupConfig(strategy=CleanupStrategy.DEFERRED))
+    async def kept(box: Box) -> str:
+        return "kept"
+
+    box = Box()
+    results = await asyncio.gather(
+        quick(box),
+        kept(box),
+        quick.with_priority(OperationPriority.HIGH)(box),
+        kept(box),
+        quick(box),
+        return_exceptions=True,
+    )
+    assert results[2] == "quick"
+    errors = [r for r in results if isinstance(r, OperationRejectedError)]
+    assert len(errors) == 4
+    winner = await runtime.backend.get_operation(errors[0].winner_id)  # type: ignore[arg-type]
+    assert winner is None  # a success leaves at once; the error still names it
+    assert len({e.winner_id for e in errors}) == 1
+    assert all(e.winner_priority == OperationPriority.HIGH for e in errors)
+    names = [e.function_name.rsplit(".", 1)[-1] for e in errors]
+    assert names == ["quick", "kept", "kept", "quick"]
+    left = await runtime.registry.operations_for_target(box.ecs_id)
+    assert sorted(op.ecs_id for op in left) == sorted(
+        e.op_id for e in errors if e.function_name.endswith("kept")
+    )
+    assert all(op.status is OperationStatus.REJECTED for op in left)
+    assert all(op.winner_id == errors[0].winner_id for op in left)
+    assert _metric(runtime, "contend_removals_total", reason="immediate") == 2
+    assert _metric(runtime, "contend_operations_total", outcome="rejected") == 4
+    assert _metric(runtime, "contend_zombie_operations", target_type="Box") == 2
+
+
+async def test_a_loser_cancelled_before_it_resumes_ends_cancelled_once(runtime: Runtime) -> None:
+    """The winner cancels a loser after the window closed and before the losers resume: that
+    caller sees CancelledError, its record ends CANCELLED, the other loser is rejected."""
+    tasks: list[asyncio.Task[str]] = []
+
+    @with_conflict_resolution(cleanup="immediate")
+    async def act(box: Box, name: str) -> str:
+        if name == "first":
+            tasks[2].cancel()
+        return name
+
+    box = Box()
+    tasks.extend(asyncio.create_task(act(box, n)) for n in ("first", "second", "third"))
+    await asyncio.wait(tasks)
+    assert tasks[0].result() == "first"
+    assert isinstance(tasks[1].exception(), OperationRejectedError)
+    assert tasks[2].cancelled()
+    assert await runtime.registry.operations_for_target(box.ecs_id) == []
+    assert _metric(runtime, "contend_removals_total", reason="immediate") == 2
+    assert _metric(runtime, "contend_operations_total", outcome="cancelled") == 1
+    assert _metric(runtime, "contend_operations_total", outcome="rejected") == 1

@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from contend._args import find_entities, substitute_call
 from contend.backends.base import Lost
+from contend.backends.memory import MemoryBackend
+from contend.cleanup.policy import EffectiveCleanup, effective_cleanup
 from contend.cleanup.registry import CleanupHandlerRegistry
 from contend.config import (
     CleanupConfig,
@@ -41,6 +43,9 @@ R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 _EXECUTING = OperationStatus.EXECUTING
+_REJECTED = OperationStatus.REJECTED
+_PENDING = OperationStatus.PENDING
+_IMMEDIATE = CleanupStrategy.IMMEDIATE
 _running_loop = asyncio.get_running_loop
 _REJECTED_TEXT: Mapping[tuple[int, int], str] = MappingProxyType(
     {
@@ -203,7 +208,15 @@ class _Protected(Generic[P, R]):
                 await self._end(rt, op, exc)
                 raise
             if lost is not None:
-                return _Raise(await self._rejected(rt, op, lost))
+                error = None
+                if lost.losers is not None and local is not None:
+                    settled = lost.errors
+                    if settled is None:
+                        settled = lost.errors = _settle(rt, local, lost)
+                    error = settled.pop(op.ecs_id.int, None)
+                if error is None:
+                    error = await self._rejected(rt, op, lost)
+                return _Raise(error)
         end = None
         outer = None
         task = current_task(loop)
@@ -324,19 +337,9 @@ class _Protected(Generic[P, R]):
         else:
             text = lost.reason or "rejected by staging"
             winner_id, winner_priority = None, None
-        eff = await rt.cleanup.bury(op, OperationStatus.REJECTED, self.cleanup, text, winner_id)
+        eff = await rt.cleanup.bury(op, _REJECTED, self.cleanup, text, winner_id)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "operation %s (%s, priority %d) rejected on target %s: winner %s (priority %s); "
-                "cleanup %s",
-                op.ecs_id,
-                self.name,
-                op.priority,
-                op.target_entity_id,
-                winner_id,
-                winner_priority,
-                eff.strategy,
-            )
+            _log_rejection(op, winner_id, winner_priority, eff)
         if rt.events.wants(OperationRejectedEvent):
             await rt.events.emit(
                 OperationRejectedEvent(
@@ -356,6 +359,77 @@ class _Protected(Generic[P, R]):
             text,
             self.name,
         )
+
+
+def _settle(rt: Runtime, local: MemoryBackend, lost: Lost) -> dict[int, OperationRejectedError]:
+    """Reject a window's losers in one pass, for the first of them to resume; by record id.
+
+    Only what needs nothing awaited is done here: losers whose effective strategy is IMMEDIATE,
+    with no removal sink and nobody subscribed to rejections or removals. Their records end and
+    leave together, counted in one step per metric. Any other loser is left out and takes the
+    one-at-a-time path (`_Protected._rejected`) when it resumes; so is one whose caller has been
+    asked to stop since it was staged, whose record then ends CANCELLED.
+    """
+    settled: dict[int, OperationRejectedError] = {}
+    winner = lost.winner
+    cleanup = rt.cleanup
+    if winner is None or not cleanup.can_pass_through() or rt.events.wants(OperationRejectedEvent):
+        return settled
+    effs: dict[tuple[int, int], EffectiveCleanup] = {}
+    batch: list[ConflictResolutionOperation] = []
+    texts: list[str] = []
+    eff = None
+    wid, wprio = winner.ecs_id, winner.priority
+    debug = log.isEnabledFor(logging.DEBUG)
+    for op, task, cancelling in lost.losers or ():
+        d = op.__dict__
+        config = d["cleanup_config"]
+        if (
+            config is None
+            or d["status"] is not _PENDING
+            or (task is not None and task.cancelling() > cancelling)
+        ):
+            continue
+        priority = d["priority"]
+        key = (id(config), priority)
+        this = effs.get(key)
+        if this is None:
+            this = effs[key] = effective_cleanup(config, op, rt)
+        if this.strategy is not _IMMEDIATE:
+            continue
+        if eff is not None and this != eff:
+            cleanup.pass_through(local, batch, _REJECTED, texts, wid, eff)
+            batch, texts = [], []
+        eff = this
+        text = _REJECTED_TEXT[priority, wprio]
+        batch.append(op)
+        texts.append(text)
+        settled[d["ecs_id"].int] = OperationRejectedError(
+            d["ecs_id"], d["target_entity_id"], priority, wid, wprio, text, d["function_name"]
+        )
+        if debug:
+            _log_rejection(op, wid, wprio, this)
+    if eff is not None:
+        cleanup.pass_through(local, batch, _REJECTED, texts, wid, eff)
+    return settled
+
+
+def _log_rejection(
+    op: ConflictResolutionOperation,
+    winner_id: UUID | None,
+    winner_priority: int | None,
+    eff: EffectiveCleanup,
+) -> None:
+    log.debug(
+        "operation %s (%s, priority %d) rejected on target %s: winner %s (priority %s); cleanup %s",
+        op.ecs_id,
+        op.function_name,
+        op.priority,
+        op.target_entity_id,
+        winner_id,
+        winner_priority,
+        eff.strategy,
+    )
 
 
 def _build_config(

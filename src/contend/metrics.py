@@ -300,9 +300,9 @@ class CleanupMetrics:
         else:
             self._failures[value].inc()
 
-    def outcome(self, status: str) -> None:
-        """Count a call's terminal status."""
-        self._outcome[status].value += 1
+    def outcome(self, status: str, n: int = 1) -> None:
+        """Count calls' terminal status."""
+        self._outcome[status].value += n
 
     def handler_ran(self, strategy: str, seconds: float) -> None:
         self._latency[strategy].observe(seconds)
@@ -319,20 +319,27 @@ class CleanupMetrics:
             self.current_zombie_count_by_target.labels(target_type)
 
     def removed(
-        self, reason: str, strategy: str, zombie_target_type: str | None, lag_seconds: float | None
+        self,
+        reason: str,
+        strategy: str,
+        zombie_target_type: str | None,
+        lag_seconds: float | None,
+        n: int = 1,
     ) -> None:
-        """Count one removal; `zombie_target_type` is None for a record that was no zombie.
+        """Count `n` removals alike; `zombie_target_type` is None for records that were no
+        zombies.
 
-        Reclaim lag is observed for removals that waited for a due time (ttl, lazy, custom,
-        manual); the immediate, cap, pressure and force rules remove at once by construction.
+        Reclaim lag (of one removal) is observed for removals that waited for a due time (ttl,
+        lazy, custom, manual); the immediate, cap, pressure and force rules remove at once by
+        construction.
         """
         removed = self._removed.get(reason)
         if removed is None:
             removed = self._removed[reason] = self.removals_by_reason.labels(reason)
-        removed.value += 1
-        self._cleaned[strategy].value += 1
+        removed.value += n
+        self._cleaned[strategy].value += n
         if zombie_target_type is not None:
-            self.current_zombie_count_by_target.labels(zombie_target_type).value -= 1
+            self.current_zombie_count_by_target.labels(zombie_target_type).value -= n
         if lag_seconds is not None and reason not in AT_ONCE_REASONS:
             lag = self._lag.get(reason)
             if lag is None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from contend.backends.base import Lost
+from contend.backends.base import Lost, Staged
 
 if TYPE_CHECKING:
     from contend.config import PreECSConfig
@@ -28,17 +28,13 @@ WindowObserver = Callable[
 ]
 
 
-_Entry = tuple["ConflictResolutionOperation", "asyncio.Task[Any] | None", int]
-"""A staged call, its caller's task and that task's `cancelling()` count when it was staged."""
-
-
 class _Window:
     """Calls collected for one target; closed once, then every entry knows whether it won."""
 
     __slots__ = ("closed", "entries", "fast", "futures", "lost", "timer", "timer_fired", "winner")
 
     def __init__(self, fast: bool) -> None:
-        self.entries: list[_Entry] = []
+        self.entries: list[Staged] = []
         self.futures: dict[int, asyncio.Future[None]] = {}
         self.closed = False
         self.fast = fast
@@ -79,7 +75,7 @@ def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
     return type(ready) is collections.deque and not ready
 
 
-def _pick_winner(entries: list[_Entry]) -> ConflictResolutionOperation:
+def _pick_winner(entries: list[Staged]) -> ConflictResolutionOperation:
     """Highest priority, ties to the earliest; a call whose caller is being cancelled cannot win.
 
     A cancellation requested in the tick the window closes has not reached its caller yet; letting
@@ -206,7 +202,8 @@ class LocalCoordinator:
             return
         best = _pick_winner(entries)
         w.winner = best
-        w.lost = Lost(best)
+        if len(entries) > 1:
+            w.lost = Lost(best, losers=[e for e in entries if e[0] is not best])
         self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():

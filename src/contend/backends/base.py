@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from contend.entity import Entity
 from contend.operations import ConflictResolutionOperation, OperationStatus
 
 if TYPE_CHECKING:
-    from contend.config import PreECSConfig
+    import asyncio
 
-__all__ = ["Backend", "Coordinator", "Lost", "VersionConflict", "Write"]
+    from contend.config import PreECSConfig
+    from contend.errors import OperationRejectedError
+
+__all__ = ["Backend", "Coordinator", "Lost", "Staged", "VersionConflict", "Write"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,11 @@ class Write:
     expected: int
 
 
+Staged = tuple[ConflictResolutionOperation, "asyncio.Task[Any] | None", int]
+"""A staged call: its record, its caller's task and that task's `cancelling()` count when the call
+was staged (a higher count means the caller has since been asked to stop)."""
+
+
 class Lost:
     """Internal: what a coordinator returns to a call that did not win its window.
 
@@ -42,13 +50,21 @@ class Lost:
     coordinator's frames costs more than the rest of a rejection.
     """
 
-    __slots__ = ("reason", "winner")
+    __slots__ = ("errors", "losers", "reason", "winner")
 
     def __init__(
-        self, winner: ConflictResolutionOperation | None, reason: str | None = None
+        self,
+        winner: ConflictResolutionOperation | None,
+        reason: str | None = None,
+        losers: list[Staged] | None = None,
     ) -> None:
         self.winner = winner
         self.reason = reason
+        self.losers = losers
+        """Every call that lost the window, when the coordinator shares one `Lost` among them:
+        the first of them to resume may then end them all in one pass (see `errors`)."""
+        self.errors: dict[int, OperationRejectedError] | None = None
+        """What that pass left for each loser, by record id (the decorator's business)."""
 
     def __repr__(self) -> str:
         return f"Lost(winner={self.winner and self.winner.ecs_id}, reason={self.reason!r})"

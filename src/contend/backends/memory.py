@@ -151,8 +151,38 @@ class MemoryBackend:
         runs in between, so the status index and zombie books are skipped. False if the record
         was not in the registry.
         """
-        op.transition(status, at)
-        return self._unindex(op.ecs_id.int, in_flight=True) is not None
+        return bool(self.end_all_unbooked((op,), status, at))
+
+    def end_all_unbooked(
+        self, ops: Sequence[ConflictResolutionOperation], status: OperationStatus, at: datetime
+    ) -> list[ConflictResolutionOperation]:
+        """`end_unbooked` for a batch (a staging window's losers); returns the records that
+        were registered, so removed."""
+        registry = self._ops
+        inflight = self._inflight
+        by_target = self._by_target
+        removed = []
+        unscheduled = 0
+        for op in ops:
+            op.transition(status, at)
+            d = op.__dict__
+            oid = d["ecs_id"].int
+            if registry.pop(oid, None) is None:
+                continue
+            removed.append(op)
+            if inflight.pop(oid, None) is not None:
+                unscheduled += 1
+            for t in d["target_entity_ids"]:
+                tid = t.int
+                bucket = by_target.get(tid)
+                if bucket is not None:
+                    bucket.pop(oid, None)
+                    if not bucket:
+                        del by_target[tid]
+        if unscheduled:
+            self._scheduled -= unscheduled
+            self._maybe_compact()
+        return removed
 
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._ops.get(op_id.int)
@@ -187,18 +217,17 @@ class MemoryBackend:
     async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
         return self._unindex(op_id.int)
 
-    def _unindex(self, oid: int, in_flight: bool = False) -> ConflictResolutionOperation | None:
-        """Take a record out of every index; `in_flight` for one that just ended unbooked (it
-        is still filed as in flight, and was never a zombie)."""
+    def _unindex(self, oid: int) -> ConflictResolutionOperation | None:
+        """Take a record out of every index."""
         op = self._ops.pop(oid, None)
         if op is None:
             return None
         d = op.__dict__
         status = d["status"]
-        due = (self._inflight if in_flight else self._status_index[status]).pop(oid, None)
+        due = self._status_index[status].pop(oid, None)
         booked = None
         zombies = self._zombies_by_target
-        if zombies and not in_flight and status is not _SUCCEEDED:
+        if zombies and status is not _SUCCEEDED:
             target = d["target_entity_id"]
             tkey = target.int if target is not None else -1
             zb = zombies.get(tkey)

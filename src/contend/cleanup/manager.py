@@ -29,6 +29,7 @@ from contend.operations import ConflictResolutionOperation, OperationStatus
 if TYPE_CHECKING:
     from uuid import UUID
 
+    from contend.backends.memory import MemoryBackend
     from contend.runtime import Runtime
 
 __all__ = ["CleanupManager", "Removal", "RemovalSink"]
@@ -118,22 +119,18 @@ class CleanupManager:
         config: CleanupConfig,
         message: str,
         winner_id: UUID | None = None,
+        eff: EffectiveCleanup | None = None,
     ) -> EffectiveCleanup:
-        """End `op` as a zombie (rejected, failed, cancelled) and apply its cleanup strategy."""
+        """End `op` as a zombie (rejected, failed, cancelled) and apply its cleanup strategy
+        (`eff`, when the caller has worked it out already)."""
         rt = self.rt
-        eff = effective_cleanup(config, op, rt)
-        strategy = eff.strategy
+        if eff is None:
+            eff = effective_cleanup(config, op, rt)
         local = rt._local
-        if strategy is _IMMEDIATE and local is not None and not self._sinks:
-            # Nothing can observe a zombie that leaves in the same step, so it is never booked
-            # (and the zombie gauge never moves); the removal is counted like any other.
-            removed = local.end_unbooked(op, status, rt.clock.now())
-            self._mark(op, status, message, winner_id, eff)
-            if removed:
-                rt.metrics.zombie_passed(op.target_type)
-                self._tally(op, eff.reason, "immediate", booked=False)
-                if rt.events.wants(OperationCleanedEvent):
-                    await self._announce(op, eff.reason, "immediate")
+        if eff.strategy is _IMMEDIATE and local is not None and not self._sinks:
+            removed = self.pass_through(local, (op,), status, (message,), winner_id, eff)
+            if removed and rt.events.wants(OperationCleanedEvent):
+                await self._announce(op, eff.reason, "immediate")
         else:
             rt.backend.set_status(op, status, rt.clock.now())
             self._mark(op, status, message, winner_id, eff)
@@ -152,6 +149,56 @@ class CleanupManager:
             await self._completed(op, status, message)
         return eff
 
+    def can_pass_through(self) -> bool:
+        """True when a zombie whose effective strategy is IMMEDIATE can be ended synchronously
+        by `pass_through`: the stock in-memory backend, no removal sink, no removal subscriber."""
+        rt = self.rt
+        return (
+            rt._local is not None and not self._sinks and not rt.events.wants(OperationCleanedEvent)
+        )
+
+    def pass_through(
+        self,
+        local: MemoryBackend,
+        ops: Sequence[ConflictResolutionOperation],
+        status: OperationStatus,
+        messages: Sequence[str],
+        winner_id: UUID | None,
+        eff: EffectiveCleanup,
+    ) -> list[ConflictResolutionOperation]:
+        """End each of `ops` (with its message) and remove it at once, without booking it;
+        returns those that were registered, so removed.
+
+        Nothing can observe a zombie that leaves in the same step, so it never enters the zombie
+        books (and the zombie gauge never moves); each removal is counted like any other. Only
+        for an IMMEDIATE `eff`, with `local` the runtime's direct backend and no removal sink;
+        announcing the removals is the caller's. A batch (a window's losers) is counted in one
+        step per metric.
+        """
+        rt = self.rt
+        now = rt.clock.now()
+        strategy = eff.strategy
+        name = strategy._value_
+        removed = local.end_all_unbooked(ops, status, now)
+        for op, message in zip(ops, messages, strict=True):
+            d = op.__dict__
+            d["error_message"] = message
+            d["winner_id"] = winner_id
+            d["cleanup_strategy"] = strategy
+            d["cleanup_handler_name"] = name
+        metrics = rt.metrics
+        self._count_outcomes(status, len(ops), eff.reason)
+        if removed:
+            reason = eff.reason
+            for target_type in {op.target_type for op in removed}:
+                metrics.zombie_passed(target_type)
+            self.removed[reason] += len(removed)
+            metrics.removed(reason, name, None, None, len(removed))
+            if log.isEnabledFor(logging.DEBUG):
+                for op in removed:
+                    log.debug("removed operation %s (%s, reason %s)", op.ecs_id, status, reason)
+        return removed
+
     def _mark(
         self,
         op: ConflictResolutionOperation,
@@ -165,13 +212,15 @@ class CleanupManager:
         d["winner_id"] = winner_id
         d["cleanup_strategy"] = eff.strategy
         d["cleanup_handler_name"] = eff.strategy._value_
+        self._count_outcomes(status, 1, eff.reason)
+
+    def _count_outcomes(self, status: OperationStatus, n: int, reason: str) -> None:
         metrics = self.rt.metrics
-        metrics.outcome(status._value_)
-        reason = eff.reason
+        metrics.outcome(status._value_, n)
         if reason == "pressure":
-            metrics.memory_pressure_triggered_cleanups.inc()
+            metrics.memory_pressure_triggered_cleanups.inc(n)
         elif reason == "force":
-            metrics.force_cleanup_triggered.inc()
+            metrics.force_cleanup_triggered.inc(n)
 
     async def _completed(
         self, op: ConflictResolutionOperation, status: OperationStatus, message: str
