@@ -357,19 +357,15 @@ class CleanupManager:
         if self.rt.events.wants(OperationCleanedEvent):
             await self._announce(op, reason, strategy_value)
 
-    def _tally(
-        self, op: ConflictResolutionOperation, reason: str, strategy_value: str, booked: bool = True
-    ) -> None:
-        """Count one removal; `booked` is False for a zombie that never entered the books."""
+    def _tally(self, op: ConflictResolutionOperation, reason: str, strategy_value: str) -> None:
+        """Count one removal of a booked record."""
         rt = self.rt
         self.removed[reason] += 1
         lag = None
         if reason not in AT_ONCE_REASONS:
             due = op.cleanup_scheduled_at or op.completed_at
             lag = rt.clock.time() - due.timestamp() if due is not None else None
-        rt.metrics.removed(
-            reason, strategy_value, op.target_type if booked and op.is_zombie else None, lag
-        )
+        rt.metrics.removed(reason, strategy_value, op.target_type if op.is_zombie else None, lag)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("removed operation %s (%s, reason %s)", op.ecs_id, op.status, reason)
 
