@@ -32,6 +32,7 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("record_memory", "memory per retained record"),
     ("rss_calls", "RSS over 1M calls"),
     ("redis_throughput", "Redis backend throughput"),
+    ("instructions", "instructions per call, counted by valgrind"),
     ("soak", "soak run"),
 )
 SOAK_CALLS = {True: 50_000, False: 500_000}
