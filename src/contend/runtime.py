@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from contend.backends.memory import MemoryBackend
@@ -146,14 +146,20 @@ class Runtime:
     def _on_window(
         self, winner: ConflictResolutionOperation, entries: list[ConflictResolutionOperation]
     ) -> None:
-        self.metrics.staging_window_size.observe(len(entries))
+        self.observe_window(winner, len(entries), (e.ecs_id for e in entries if e is not winner))
+
+    def observe_window(
+        self, winner: ConflictResolutionOperation, contenders: int, rejected_ids: Iterable[UUID]
+    ) -> None:
+        """A staging window held `contenders` calls: its size metric and one conflict event."""
+        self.metrics.staging_window_size.observe(contenders)
         if self.events.wants(OperationConflictEvent):
             event = OperationConflictEvent(
                 op_id=winner.ecs_id,
                 target_entity_id=winner.target_entity_id,
-                contenders=len(entries),
+                contenders=contenders,
                 winner_priority=winner.priority,
-                rejected_ids=tuple(e.ecs_id for e in entries if e is not winner),
+                rejected_ids=tuple(rejected_ids),
             )
             task = asyncio.get_running_loop().create_task(self.events.emit(event))
             self._background.add(task)

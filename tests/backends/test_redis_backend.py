@@ -227,3 +227,54 @@ async def test_redis_down_fails_fast_with_a_clear_error_then_recovers() -> None:
     finally:
         await rt.aclose()
         server.stop()
+
+
+async def test_a_contested_window_is_reported_once_across_workers_by_the_winners(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    """Two workers stage on one account in one window: the winner's worker emits the one
+    OperationConflictEvent (winner, contenders, every loser of both workers) and observes the
+    window's size; the other worker reports nothing."""
+    from contend import OperationConflictEvent, OperationPriority, PreECSConfig
+
+    other = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, lease_ms=2000),
+        clock=FakeClock(),
+        memory_probe=lambda: 0.0,
+    )
+    seen: dict[str, list[OperationConflictEvent]] = {"a": [], "b": []}
+    redis_runtime.events.subscribe(OperationConflictEvent, seen["a"].append)
+    other.events.subscribe(OperationConflictEvent, seen["b"].append)
+    window = PreECSConfig(staging_timeout_ms=50)
+
+    async def touch(acct: Account) -> str:
+        return "ok"
+
+    on_a = with_conflict_resolution(pre_ecs=window, cleanup=NONE, runtime=redis_runtime)(touch)
+    on_b = with_conflict_resolution(pre_ecs=window, cleanup=NONE, runtime=other)(touch)
+    acct = Account()
+    await other.registry.register(Account(ecs_id=acct.ecs_id))
+    b_acct = await other.backend.get_entity(acct.ecs_id)
+    assert isinstance(b_acct, Account)
+    results = await asyncio.gather(
+        on_a(acct),
+        on_a(acct),
+        on_b.with_priority(OperationPriority.HIGH)(b_acct),
+        on_b(b_acct),
+        return_exceptions=True,
+    )
+    await asyncio.sleep(0.05)  # the event is emitted from a task of its own
+    assert results[2] == "ok"
+    errors = [r for r in results if isinstance(r, OperationRejectedError)]
+    assert len(errors) == 3
+    assert seen["a"] == []
+    [event] = seen["b"]
+    assert event.op_id == errors[0].winner_id
+    assert event.contenders == 4
+    assert event.winner_priority == OperationPriority.HIGH
+    assert set(event.rejected_ids) == {e.op_id for e in errors}
+    size = "contend_staging_window_size"
+    assert other.metrics.registry.get_sample_value(f"{size}_count") == 1
+    assert other.metrics.registry.get_sample_value(f"{size}_sum") == 4
+    assert not redis_runtime.metrics.registry.get_sample_value(f"{size}_count")
+    await other.aclose()

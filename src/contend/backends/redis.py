@@ -558,8 +558,10 @@ class RedisBackend:
             batch.cancelled.add(oid)
             raise
         outcome = outcomes.get(oid, "X")
-        if outcome == "W":
+        if outcome[:1] == "W":
             _held.set((*_held.get(), (key, oid)))
+            if outcome != "W":
+                self._contested(op, outcome)
             return None
         if outcome == "F":
             return Lost(
@@ -572,6 +574,19 @@ class RedisBackend:
             winner = next((o for o in batch.ops if str(o.ecs_id) == wid), None)
             return Lost(winner or _stub(wid, int(wprio), op))
         return Lost(None, f"staging outcome for target {tid} was lost (window expired)")
+
+    def _contested(self, winner: ConflictResolutionOperation, outcome: str) -> None:
+        """Report a window `winner` won against others (outcome ``W|contenders|loser ids``).
+
+        Whichever process resolved the window, the winner's process reads this outcome once, so
+        each contested window is reported once across workers, there.
+        """
+        if self._rt is None:
+            return
+        _, contenders, losers = outcome.split("|", 2)
+        self._rt.observe_window(
+            winner, int(contenders), (uuid.UUID(i) for i in losers.split(",") if i)
+        )
 
     async def _stage(self, key: str, batch: _Batch) -> dict[str, str]:
         if self._batches.get(key) is batch:
@@ -614,7 +629,7 @@ class RedisBackend:
             self._unwatch(key, fut)
         outcomes.update(zip(staged, reply["o"] or (), strict=False))
         for i in ids:
-            if outcomes.get(i) == "W":
+            if outcomes.get(i, "")[:1] == "W":
                 self._leases[key] = i
                 if i in batch.cancelled:
                     self._spawn(self._release_cancelled(next(o for o in ops if str(o.ecs_id) == i)))

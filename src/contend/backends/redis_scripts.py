@@ -87,7 +87,13 @@ local function resolve_window(tid, now, always_publish)
     redis.call('SMOVE', P .. 'os:pending', P .. 'os:executing', winner)
   end
   redis.call('ZADD', P .. 'inflight', now + LEASE, winner)
-  redis.call('SET', P .. 'out:' .. winner, 'W', 'PX', OUT_TTL)
+  local won = 'W'
+  if #m > 2 then
+    local others = {}
+    for i = 3, #m, 2 do others[#others + 1] = m[i] end
+    won = 'W|' .. #others + 1 .. '|' .. table.concat(others, ',')
+  end
+  redis.call('SET', P .. 'out:' .. winner, won, 'PX', OUT_TTL)
   local lost = 'L|' .. winner .. '|' .. wprio
   for i = 3, #m, 2 do redis.call('SET', P .. 'out:' .. m[i], lost, 'PX', OUT_TTL) end
   if always_publish or #m > 2 then redis.call('PUBLISH', P .. 'released', tid) end
@@ -111,7 +117,7 @@ local function outcomes(ops, ents)
     local key = P .. 'out:' .. op
     local v = redis.call('GET', key)
     if v then redis.call('DEL', key) else v = 'X' end
-    if v == 'W' then won = true end
+    if string.sub(v, 1, 1) == 'W' then won = true end
     o[i] = v
   end
   local e = {}
