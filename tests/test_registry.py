@@ -50,6 +50,19 @@ async def test_entity_is_registered_on_first_use_and_committed_instance_kept(
     assert box.value == 2
 
 
+async def test_get_entity_with_a_kind_checks_the_class(runtime: Runtime) -> None:
+    class Crate(Entity):
+        items: int = 0
+
+    box = Box()
+    await runtime.registry.register(box)
+    found: Box | None = await runtime.registry.get_entity(box.ecs_id, Box)
+    assert found is box
+    assert await runtime.registry.get_entity(Crate().ecs_id, Crate) is None
+    with pytest.raises(TypeError, match=r"is a Box, not a Crate"):
+        await runtime.registry.get_entity(box.ecs_id, Crate)
+
+
 async def test_register_ahead_of_first_call(runtime: Runtime) -> None:
     box = Box(value=4)
     assert await runtime.registry.register(box) is box

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, overload
 from uuid import UUID
 
 from contend.config import CleanupStrategy
@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from contend.runtime import Runtime
 
 __all__ = ["Registry"]
+
+E = TypeVar("E", bound=Entity)
 
 
 class Registry:
@@ -33,8 +35,26 @@ class Registry:
         """Register an entity ahead of its first call; returns the committed instance."""
         return await self._rt.backend.ensure_entity(entity)
 
-    async def get_entity(self, entity_id: UUID) -> Entity | None:
-        return await self._rt.backend.get_entity(entity_id)
+    @overload
+    async def get_entity(self, entity_id: UUID) -> Entity | None: ...
+
+    @overload
+    async def get_entity(self, entity_id: UUID, kind: type[E]) -> E | None: ...
+
+    async def get_entity(self, entity_id: UUID, kind: type[E] | None = None) -> Entity | None:
+        """The committed entity, or None if the registry does not know it.
+
+        `kind` is the class to expect: with a backend shared by several processes, it is the
+        class an entity this process has not seen yet is loaded into (without it, only the
+        fields every `Entity` has are read). An entity of another class raises TypeError.
+        """
+        found = await self._rt.backend.get_entity(entity_id, kind)
+        if found is not None and kind is not None and not isinstance(found, kind):
+            raise TypeError(
+                f"entity {entity_id} is a {type(found).__name__}, not a {kind.__name__}; "
+                "an ecs_id names one entity of one type"
+            )
+        return found
 
     async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
         op = await self._rt.backend.get_operation(op_id)

@@ -108,7 +108,10 @@ class Backend(Protocol):
         """Register `entity` on first use; return the committed instance for its id."""
         ...
 
-    async def get_entity(self, entity_id: UUID) -> Entity | None: ...
+    async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
+        """The committed entity; `kind` is the class to load one this process has not seen into
+        (a backend that only knows entities it was given may ignore it)."""
+        ...
 
     async def commit(self, writes: Sequence[Write], now: datetime) -> VersionConflict | None:
         """All-or-nothing compare-and-set; on success each committed instance holds its state."""

@@ -86,7 +86,7 @@ class MemoryBackend:
         """`ensure_entity` without a coroutine, for the decorator's hot path."""
         return self._entities.setdefault(entity.ecs_id.int, entity)
 
-    async def get_entity(self, entity_id: UUID) -> Entity | None:
+    async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
         return self._entities.get(entity_id.int)
 
     def entity_count(self) -> int:

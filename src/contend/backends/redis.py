@@ -272,7 +272,13 @@ class RedisBackend:
         finally:
             self._loading.pop(entity.ecs_id, None)
 
-    async def get_entity(self, entity_id: UUID) -> Entity | None:
+    async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
+        """Redis's state of the entity, loaded into this process's instance.
+
+        An entity this process has not seen is loaded into `kind`, which becomes this process's
+        instance; without `kind`, a plain `Entity` with the fields every entity has is returned
+        (Redis stores state, not classes) and nothing is registered.
+        """
         try:
             d = await self.client.hget(f"{self._p}e:{entity_id}", "d")
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -280,10 +286,13 @@ class RedisBackend:
         if d is None:
             return None
         known = self._entities.get(entity_id)
-        if known is None:
-            return Entity.model_validate_json(str(d))
-        _load_into(known, str(d))
-        return known
+        if known is not None:
+            _load_into(known, str(d))
+            return known
+        if kind is None:
+            state = json.loads(str(d))
+            return Entity.model_validate({k: state[k] for k in Entity.model_fields if k in state})
+        return self._entities.setdefault(entity_id, kind.model_validate_json(str(d)))
 
     def _fences(self, entities: Sequence[Entity]) -> list[str]:
         ids = {str(e.ecs_id) for e in entities}
