@@ -87,6 +87,8 @@ class Registry:
         return ops
 
     async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
+        """Zombies, all or those whose primary target is `target_id` (the unit zombie counts
+        and per-target caps use); `operations_for_target` also finds those naming it later."""
         ops = await self._rt.backend.zombies(target_id)
         return await self._rt.cleanup.remove_due_lazy(ops)
 
