@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -34,6 +34,7 @@ _ZERO = timedelta(0)
 
 
 M = TypeVar("M", bound=MetricWrapperBase)
+C = TypeVar("C")
 
 
 class _Child:
@@ -85,7 +86,33 @@ class _HistogramChild:
         self.sum += sum(values[start:], _ZERO).total_seconds()
 
 
-class _LoopLocalHistogram:
+class _LoopLocal(Generic[C]):
+    """What the loop-local collectors share: a name, one label (or none), a child per value.
+
+    A subclass sets what its `collect` needs, then registers itself (registering collects).
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, child: Callable[[], C]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self._child = child
+        self._children: dict[str, C] = {}
+
+    def labels(self, value: str) -> C:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[str(value)] = self._child()
+        return child
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        raise NotImplementedError
+
+
+class _LoopLocalHistogram(_LoopLocal[_HistogramChild]):
     """A histogram with one label or none, for paths that observe once per record (a sweep of
     10,000) or once per contended window; `label=""` makes it unlabelled (use `labels("")`)."""
 
@@ -97,21 +124,9 @@ class _LoopLocalHistogram:
         registry: CollectorRegistry,
         buckets: tuple[float, ...],
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.label = label
         self.bounds = tuple(sorted(buckets))
-        self._children: dict[str, _HistogramChild] = {}
+        super().__init__(name, documentation, label, lambda: _HistogramChild(self.bounds))
         registry.register(self)
-
-    def labels(self, value: str) -> _HistogramChild:
-        child = self._children.get(value)
-        if child is None:
-            child = self._children[str(value)] = _HistogramChild(self.bounds)
-        return child
-
-    def describe(self) -> list[Metric]:
-        return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
         names = [self.label] if self.label else []
@@ -126,7 +141,7 @@ class _LoopLocalHistogram:
         yield family
 
 
-class _LoopLocalFamily:
+class _LoopLocalFamily(_LoopLocal[_Child]):
     """A one-label counter or gauge for the per-call hot path, exported at scrape time.
 
     prometheus_client's metrics take a lock on every update (about 1 us here, several per
@@ -144,23 +159,11 @@ class _LoopLocalFamily:
         gauge: bool = False,
         values: tuple[str, ...] = (),
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.label = label
+        super().__init__(name, documentation, label, _Child)
         self.gauge = gauge
-        self._children: dict[str, _Child] = {}
         for v in values:
             self.labels(v)
         registry.register(self)
-
-    def labels(self, value: str) -> _Child:
-        child = self._children.get(value)
-        if child is None:
-            child = self._children[str(value)] = _Child()
-        return child
-
-    def describe(self) -> list[Metric]:
-        return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
         family: CounterMetricFamily | GaugeMetricFamily
