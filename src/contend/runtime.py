@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,23 @@ def _direct(backend: Backend) -> MemoryBackend | None:
     return backend
 
 
+def _claim(backend: Backend, runtime: Runtime, name: str) -> None:
+    """A backend belongs to the first runtime it is given to: a runtime's staging, cleanup,
+    events and metrics act on every record its backend holds, so a second runtime on it would
+    act on the first one's calls (and the backend's hooks point at the first runtime)."""
+    owner_ref = getattr(backend, "_contend_runtime", None)
+    owner = owner_ref() if owner_ref is not None else None
+    if owner is not None:
+        raise ConfigurationError(
+            "backend",
+            f"{backend!r} already serves runtime {owner.name!r}; give runtime {name!r} a backend "
+            "of its own (several workers share Redis through one RedisBackend each, with the "
+            "same prefix)",
+        )
+    with contextlib.suppress(AttributeError):  # a backend with __slots__ cannot be marked
+        backend._contend_runtime = weakref.ref(runtime)  # type: ignore[attr-defined]
+
+
 class Runtime:
     """Everything contend keeps for one application: state lives here, never in module globals.
 
@@ -76,6 +94,8 @@ class Runtime:
                 "backend",
                 f"expected a contend backend (MemoryBackend, RedisBackend), got {backend!r}",
             )
+        if backend is not None:
+            _claim(backend, self, name)
         self.name = name
         self.backend: Backend = MemoryBackend() if backend is None else backend
         self._local = _direct(self.backend)

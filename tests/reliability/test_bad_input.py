@@ -270,6 +270,19 @@ def test_runtime_arguments_are_checked(kwargs: dict[str, Any], field: str) -> No
     assert exc.value.field == field
 
 
+def test_a_backend_serves_one_runtime_at_a_time() -> None:
+    """A second runtime on a backend would stage, reject and clean up the first one's calls."""
+    from contend.backends.memory import MemoryBackend
+
+    backend = MemoryBackend()
+    first = Runtime(backend, name="first")
+    with pytest.raises(ConfigurationError, match="already serves runtime 'first'") as exc:
+        Runtime(backend, name="second")
+    assert exc.value.field == "backend"
+    assert first.backend is backend
+    assert Runtime(MemoryBackend(), name="second").backend is not backend
+
+
 # the decorator ----------------------------------------------------------------------------------
 def test_unknown_handler_name_is_refused_at_decoration() -> None:
     config = CleanupConfig(strategy=CleanupStrategy.CUSTOM, custom_cleanup_handler="no-such-one")
