@@ -306,3 +306,47 @@ async def test_a_handler_unregistered_after_decoration_fails_softly(runtime: Run
     assert runtime.registry.zombie_count == 1
     assert runtime.cleanup.failed_handlers == {"short-lived": 1}
     assert "Unknown cleanup handler" in (runtime.cleanup.last_failure or "")
+
+
+async def test_a_caller_cancelled_during_its_handler_leaves_the_handler_to_finish(
+    runtime: Runtime,
+) -> None:
+    """The loser's caller is cancelled while its handler awaits: the caller sees CancelledError
+    at once, and the handler still runs to the end and removes the record, failing nothing."""
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+
+    class Gated(CleanupHandler):
+        async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+            entered.set()
+            await gate.wait()
+            await self.remove(operation)
+
+    CleanupHandlerRegistry.register("gated", Gated)
+
+    @with_conflict_resolution(
+        cleanup=CleanupConfig(strategy=CleanupStrategy.CUSTOM, custom_cleanup_handler="gated")
+    )
+    async def touch(item: Item) -> int:
+        item.n += 1
+        return item.n
+
+    item = Item()
+    winner = asyncio.create_task(touch(item))
+    loser = asyncio.create_task(touch(item))
+    await entered.wait()
+    loser.cancel()
+    await asyncio.wait([winner, loser])
+    assert winner.result() == 1
+    assert loser.cancelled()
+    [record] = await runtime.registry.zombies(item.ecs_id)
+    assert record.status is OperationStatus.REJECTED
+    gate.set()
+    for _ in range(20):
+        if runtime.cleanup.active_tasks == 0:
+            break
+        await asyncio.sleep(0)
+    assert await runtime.registry.zombies(item.ecs_id) == []
+    assert runtime.cleanup.removed["custom"] == 1
+    assert runtime.cleanup.handler_failures == 0
+    assert (await cleanup_system_health_check(runtime))["status"] == "healthy"

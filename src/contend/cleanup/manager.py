@@ -79,6 +79,8 @@ class CleanupManager:
         self._wake: asyncio.Event | None = None
         self._wake_at = float("inf")
         self._sinks: list[RemovalSink] = []
+        self._handling: set[asyncio.Task[None]] = set()
+        """Handlers running in tasks of their own (kept here until done)."""
 
     # lifecycle ----------------------------------------------------------------------------------
     async def succeeded(
@@ -254,6 +256,30 @@ class CleanupManager:
     async def _run_handler(
         self, op: ConflictResolutionOperation, eff: EffectiveCleanup, config: CleanupConfig
     ) -> None:
+        """Run the handler for `op` (`_handle`).
+
+        One that may suspend (a custom handler; any handler with a removal sink, or on a backend
+        that does I/O) runs in a task of its own: a caller cancelled meanwhile gets its
+        CancelledError at once and the handler still finishes, so the record is cleaned up (or
+        the failure counted) instead of being left with nothing scheduled. The stock handlers on
+        the in-memory backend never suspend, so nothing can interrupt them.
+        """
+        cannot_suspend = (
+            eff.strategy is not CleanupStrategy.CUSTOM
+            and self.rt._local is not None
+            and not self._sinks
+        )
+        if cannot_suspend:
+            await self._handle(op, eff, config)
+            return
+        run = asyncio.get_running_loop().create_task(self._handle(op, eff, config))
+        self._handling.add(run)
+        run.add_done_callback(self._handling.discard)
+        await asyncio.shield(run)
+
+    async def _handle(
+        self, op: ConflictResolutionOperation, eff: EffectiveCleanup, config: CleanupConfig
+    ) -> None:
         """Run the handler for `op`; any failure (including a handler that can no longer be
         found by name) is counted and logged, never raised, so the caller still gets its answer."""
         metrics = self.rt.metrics
@@ -268,7 +294,8 @@ class CleanupManager:
                 metrics.custom_cleanup_handlers_used.labels(custom.name).inc()
             coro: Awaitable[object] = handler.handle_operation_rejection(op)
             if custom is not None:
-                result = await asyncio.wait_for(coro, config.handler_timeout_seconds)
+                async with asyncio.timeout(config.handler_timeout_seconds):
+                    result = await coro
             else:
                 result = await coro
             if result is not None:
