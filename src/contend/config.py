@@ -10,10 +10,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from contend.errors import ConfigurationError
 from contend.operations import ConflictResolutionOperation, OperationPriority
@@ -320,10 +322,28 @@ def _coerce(value: Any, kind: type[Any], *, default_enabled: bool) -> Any:
     if isinstance(value, kind):
         return value
     if isinstance(value, dict):
-        return kind(**value)
+        try:
+            return kind(**value)
+        except ValidationError as exc:
+            raise _under(_FIELD_OF[kind], exc) from None
     raise ConfigurationError(
         kind.__name__, f"expected {kind.__name__}, a bool or None, got {type(value).__name__}"
     )
+
+
+_FIELD_OF: dict[type[Any], str] = {PreECSConfig: "pre_ecs", OCCConfig: "occ"}
+
+
+def _under(field: str, exc: ValidationError) -> ValidationError:
+    """`exc` from validating a nested config, located under its field (``occ.max_retries``)."""
+    details: list[InitErrorDetails] = []
+    for e in exc.errors():
+        loc = (field, *e["loc"])
+        detail: InitErrorDetails = {"type": e["type"], "loc": loc, "input": e["input"]}
+        if "ctx" in e:
+            detail["ctx"] = e["ctx"]
+        details.append(detail)
+    return ValidationError.from_exception_data(exc.title, details)
 
 
 DEFAULT_CLEANUP_CONFIG = CleanupConfig(

@@ -346,6 +346,25 @@ def test_decorator_arguments_of_the_wrong_type(
     assert exc.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "field", "allowed"),
+    [
+        ({"occ": {"max_retries": 500}}, "occ.max_retries", ">= 0 and <= 100, got 500"),
+        ({"pre_ecs": {"staging_timeout_ms": -1}}, "pre_ecs.staging_timeout_ms", "<= 60000"),
+        ({"occ": {"retries": 3}}, "occ.retries", "Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_field_in_a_nested_config_dict_is_named_with_its_path(
+    kwargs: dict[str, Any], field: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=allowed) as exc:
+        with_conflict_resolution(**kwargs)
+    assert exc.value.field == field
+    with pytest.raises(pydantic.ValidationError) as invalid:
+        ConflictResolutionConfig(**kwargs)
+    assert ".".join(map(str, invalid.value.errors()[0]["loc"])) == field
+
+
 @pytest.mark.parametrize("priority", [0, 11, -1, True, "high", 5.0])
 def test_priorities_outside_one_to_ten_are_refused(priority: Any) -> None:
     with pytest.raises(ConfigurationError, match="from 1") as exc:
