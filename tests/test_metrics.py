@@ -88,6 +88,14 @@ async def test_reclaim_lag_runs_from_due_moment_to_removal(
     assert value(runtime, "contend_reclaim_lag_seconds_bucket", reason="ttl", le="900.0") == 1
     assert value(runtime, "contend_zombie_operations", target_type="Account") == 0
     assert value(runtime, "contend_operations_total", outcome="failed") == 1
+    lag_reasons = {
+        s.labels["reason"]
+        for family in text_string_to_metric_families(runtime.metrics.exposition().decode())
+        if family.name == "contend_reclaim_lag_seconds"
+        for s in family.samples
+    }
+    assert "ttl" in lag_reasons
+    assert not lag_reasons & {"immediate", "cap", "pressure", "force"}  # never observed there
 
 
 async def test_cap_and_manual_removals_are_counted_by_reason(runtime: Runtime) -> None:

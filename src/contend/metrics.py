@@ -287,7 +287,9 @@ class CleanupMetrics:
         )
         self._outcome = {v: self.operations_by_outcome.labels(v) for v in OUTCOMES}
         self._removed = {v: self.removals_by_reason.labels(v) for v in REMOVAL_REASONS}
-        self._lag = {v: self.reclaim_lag.labels(v) for v in REMOVAL_REASONS}
+        self._lag = {
+            v: self.reclaim_lag.labels(v) for v in REMOVAL_REASONS if v not in AT_ONCE_REASONS
+        }
         self._cleaned = {v: self.operations_cleaned_by_strategy.labels(v) for v in _STRATEGIES}
         self._failures = _bind(self.cleanup_failures_by_strategy, _STRATEGIES)
         self._latency = _bind(self.cleanup_latency_by_strategy, _STRATEGIES)
