@@ -121,13 +121,10 @@ class CleanupManager:
         config: CleanupConfig,
         message: str,
         winner_id: UUID | None = None,
-        eff: EffectiveCleanup | None = None,
     ) -> EffectiveCleanup:
-        """End `op` as a zombie (rejected, failed, cancelled) and apply its cleanup strategy
-        (`eff`, when the caller has worked it out already)."""
+        """End `op` as a zombie (rejected, failed, cancelled) and apply its cleanup strategy."""
         rt = self.rt
-        if eff is None:
-            eff = effective_cleanup(config, op, rt)
+        eff = effective_cleanup(config, op, rt)
         local = rt._local
         if eff.strategy is _IMMEDIATE and local is not None and not self._sinks:
             removed = self.pass_through(local, (op,), status, (message,), winner_id, eff)
