@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -157,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     serve.add_argument("--port", type=_int_in(0, 65_535), default=9464, help="default 9464")
+    serve.add_argument(
+        "--console",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve the operations console under /console (default on)",
+    )
+    serve.add_argument(
+        "--console-token",
+        default=None,
+        metavar="TOKEN",
+        help="turns the console's actions on and requires this token for them (at least 16 "
+        "characters; default $CONTEND_CONSOLE_TOKEN; without one the console is read-only)",
+    )
+    serve.add_argument(
+        "--protect-reads",
+        action="store_true",
+        help="require the console token to read the console too",
+    )
     return parser
 
 
@@ -312,12 +331,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"contend serve is not available: {exc}", file=sys.stderr)
         return 2
     base = f"http://{args.host}:{args.port}"
+    console = None
+    if args.console:
+        from contend.console import make_console
+        from contend.errors import ConfigurationError
+
+        token = args.console_token or os.environ.get("CONTEND_CONSOLE_TOKEN") or None
+        try:
+            console = make_console(token=token, protect_reads=args.protect_reads)
+        except ConfigurationError as exc:
+            print(f"contend serve: console {exc}", file=sys.stderr)
+            return 2
+        if args.protect_reads and token is None:
+            print("contend serve: --protect-reads needs a console token", file=sys.stderr)
+            return 2
+        access = "actions on (token required)" if token else "read-only (no token)"
+        print(f"console: {base}/console/ ({access})", file=sys.stderr)
     print(
         f"serving {base}/metrics and {base}/healthz for this process's runtime (Ctrl-C to stop)",
         file=sys.stderr,
     )
+
+    async def run() -> None:
+        app = http.make_app(console=console)
+        if console is not None:
+            console.start()
+        try:
+            await http.serve(args.host, args.port, app=app)
+        finally:
+            if console is not None:
+                await console.aclose()
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(http.serve(args.host, args.port))
+        asyncio.run(run())
     return 0
 
 

@@ -32,7 +32,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_CONTENT_TYPE = "application/json"
+CONSOLE_PATH = "/console"
 MAX_HEAD_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024
 READ_TIMEOUT_SECONDS = 10.0
 
 
@@ -43,12 +45,13 @@ async def health_json(runtime: Runtime | None = None) -> tuple[int, bytes]:
     return status, json.dumps(report, default=str, sort_keys=True).encode()
 
 
-def make_app(runtime: Runtime | None = None) -> ASGIApp:
+def make_app(runtime: Runtime | None = None, *, console: ASGIApp | None = None) -> ASGIApp:
     """An ASGI 3 app serving ``GET /metrics`` and ``GET /healthz`` of `runtime`.
 
     Without a runtime, each request reads the one in force (``get_runtime()``), so the app follows
     ``set_runtime``. Paths are matched after the mount prefix (``root_path``); other paths get
-    404, other methods 405.
+    404, other methods 405. With `console` (``contend.console.make_console()``), it answers
+    under ``/console`` and ``/`` redirects there.
     """
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,6 +63,23 @@ def make_app(runtime: Runtime | None = None) -> ASGIApp:
             return
         path = _local_path(scope)
         method = scope.get("method", "GET")
+        if console is not None:
+            if path == CONSOLE_PATH or path.startswith(CONSOLE_PATH + "/"):
+                root = scope.get("root_path", "") + CONSOLE_PATH
+                rest = path[len(CONSOLE_PATH) :] or "/"
+                await console({**scope, "root_path": root, "path": root + rest}, receive, send)
+                return
+            if path == "/":
+                location = (scope.get("root_path", "") + CONSOLE_PATH + "/").encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 307,
+                        "headers": [(b"location", location), (b"content-length", b"0")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
         if path not in ("/metrics", "/healthz"):
             await _respond(send, 404, b"not found\n", "text/plain; charset=utf-8")
             return
@@ -127,11 +147,15 @@ async def _respond(
 
 # the standalone server -------------------------------------------------------------------------
 async def start_server(
-    host: str = "127.0.0.1", port: int = 9464, runtime: Runtime | None = None
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    runtime: Runtime | None = None,
+    *,
+    app: ASGIApp | None = None,
 ) -> asyncio.Server:
-    """Start serving ``make_app(runtime)`` and return the listening server (``port=0``: any free
-    port, read it from ``server.sockets[0].getsockname()``)."""
-    app = make_app(runtime)
+    """Start serving ``make_app(runtime)`` (or `app`) and return the listening server
+    (``port=0``: any free port, read it from ``server.sockets[0].getsockname()``)."""
+    app = app if app is not None else make_app(runtime)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -148,13 +172,19 @@ async def start_server(
     return await asyncio.start_server(handle, host, port, limit=MAX_HEAD_BYTES)
 
 
-async def serve(host: str = "127.0.0.1", port: int = 9464, runtime: Runtime | None = None) -> None:
-    """Serve ``/metrics`` and ``/healthz`` on `host`:`port` until cancelled.
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    runtime: Runtime | None = None,
+    *,
+    app: ASGIApp | None = None,
+) -> None:
+    """Serve ``/metrics`` and ``/healthz`` (or `app`) on `host`:`port` until cancelled.
 
     One request per connection (``Connection: close``), which is what Prometheus scrapes and
     health probes need; the default port 9464 is the one Prometheus exporters commonly use.
     """
-    server = await start_server(host, port, runtime)
+    server = await start_server(host, port, runtime, app=app)
     bound = ", ".join(str(s.getsockname()) for s in server.sockets)
     log.info("contend metrics and health listening on %s", bound)
     async with server:
@@ -187,6 +217,14 @@ async def _serve_connection(
             return
         headers.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
     path, _, query = target.partition("?")
+    length = next((v for k, v in headers if k == b"content-length"), b"0")
+    if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        await _write_plain(writer, 413, b"request body missing a length or too large\n")
+        return
+    try:
+        request_body = await asyncio.wait_for(reader.readexactly(int(length)), READ_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return
     peer = writer.get_extra_info("peername")
     scope: Scope = {
         "type": "http",
@@ -204,7 +242,7 @@ async def _serve_connection(
     }
 
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": request_body, "more_body": False}
 
     start: Message = {}
     body = bytearray()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, KeysView, Sequence
 from datetime import datetime
 from itertools import compress, repeat
 from operator import attrgetter, is_not, itemgetter
@@ -479,6 +479,23 @@ class MemoryBackend:
 
     async def close(self) -> None:
         return None
+
+    # ordered reads (the console's paged zombie browser) ------------------------------------------
+    def zombie_keys(
+        self, status: OperationStatus | None = None, target_id: UUID | None = None
+    ) -> list[KeysView[int]]:
+        """Live views of the zombie indexes, each in completion order (oldest first), for paging
+        without copying: the zombies of `target_id` (primary target), else those of `status`,
+        else one view per zombie status. Keys are ``uuid.int`` (read with `operation_at`); a
+        view must not be iterated across an ``await``."""
+        if target_id is not None:
+            return [self._zombies_by_target.get(target_id.int, _EMPTY).keys()]
+        statuses = [status] if status is not None else [s for s in _TERMINAL if s is not _SUCCEEDED]
+        return [self._by_status[s].keys() for s in sorted(statuses)]
+
+    def operation_at(self, key: int) -> ConflictResolutionOperation | None:
+        """The record whose id's ``uuid.int`` is `key`, if registered."""
+        return self._ops.get(key)
 
 
 def _drain(it: Iterator[object]) -> None:
