@@ -60,6 +60,8 @@ class ZombieFilter:
 
     def matches(self, op: ConflictResolutionOperation) -> bool:
         d = op.__dict__
+        if self.target_id is not None and d["target_entity_id"] != self.target_id:
+            return False
         if self.status is not None and d["status"] is not self.status:
             return False
         if self.priority is not None and d["priority"] != self.priority:
@@ -139,11 +141,11 @@ class MemoryZombies:
     """`ZombieReader` over a `MemoryBackend`'s zombie indexes, without copying them.
 
     The indexes keep completion order and only lose entries in the middle, so a cursor holds,
-    per index, the position after the last record shown and that record's id (the anchor): the
-    next page starts right after the anchor wherever removals have moved it (found by a C-level
-    walk of the entries before it), or, if the anchor itself has left, after the last entry
-    completed no later than it did. Several indexes (no status or target filter) are merged by
-    completion time.
+    per index, the position of the next record, its id and the id of the last record shown: the
+    next page starts at that record wherever removals have moved it (found by a C-level walk of
+    the entries before it), else right after the last one shown, else (both gone) after the
+    last entry completed no later than the last one shown. Several indexes (no status or target
+    filter) are merged by completion time.
     """
 
     def __init__(self, backend: MemoryBackend) -> None:
@@ -157,7 +159,7 @@ class MemoryZombies:
         scanned = 0
         for view, pos in zip(views, _parse_cursor(cursor, len(views)), strict=True):
             start, examined = self._resume(view, *pos, scan_limit)
-            sources.append(_Source(view, start))
+            sources.append(_Source(view, start, last_key=pos[1], last_ms=pos[3]))
             scanned += examined
         records: list[ConflictResolutionOperation] = []
         too_young = filt.completed_before
@@ -178,10 +180,13 @@ class MemoryZombies:
                 s.done = True  # completion order: all after it is younger still; resume here
                 continue
             s.taken += 1
-            s.last_key = s.head_key
+            s.last_key, s.head_key = s.head_key, 0
             s.last_ms = _ms(done)
             if filt.matches(op):
                 records.append(op)
+        for s in sources:  # the cursor names the record each index resumes at
+            if s.head is None and not s.done:
+                scanned += self._advance(s)
         more = any(s.head is not None or not s.done for s in sources)
         total = sum(map(len, views)) if filt.status is None or filt.target_id is None else None
         return Page(records, _format_cursor(sources) if more else None, scanned, total)
@@ -202,17 +207,23 @@ class MemoryZombies:
         return examined
 
     def _resume(
-        self, keys: KeysView[int], offset: int, anchor: int, ms: int, budget: int
+        self, keys: KeysView[int], offset: int, anchor: int, following: int, ms: int, budget: int
     ) -> tuple[int, int]:
-        """Where a page after (`offset`, `anchor`, `ms`) starts now, and the records examined
+        """Where a page starts now that was to start at `offset`, at the record `following`,
+        right after `anchor` (the last one shown, completed at `ms`); and the records examined
         to find it (at most `budget`)."""
-        if offset == 0 or anchor == 0:
+        if offset == 0 and anchor == 0:
+            return 0, 0
+        if following and next(islice(keys, offset, offset + 1), None) == following:
             return offset, 0
-        if next(islice(keys, offset - 1, offset), None) == anchor:
-            return offset, 0
-        head = list(islice(keys, offset))
+        head = list(islice(keys, offset + 1))
+        if following in head:
+            return head.index(following), 0
         if anchor in head:
             return head.index(anchor) + 1, 0
+        head = head[:offset]
+        if not anchor:
+            return len(head), 0
         # the anchor left: step back over the entries that completed after it did
         position = len(head)
         examined = 0
@@ -236,15 +247,17 @@ def _ms(moment: datetime | None) -> int:
 
 
 def _format_cursor(sources: Sequence[_Source]) -> str:
-    return ".".join(f"{s.start + s.taken}-{s.last_key:x}-{s.last_ms}" for s in sources)
+    return ".".join(
+        f"{s.start + s.taken}-{s.last_key:x}-{s.head_key:x}-{s.last_ms}" for s in sources
+    )
 
 
-def _parse_cursor(cursor: str | None, n: int) -> list[tuple[int, int, int]]:
+def _parse_cursor(cursor: str | None, n: int) -> list[tuple[int, int, int, int]]:
     if not cursor:
-        return [(0, 0, 0)] * n
+        return [(0, 0, 0, 0)] * n
     try:
         parts = [tuple(p.split("-")) for p in cursor.split(".")]
-        parsed = [(int(a), int(b, 16), int(c)) for a, b, c in parts]
+        parsed = [(int(a), int(b, 16), int(c, 16), int(d)) for a, b, c, d in parts]
     except ValueError:
         raise CursorError(f"not a cursor of this browser: {cursor[:80]!r}") from None
     if len(parsed) != n or any(v < 0 for p in parsed for v in p):
