@@ -27,7 +27,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 )
 
@@ -106,8 +106,8 @@ class Guard:
 def same_origin(headers: Mapping[str, str]) -> bool:
     """False when the browser says the request came from another origin."""
     site = headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
+    if site is not None:  # a browser that sends it says exactly this
+        return site in ("same-origin", "none")
     origin = headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
