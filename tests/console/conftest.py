@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,6 +19,10 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.http import ASGIApp
+
+OPS = Path(__file__).resolve().parents[2] / "ops"
+if str(OPS) not in sys.path:
+    sys.path.insert(0, str(OPS))  # ops/chromium.py: the browser the tests and the screenshot use
 
 
 class Account(Entity):

@@ -4,27 +4,22 @@ token and done with it, and a function named like a script shown as text."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from conftest import Account, contend_on, fail_on
+from chromium import chromium, find_binaries
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from conftest import Account, contend_on, fail_on
 from contend import FakeClock, Runtime
 from contend.console import Console, make_console
 from contend.http import make_app, start_server
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "ops"))
-from chromium import chromium, find_binaries  # noqa: E402
-
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 TOKEN = "browser-test-console-token"
 SCRIPT_NAME = "<script>window.__pwned=1</script>"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from conftest import Account, call, contend_on, keep
-
 from contend import FakeClock, Runtime
 from contend.console import make_console
 from contend.console.history import CONFLICTS, REJECTED
