@@ -181,6 +181,13 @@ def _second(item: tuple[UUID, int]) -> int:
 
 
 def _value_at(points: list[Point], times: list[float], key: str, t: float) -> float | None:
-    """The counter as of clock time `t`: the last sample at or before it."""
+    """The counter at clock time `t`, interpolated between the samples around it (a late
+    sample does not shift a minute's increase into the next minute); None before the first."""
     i = bisect_right(times, t)
-    return points[i - 1].counters.get(key, 0.0) if i else None
+    if not i:
+        return None
+    before = points[i - 1].counters.get(key, 0.0)
+    if i == len(points) or times[i] == times[i - 1]:
+        return before
+    after = points[i].counters.get(key, 0.0)
+    return before + (after - before) * (t - times[i - 1]) / (times[i] - times[i - 1])
