@@ -61,4 +61,4 @@ def console_settings(settings: ConsoleSettings | None = None, **options: Any) ->
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"]) or "settings"
-        raise ConfigurationError(field, error["msg"]) from exc
+        raise ConfigurationError(field, error["msg"].removeprefix("Value error, ")) from exc
