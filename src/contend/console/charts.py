@@ -10,7 +10,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Bar", "BarChart", "LineChart", "Series", "Tick", "bar_chart", "line_chart", "nice_max"]
+__all__ = [
+    "Bar",
+    "BarChart",
+    "Frame",
+    "LineChart",
+    "Series",
+    "Tick",
+    "bar_chart",
+    "line_chart",
+    "nice_max",
+]
 
 WIDTH = 640
 HEIGHT = 220
@@ -43,31 +53,29 @@ class Bar:
     title: str
 
 
-@dataclass(frozen=True, slots=True)
-class LineChart:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Frame:
+    """The SVG's size and the plot area's edges, in its own coordinates; and the axis ticks."""
+
+    y_ticks: list[Tick]
+    x_ticks: list[Tick]
+    width: int = WIDTH
+    height: int = HEIGHT
+    left: int = LEFT
+    right: int = WIDTH - RIGHT
+    top: int = TOP
+    bottom: int = HEIGHT - BOTTOM
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LineChart(Frame):
     series: list[Series]
-    y_ticks: list[Tick]
-    x_ticks: list[Tick]
-    width: int = WIDTH
-    height: int = HEIGHT
-    left: int = LEFT
-    right: int = WIDTH - RIGHT
-    top: int = TOP
-    bottom: int = HEIGHT - BOTTOM
 
 
-@dataclass(frozen=True, slots=True)
-class BarChart:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BarChart(Frame):
     bars: list[Bar]
-    y_ticks: list[Tick]
-    x_ticks: list[Tick]
     names: list[str] = field(default_factory=list)
-    width: int = WIDTH
-    height: int = HEIGHT
-    left: int = LEFT
-    right: int = WIDTH - RIGHT
-    top: int = TOP
-    bottom: int = HEIGHT - BOTTOM
 
 
 def nice_max(value: float) -> float:
@@ -120,7 +128,9 @@ def line_chart(
         ys = (HEIGHT - BOTTOM - plot_h * v / top_value for _, v in pts)
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys, strict=True))
         lines.append(Series(name, coords, pts[-1][1] if pts else 0.0))
-    return LineChart(lines, _y_ticks(top_value), _x_ticks(start, end, (end - start) / 6))
+    return LineChart(
+        series=lines, y_ticks=_y_ticks(top_value), x_ticks=_x_ticks(start, end, (end - start) / 6)
+    )
 
 
 def bar_chart(
@@ -151,4 +161,9 @@ def bar_chart(
                 )
             )
     start = groups[0][0] if groups else end - 3600
-    return BarChart(bars, _y_ticks(top_value), _x_ticks(start, end, (end - start) / 6), list(names))
+    return BarChart(
+        bars=bars,
+        names=list(names),
+        y_ticks=_y_ticks(top_value),
+        x_ticks=_x_ticks(start, end, (end - start) / 6),
+    )

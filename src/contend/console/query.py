@@ -11,16 +11,20 @@ whole zombie list per page and logs once that it does.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
+from collections import Counter
 from collections.abc import Iterator, KeysView, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
 from contend.backends.base import Backend
 from contend.backends.memory import MemoryBackend
+from contend.config import CleanupStrategy
 from contend.operations import ConflictResolutionOperation, OperationStatus
 
 __all__ = [
@@ -39,7 +43,11 @@ __all__ = [
 
 log = logging.getLogger("contend.console")
 
+_DICT = attrgetter("__dict__")
+_STRATEGY = itemgetter("cleanup_strategy")
+
 ZOMBIE_STATUSES = (OperationStatus.CANCELLED, OperationStatus.FAILED, OperationStatus.REJECTED)
+_ZOMBIE = frozenset(ZOMBIE_STATUSES)
 
 
 class CursorError(ValueError):
@@ -57,6 +65,10 @@ class ZombieFilter:
     priority: int | None = None
     completed_before: datetime | None = None
     completed_after: datetime | None = None
+    _needle: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_needle", self.function.lower() if self.function else None)
 
     def matches(self, op: ConflictResolutionOperation) -> bool:
         d = op.__dict__
@@ -66,7 +78,8 @@ class ZombieFilter:
             return False
         if self.priority is not None and d["priority"] != self.priority:
             return False
-        if self.function is not None and self.function.lower() not in d["function_name"].lower():
+        needle = self._needle
+        if needle is not None and needle not in d["function_name"].lower():
             return False
         done = d["completed_at"]
         if self.completed_before is not None and (done is None or done > self.completed_before):
@@ -131,6 +144,7 @@ class _Source:
     taken: int = 0
     last_key: int = 0
     last_ms: int = 0
+    last_done: datetime | None = None
     done: bool = False
 
     def __post_init__(self) -> None:
@@ -163,42 +177,72 @@ class MemoryZombies:
             scanned += examined
         records: list[ConflictResolutionOperation] = []
         too_young = filt.completed_before
-        while len(records) < limit and scanned < scan_limit:
-            for s in sources:
-                if s.head is None and not s.done:
-                    scanned += self._advance(s)
-            live = [s for s in sources if s.head is not None]
-            if not live:
-                break
-            s = min(live, key=_head_time)
+        heap: list[tuple[datetime, int, int]] = []
+        for i, s in enumerate(sources):
+            scanned += self._advance(s)
+            if s.head is not None:
+                heapq.heappush(heap, (_when(s.head), s.head_key, i))
+        while heap and len(records) < limit and scanned < scan_limit:
+            i = heapq.heappop(heap)[2]
+            s = sources[i]
             op = s.head
             s.head = None
             if op is None:
-                break
+                continue
             done = op.__dict__["completed_at"]
             if too_young is not None and done is not None and done > too_young:
                 s.done = True  # completion order: all after it is younger still; resume here
                 continue
             s.taken += 1
             s.last_key, s.head_key = s.head_key, 0
-            s.last_ms = _ms(done)
+            s.last_done = done
             if filt.matches(op):
                 records.append(op)
-        for s in sources:  # the cursor names the record each index resumes at
-            if s.head is None and not s.done:
-                scanned += self._advance(s)
+            scanned += self._advance(s)
+            if s.head is not None:
+                heapq.heappush(heap, (_when(s.head), s.head_key, i))
         more = any(s.head is not None or not s.done for s in sources)
         total = sum(map(len, views)) if filt.status is None or filt.target_id is None else None
         return Page(records, _format_cursor(sources) if more else None, scanned, total)
 
+    async def counts_by_strategy(
+        self, scan_limit: int, chunk: int = 20_000
+    ) -> tuple[dict[str, int], int]:
+        """Zombies by cleanup strategy, and the records read to count them: each zombie index
+        gets a share of `scan_limit` by its size and is extrapolated from the records read,
+        in chunks that yield to the loop in between (a removal meanwhile may shift a chunk)."""
+        views = self.backend.zombie_keys()
+        total = sum(map(len, views)) or 1
+        counts: Counter[str] = Counter()
+        read = 0
+        at = self.backend.operation_at
+        for view in views:
+            size = len(view)
+            budget = size if total <= scan_limit else max(1, scan_limit * size // total)
+            part: Counter[CleanupStrategy | None] = Counter()
+            position = 0
+            while position < budget:
+                keys = list(islice(view, position, position + min(chunk, budget - position)))
+                if not keys:
+                    break
+                position += len(keys)
+                found = [op for op in map(at, keys) if op is not None]
+                part.update(map(_STRATEGY, map(_DICT, found)))
+                await asyncio.sleep(0)
+            read += position
+            scale = size / position if 0 < position < size else 1.0
+            for strategy, n in part.items():
+                counts[_strategy_name(strategy)] += round(n * scale)
+        return dict(counts), read
+
     def _advance(self, s: _Source) -> int:
         """Load the next zombie of `s` into its head; returns the entries examined."""
-        backend = self.backend
+        at = self.backend.operation_at
         examined = 0
         for key in s.it:
             examined += 1
-            op = backend.operation_at(key)
-            if op is None or not op.is_zombie:
+            op = at(key)
+            if op is None or op.__dict__["status"] not in _ZOMBIE:
                 s.taken += 1
                 continue
             s.head, s.head_key = op, key
@@ -236,10 +280,12 @@ class MemoryZombies:
         return position, examined
 
 
-def _head_time(s: _Source) -> tuple[float, int]:
-    op = s.head
-    done = op.completed_at if op is not None else None
-    return (done.timestamp() if done is not None else 0.0, s.head_key)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _when(op: ConflictResolutionOperation) -> datetime:
+    done: datetime | None = op.__dict__["completed_at"]
+    return done if done is not None else _EPOCH
 
 
 def _ms(moment: datetime | None) -> int:
@@ -248,7 +294,9 @@ def _ms(moment: datetime | None) -> int:
 
 def _format_cursor(sources: Sequence[_Source]) -> str:
     return ".".join(
-        f"{s.start + s.taken}-{s.last_key:x}-{s.head_key:x}-{s.last_ms}" for s in sources
+        f"{s.start + s.taken}-{s.last_key:x}-{s.head_key:x}-"
+        f"{_ms(s.last_done) if s.last_done is not None else s.last_ms}"
+        for s in sources
     )
 
 
@@ -349,7 +397,23 @@ class StrategyCounts:
 async def count_by_strategy(
     reader: ZombieReader, total: int, *, scan_limit: int, chunk: int = 5_000
 ) -> StrategyCounts:
-    """Read the zombies in chunks (yielding to the loop between them), at most `scan_limit`."""
+    """Zombies by strategy from at most `scan_limit` records (the reader's own count when it
+    has one, else its pages, `chunk` at a time, yielding to the loop between them)."""
+    own = getattr(reader, "counts_by_strategy", None)
+    if own is not None:
+        counts, seen = await own(scan_limit)
+        return StrategyCounts(counts, seen, max(total, seen), estimated=seen < total)
+    counts, seen, done = await _count_pages(reader, scan_limit, chunk)
+    if done or seen >= total:
+        return StrategyCounts(counts, seen, seen, estimated=False)
+    scale = total / seen if seen else 0.0
+    scaled = {k: round(v * scale) for k, v in counts.items()}
+    return StrategyCounts(scaled, seen, total, estimated=True)
+
+
+async def _count_pages(
+    reader: ZombieReader, scan_limit: int, chunk: int
+) -> tuple[dict[str, int], int, bool]:
     counts: dict[str, int] = {}
     cursor: str | None = None
     seen = 0
@@ -359,13 +423,15 @@ async def count_by_strategy(
         page = await reader.page(everything, cursor, chunk, chunk)
         scanned += page.scanned
         for op in page.records:
-            key = op.cleanup_strategy.value if op.cleanup_strategy is not None else "none"
+            key = _strategy_name(op.cleanup_strategy)
             counts[key] = counts.get(key, 0) + 1
         seen += len(page.records)
         cursor = page.cursor
         if cursor is None:
-            return StrategyCounts(counts, seen, seen, estimated=False)
+            return counts, seen, True
         await asyncio.sleep(0)
-    scale = total / seen if seen else 0.0
-    scaled = {k: round(v * scale) for k, v in counts.items()}
-    return StrategyCounts(scaled, seen, total, estimated=True)
+    return counts, seen, False
+
+
+def _strategy_name(strategy: CleanupStrategy | None) -> str:
+    return strategy.value if strategy is not None else "none"
