@@ -29,6 +29,7 @@ AT_ONCE_REASONS = frozenset({"immediate", "cap", "pressure", "force"})
 
 _LATENCY_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 _LAG_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
+_WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0)
 _WINDOW_BUCKETS = (2, 3, 5, 10, 20, 50, 100, 1000, 10000)
 _ZERO = timedelta(0)
 
@@ -274,6 +275,20 @@ class CleanupMetrics:
             r,
             values=OUTCOMES,
         )
+        self.staging_carried = Counter(
+            "contend_staging_carried",
+            "Calls that lost a staging window and were carried into their target's next window"
+            " (wait policy), once per window lost.",
+            registry=r,
+        )
+        self.staging_wait_seconds = Histogram(
+            "contend_staging_wait_seconds",
+            "Time calls under the wait policy spent staged, by outcome (won: it then ran;"
+            " rejected: max_wait_ms passed or the window was full; cancelled; error).",
+            ["outcome"],
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
         self.occ_retries = Counter(
             "contend_occ_retries", "OCC attempts retried after a version conflict.", registry=r
         )
@@ -308,6 +323,10 @@ class CleanupMetrics:
     def outcome(self, status: str, n: int = 1) -> None:
         """Count calls' terminal status."""
         self._outcome[status].value += n
+
+    def staging_waited(self, outcome: str, seconds: float) -> None:
+        """A call under the wait policy left staging (won, rejected, cancelled, error)."""
+        self.staging_wait_seconds.labels(outcome).observe(max(0.0, seconds))
 
     def handler_ran(self, strategy: str, seconds: float) -> None:
         self._latency[strategy].observe(seconds)

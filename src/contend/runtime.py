@@ -164,15 +164,29 @@ class Runtime:
             self.metrics.decorators_by_cleanup_strategy.labels(strategy).inc()
 
     def _on_window(
-        self, winner: ConflictResolutionOperation, entries: list[ConflictResolutionOperation]
+        self,
+        winner: ConflictResolutionOperation,
+        entries: list[ConflictResolutionOperation],
+        carried: list[ConflictResolutionOperation],
     ) -> None:
-        self.observe_window(winner, len(entries), (e.ecs_id for e in entries if e is not winner))
+        waiting = {id(c) for c in carried}
+        rejected = (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
+        self.observe_window(winner, len(entries), rejected, carried=len(carried))
 
     def observe_window(
-        self, winner: ConflictResolutionOperation, contenders: int, rejected_ids: Iterable[UUID]
+        self,
+        winner: ConflictResolutionOperation,
+        contenders: int,
+        rejected_ids: Iterable[UUID],
+        *,
+        carried: int = 0,
     ) -> None:
-        """A staging window held `contenders` calls: its size metric and one conflict event."""
+        """A staging window held `contenders` calls: its size metric and one conflict event;
+        `carried` of its losers wait for the next window (wait policy) instead of being
+        rejected."""
         self.metrics.staging_window_size.observe(contenders)
+        if carried:
+            self.metrics.staging_carried.inc(carried)
         if self.events.wants(OperationConflictEvent):
             event = OperationConflictEvent(
                 op_id=winner.ecs_id,

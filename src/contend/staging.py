@@ -24,8 +24,15 @@ log = logging.getLogger("contend.staging")
 _running_loop = asyncio.get_running_loop
 
 WindowObserver = Callable[
-    ["ConflictResolutionOperation", "list[ConflictResolutionOperation]"], None
+    [
+        "ConflictResolutionOperation",
+        "list[ConflictResolutionOperation]",
+        "list[ConflictResolutionOperation]",
+    ],
+    None,
 ]
+"""Told of every contested window: its winner, every call in it, and the losers carried into
+the target's next window (wait policy) instead of rejected."""
 
 
 class _Window:
@@ -42,6 +49,25 @@ class _Window:
         self.lost: Lost | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_fired = False
+
+
+class _Waiter:
+    """A call under the wait policy while it waits for its target (one per call, by record id).
+
+    `window` is the open window whose entries hold it; None once it won (`won`) or its deadline
+    passed (`lost`). `aged` counts the windows it lost, its priority bonus when a window is
+    decided (ageing: see `_pick_aged`); `winner` is the call it last lost to.
+    """
+
+    __slots__ = ("aged", "lost", "timer", "window", "winner", "won")
+
+    def __init__(self, window: _Window) -> None:
+        self.window: _Window | None = window
+        self.aged = 0
+        self.winner: ConflictResolutionOperation | None = None
+        self.won = False
+        self.lost: Lost | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
 
 @types.coroutine
@@ -64,15 +90,24 @@ def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
     return asyncio.current_task(loop)
 
 
+_eager_tasks: set[asyncio.Task[Any]] | None = getattr(asyncio.tasks, "_eager_tasks", None)
+"""From 3.12, the tasks running their first step eagerly (`eager_task_factory`), as they are
+created; absent before."""
+
+
 def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
     """True when nothing else is ready to run in this tick of a CPython event loop.
 
     A zero-length window holds the calls submitted in the same tick; when no other callback is
     queued, no other call can join, so the window may close without a trip through the loop.
-    Loops without the `_ready` queue (uvloop) always take the trip.
+    Loops without the `_ready` queue (uvloop) always take the trip, and so does a call made in
+    a task's eager first step (3.12's `eager_task_factory`): the task that created it is still
+    running and may create more calls in this tick.
     """
     ready = getattr(loop, "_ready", None)
-    return type(ready) is collections.deque and not ready
+    if type(ready) is not collections.deque or ready:
+        return False
+    return not _eager_tasks or current_task(loop) not in _eager_tasks
 
 
 def _pick_winner(entries: list[Staged]) -> ConflictResolutionOperation:
@@ -95,6 +130,27 @@ def _pick_winner(entries: list[Staged]) -> ConflictResolutionOperation:
     return best
 
 
+def _pick_aged(entries: list[Staged], waiting: dict[int, _Waiter]) -> ConflictResolutionOperation:
+    """`_pick_winner` where a waiting call counts one priority higher for each window it lost,
+    up to CRITICAL (10): a steady stream of higher priorities overtakes a waiter at most
+    ``10 - priority`` times, after which only calls staged before it can still win first."""
+    best: ConflictResolutionOperation | None = None
+    best_priority = 0
+    for skip_cancelling in (True, False):
+        for candidate, task, baseline in entries:
+            if skip_cancelling and task is not None and task.cancelling() > baseline:
+                continue
+            waiter = waiting.get(candidate.ecs_id.int)
+            priority = candidate.priority
+            if waiter is not None:
+                priority = min(10, priority + waiter.aged)
+            if priority > best_priority:
+                best, best_priority = candidate, priority
+        if best is not None:
+            return best
+    return entries[0][0]
+
+
 class LocalCoordinator:
     """Staging for the in-memory backend.
 
@@ -104,9 +160,13 @@ class LocalCoordinator:
     winner's release. Nothing polls: windows close on a timer, a tick or a release.
     """
 
+    supports_wait = True
+    """`acquire` takes a deadline: the wait conflict policy (see `acquire`)."""
+
     def __init__(self, on_window: WindowObserver | None = None) -> None:
         self._running: dict[int, ConflictResolutionOperation] = {}
         self._windows: dict[int, _Window] = {}
+        self._waiting: dict[int, _Waiter] = {}
         self.on_window = on_window
 
     def in_flight(self) -> int:
@@ -119,8 +179,12 @@ class LocalCoordinator:
                 "dropping staging state of %d target(s) from a stopped event loop",
                 self.in_flight(),
             )
+        for waiter in self._waiting.values():
+            if waiter.timer is not None:
+                waiter.timer.cancel()
         self._running.clear()
         self._windows.clear()
+        self._waiting.clear()
 
     def running(self, target_id: UUID) -> ConflictResolutionOperation | None:
         return self._running.get(target_id.int)
@@ -129,7 +193,16 @@ class LocalCoordinator:
         w = self._windows.get(target_id.int)
         return [e[0] for e in w.entries] if w is not None else []
 
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
+    async def acquire(
+        self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
+    ) -> Lost | None:
+        """None once `op` won its window and holds its target; `Lost` if it did not win.
+
+        With a `deadline` (the loop's clock, ``loop.time()``), a call that loses a window is
+        carried into the target's next window instead, ahead of later calls of equal priority,
+        one priority higher for each window it lost; at the deadline it leaves whatever window
+        it waits in and gets `Lost` naming the call holding the target.
+        """
         target = op.target_entity_id
         if target is None:
             return None
@@ -155,6 +228,8 @@ class LocalCoordinator:
             )
         task = current_task(loop)
         w.entries.append((op, task, task.cancelling() if task is not None else 0))
+        if deadline is not None:
+            return await self._wait(tid, w, op, deadline, loop)
         if w.fast:
             try:
                 await _yield_once()
@@ -200,19 +275,122 @@ class LocalCoordinator:
         entries = w.entries
         if not entries:
             return
-        best = _pick_winner(entries)
+        waiting = self._waiting
+        best = _pick_winner(entries) if not waiting else _pick_aged(entries, waiting)
         w.winner = best
+        carried: list[Staged] = []
         if len(entries) > 1:
-            w.lost = Lost(best, losers=[e for e in entries if e[0] is not best])
+            losers = [e for e in entries if e[0] is not best]
+            if waiting:
+                losers, carried = self._carry(tid, best, losers)
+            if losers:
+                w.lost = Lost(best, losers=losers)
+        if waiting:
+            waiter = waiting.pop(best.ecs_id.int, None)
+            if waiter is not None:
+                waiter.won = True
+                waiter.window = None
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
         self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():
                 fut.set_result(None)
         if len(entries) > 1 and self.on_window is not None:
             try:
-                self.on_window(best, [e[0] for e in entries])
+                self.on_window(best, [e[0] for e in entries], [e[0] for e in carried])
             except Exception:
                 log.exception("window observer failed for target %s", best.target_entity_id)
+
+    def _carry(
+        self, tid: int, best: ConflictResolutionOperation, losers: list[Staged]
+    ) -> tuple[list[Staged], list[Staged]]:
+        """Move the waiting losers of a window into the target's next window, in their order
+        (so ahead of any later call); returns (the losers left to reject, those carried)."""
+        waiting = self._waiting
+        carried = [e for e in losers if e[0].ecs_id.int in waiting]
+        if not carried:
+            return losers, carried
+        nxt = self._windows.get(tid)
+        if nxt is None:
+            nxt = self._windows[tid] = _Window(fast=False)
+        nxt.entries[:0] = carried
+        for e in carried:
+            waiter = waiting[e[0].ecs_id.int]
+            waiter.window = nxt
+            waiter.aged += 1
+            waiter.winner = best
+        return [e for e in losers if e[0].ecs_id.int not in waiting], carried
+
+    async def _wait(
+        self,
+        tid: int,
+        w: _Window,
+        op: ConflictResolutionOperation,
+        deadline: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Lost | None:
+        """`acquire` for a call under the wait policy, staged in `w`."""
+        oid = op.ecs_id.int
+        waiter = self._waiting[oid] = _Waiter(w)
+        waiter.timer = loop.call_at(deadline, self._expire, tid, op)
+        try:
+            if w.fast:
+                await _yield_once()
+                if not w.closed and waiter.lost is None:
+                    self._close(tid, w)
+            while not waiter.won and waiter.lost is None:
+                current = waiter.window
+                if current is None:
+                    raise RuntimeError(f"staging lost track of operation {op.ecs_id}")
+                fut = current.futures[oid] = loop.create_future()
+                await fut
+        except BaseException:
+            self._drop(tid, op, waiter)
+            raise
+        return waiter.lost
+
+    def _expire(self, tid: int, op: ConflictResolutionOperation) -> None:
+        """A waiting call's deadline: it leaves its window and loses to whoever holds the target."""
+        waiter = self._waiting.pop(op.ecs_id.int, None)
+        if waiter is None or waiter.window is None:
+            return
+        fut = self._leave(tid, waiter.window, op)
+        waiter.window = None
+        holder = self._running.get(tid) or waiter.winner
+        waiter.lost = Lost(
+            holder,
+            None
+            if holder is not None
+            else f"gave up waiting for target {op.target_entity_id} before its staging window"
+            " closed (max_wait_ms is shorter than staging_timeout_ms)",
+        )
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _leave(
+        self, tid: int, w: _Window, op: ConflictResolutionOperation
+    ) -> asyncio.Future[None] | None:
+        """Take `op` out of the open window `w` (dropping `w` once empty); returns its future."""
+        w.entries = [e for e in w.entries if e[0] is not op]
+        fut = w.futures.pop(op.ecs_id.int, None)
+        if not w.entries and self._windows.get(tid) is w:
+            if w.timer is not None:
+                w.timer.cancel()
+                w.timer = None
+            del self._windows[tid]
+        return fut
+
+    def _drop(self, tid: int, op: ConflictResolutionOperation, waiter: _Waiter) -> None:
+        """The caller of a waiting `op` was cancelled: nobody may be left waiting on it."""
+        self._waiting.pop(op.ecs_id.int, None)
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if waiter.won:
+            self.release(op)
+        elif waiter.window is not None:
+            self._leave(tid, waiter.window, op)
+            waiter.window = None
 
     def _abandon(self, tid: int, w: _Window, op: ConflictResolutionOperation) -> None:
         """The caller of `op` was cancelled while staged: nobody may be left waiting on it."""
