@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest bench clean redis-server
+.PHONY: demo test test-pythons lint types pytest bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ redis-server:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples noxfile.py
+	$(BIN)/ruff format --check src tests benchmarks examples noxfile.py
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -32,8 +32,12 @@ pytest: $(STAMP) redis-server
 
 test: lint types pytest
 
+# the suite again on every other CPython >= 3.11 on this machine (nox, in .nox/)
+test-pythons: $(STAMP) redis-server
+	$(BIN)/nox --sessions others
+
 bench: $(STAMP)
 	$(BIN)/contend bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .nox build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -54,7 +55,15 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self._coordinator = LocalCoordinator()
-        self._entities: dict[int, Entity] = {}
+        self._entities: dict[int, weakref.KeyedRef[int, Entity]] = {}
+        """Committed entities by id, held weakly: see `ensure_entity_now`."""
+        entities = self._entities
+
+        def forget(ref: weakref.KeyedRef[int, Entity]) -> None:
+            if entities.get(ref.key) is ref:
+                del entities[ref.key]
+
+        self._forget = forget
         self._ops: dict[int, ConflictResolutionOperation] = {}
         self._by_target: dict[int, dict[int, None]] = {}
         self._inflight: dict[int, float | None] = {}
@@ -83,13 +92,28 @@ class MemoryBackend:
         return self.ensure_entity_now(entity)
 
     def ensure_entity_now(self, entity: Entity) -> Entity:
-        """`ensure_entity` without a coroutine, for the decorator's hot path."""
-        return self._entities.setdefault(entity.ecs_id.int, entity)
+        """`ensure_entity` without a coroutine, for the decorator's hot path.
+
+        The registry holds an entity weakly: no longer than the application does, or a call
+        in flight on it (its frame holds it). Memory is the only place an in-memory entity's
+        committed state lives, so once nothing else holds the object nothing can read it
+        either; keeping it would only grow the registry by every entity ever passed.
+        """
+        key = entity.ecs_id.int
+        ref = self._entities.get(key)
+        if ref is not None:
+            found: Entity | None = ref()
+            if found is not None:
+                return found
+        self._entities[key] = weakref.KeyedRef(entity, self._forget, key)
+        return entity
 
     async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
-        return self._entities.get(entity_id.int)
+        ref = self._entities.get(entity_id.int)
+        return ref() if ref is not None else None
 
     def entity_count(self) -> int:
+        """Entities registered and still alive."""
         return len(self._entities)
 
     def forget_entity(self, entity_id: UUID) -> bool:
