@@ -577,3 +577,45 @@ async def test_a_nested_call_on_a_held_target_runs_inside_the_enclosing_call(
     assert slot.version == 1  # one commit: the nested call is part of the enclosing one
     assert runtime.backend.coordinator.in_flight() == 0  # type: ignore[attr-defined]
     assert await runtime.registry.operations_for_target(slot.ecs_id) == []
+
+
+@pytest.mark.parametrize("policy", ["reject", "wait"])
+@pytest.mark.parametrize("cancel_after_ticks", [0, 1, 2])
+async def test_a_contended_window_with_a_cancelled_caller_leaves_no_reference_cycle(
+    runtime: Runtime, policy: str, cancel_after_ticks: int
+) -> None:
+    """Tasks, records and errors of a window where one caller was cancelled are freed when
+    dropped, not left for the cycle collector (about 95 objects per call were)."""
+    import gc
+    import weakref
+
+    pre_ecs = PreECSConfig(conflict_policy=policy, max_wait_ms=1_000) if policy == "wait" else None
+
+    @with_conflict_resolution(pre_ecs=pre_ecs, cleanup="immediate")
+    async def touch(slot: Slot) -> int:
+        await asyncio.sleep(0)
+        slot.value += 1
+        return slot.value
+
+    async def window() -> list[weakref.ref[asyncio.Task[int]]]:
+        slot = Slot()
+        tasks = [asyncio.create_task(touch(slot)) for _ in range(5)]
+        for _ in range(cancel_after_ticks):
+            await asyncio.sleep(0)
+        tasks[2].cancel()
+        await asyncio.wait(tasks)
+        for t in tasks:
+            if not t.cancelled():
+                t.exception()
+        return [weakref.ref(t) for t in tasks]
+
+    await window()
+    gc.collect()
+    gc.disable()
+    try:
+        refs = await window()
+        await asyncio.sleep(0)
+        assert [r() for r in refs] == [None] * 5
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

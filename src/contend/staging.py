@@ -1,4 +1,10 @@
-"""Pre-ECS staging in one process: windows per target, highest priority wins, no polling."""
+"""Pre-ECS staging in one process: windows per target, highest priority wins, no polling.
+
+No reference cycle: a caller cancelled while staged raises through `acquire`'s frames, its
+exception's traceback keeps those frames and its task keeps the exception. A frame that still
+held the task, or a window (whose entries hold every caller's task), would make a cycle leaving
+the whole window's tasks, records and errors to the garbage collector; so they drop both first.
+"""
 
 from __future__ import annotations
 
@@ -229,12 +235,14 @@ class LocalCoordinator:
         task = current_task(loop)
         w.entries.append((op, task, task.cancelling() if task is not None else 0))
         if deadline is not None:
-            return await self._wait(tid, w, op, deadline, loop)
+            del w, task  # no cycle: see the module docstring
+            return await self._wait(tid, op, deadline, loop)
         if w.fast:
             try:
                 await _yield_once()
             except BaseException:
                 self._abandon(tid, w, op)
+                del w, task  # no cycle: see the module docstring
                 raise
             if not w.closed:
                 self._close(tid, w)
@@ -245,6 +253,7 @@ class LocalCoordinator:
                 await fut
             except BaseException:
                 self._abandon(tid, w, op)
+                del w, task, fut  # no cycle: see the module docstring
                 raise
         return None if w.winner is op else w.lost
 
@@ -325,15 +334,17 @@ class LocalCoordinator:
     async def _wait(
         self,
         tid: int,
-        w: _Window,
         op: ConflictResolutionOperation,
         deadline: float,
         loop: asyncio.AbstractEventLoop,
     ) -> Lost | None:
-        """`acquire` for a call under the wait policy, staged in `w`."""
+        """`acquire` for a call under the wait policy, just staged in the target's window."""
         oid = op.ecs_id.int
+        w = self._windows[tid]
         waiter = self._waiting[oid] = _Waiter(w)
         waiter.timer = loop.call_at(deadline, self._expire, tid, op)
+        current: _Window | None = None
+        fut: asyncio.Future[None] | None = None
         try:
             if w.fast:
                 await _yield_once()
@@ -347,6 +358,7 @@ class LocalCoordinator:
                 await fut
         except BaseException:
             self._drop(tid, op, waiter)
+            del w, waiter, current, fut  # no cycle: see the module docstring
             raise
         return waiter.lost
 
