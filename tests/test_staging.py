@@ -619,3 +619,36 @@ async def test_a_contended_window_with_a_cancelled_caller_leaves_no_reference_cy
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("held_first", [True, False])
+async def test_a_nested_call_on_a_held_and_an_unheld_entity_fails_at_once(
+    runtime: Runtime, held_first: bool
+) -> None:
+    """With the held entity as its primary target it used to wait on itself forever; with the
+    unheld one first, under OCC, its commit made the enclosing call conflict and each retry
+    committed it again (account 96, fees 4 after one withdraw). Now it raises before running,
+    and nothing is written."""
+    from contend import NestedCallError, OCCConfig
+
+    @with_conflict_resolution(occ=OCCConfig(max_retries=3, base_delay_ms=0))
+    async def charge_fee(a: Slot, b: Slot) -> None:
+        account, fees = (a, b) if held_first else (b, a)
+        account.value -= 1
+        fees.value += 1
+
+    account, fees = Slot(value=100), Slot()
+
+    @with_conflict_resolution(occ=OCCConfig(max_retries=3, base_delay_ms=0))
+    async def withdraw(account: Slot, amount: int) -> None:
+        account.value -= amount
+        await (charge_fee(account, fees) if held_first else charge_fee(fees, account))
+
+    with pytest.raises(NestedCallError, match="holds 1 of its 2 entities"):
+        await asyncio.wait_for(withdraw(account, 10), 2)
+    assert (account.value, fees.value) == (100, 0)
+    assert (account.version, fees.version) == (0, 0)
+    (record,) = await runtime.registry.zombies(account.ecs_id)
+    assert record.status is OperationStatus.FAILED
+    assert "NestedCallError" in (record.error_message or "")
+    assert runtime.backend.coordinator.in_flight() == 0  # type: ignore[attr-defined]

@@ -28,7 +28,7 @@ from contend.config import (
     PreECSConfig,
 )
 from contend.entity import Entity
-from contend.errors import ConfigurationError, OperationRejectedError
+from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
 from contend.events import OperationRejectedEvent, OperationStartedEvent
 from contend.occ import run_with_occ
 from contend.operations import ConflictResolutionOperation, OperationPriority, OperationStatus
@@ -96,6 +96,21 @@ class _Raise:
 def _holds_all(held: tuple[UUID, ...], passed: list[Entity]) -> bool:
     """Every entity of a call is held already (a helper, so `run` keeps no cell variable)."""
     return all(e.ecs_id in held for e in passed)
+
+
+def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: list[Entity]) -> None:
+    """A nested call sharing some entities with the enclosing call cannot be run safely."""
+    shared = [e.ecs_id for e in passed if e.ecs_id in held]
+    if shared:
+        others = [e.ecs_id for e in passed if e.ecs_id not in held]
+        raise NestedCallError(
+            f"{name} was called inside a protected call that holds {len(shared)} of its "
+            f"{len(passed)} entities ({', '.join(map(str, shared))}) but not "
+            f"{', '.join(map(str, others))}: a nested call joins the enclosing one only when "
+            "that one holds all its entities (staged on its own it would wait for the enclosing "
+            "call forever, or commit again on each OCC retry of it); pass the other entities "
+            "to the enclosing call too, or make this call outside it"
+        )
 
 
 def _let_go(
@@ -193,8 +208,10 @@ class _Protected(Generic[P, R]):
             # not kept in a local: a rejected call's traceback keeps this frame, and a frame
             # holding its own task is a reference cycle only the garbage collector can free
             held = holding.get(current_task(loop))  # type: ignore[arg-type]
-            if held is not None and _holds_all(held, passed):
-                return await self._run_joined(rt, priority, passed, args, kwargs)
+            if held is not None:
+                if _holds_all(held, passed):
+                    return await self._run_joined(rt, priority, passed, args, kwargs)
+                _refuse_partly_held(self.name, held, passed)
         committed = passed
         stale = False
         if passed:
