@@ -311,13 +311,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"contend serve is not available: {exc}", file=sys.stderr)
         return 2
-    base = f"http://{args.host}:{args.port}"
-    print(
-        f"serving {base}/metrics and {base}/healthz for this process's runtime (Ctrl-C to stop)",
-        file=sys.stderr,
-    )
+
+    async def serve() -> int:
+        try:
+            server = await http.start_server(args.host, args.port)
+        except OSError as exc:
+            print(
+                f"contend serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
+        port = server.sockets[0].getsockname()[1] if server.sockets else args.port
+        base = f"http://{args.host}:{port}"
+        print(
+            f"serving {base}/metrics and {base}/healthz for this process's runtime "
+            "(Ctrl-C to stop)",
+            file=sys.stderr,
+        )
+        async with server:
+            await server.serve_forever()
+        return 0
+
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(http.serve(args.host, args.port))
+        return asyncio.run(serve())
     return 0
 
 

@@ -345,6 +345,12 @@ class MemoryBackend:
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
         return {UUID(int=t): len(b) for t, b in self._zombies_by_target.items() if t >= 0}
 
+    def top_zombie_targets(self, n: int) -> tuple[dict[UUID, int], int]:
+        """The `n` targets with the most zombies, and how many targets have any."""
+        buckets = self._zombies_by_target
+        top = heapq.nlargest(n, ((len(b), t) for t, b in buckets.items() if t >= 0 and b))
+        return {UUID(int=t): c for c, t in top}, len(buckets) - (-1 in buckets)
+
     async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
         """The oldest zombie of each target (the overall oldest is among them)."""
         ops = self._ops
