@@ -104,7 +104,7 @@ class Runtime:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.events = EventBus()
         self.metrics = CleanupMetrics()
-        self.memory = MemoryPressureMonitor(memory_probe, time_source=self.clock.time)
+        self.memory = MemoryPressureMonitor(memory_probe, time_source=self._clock_time)
         self.cleanup = CleanupManager(self)
         self.registry = Registry(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,6 +117,10 @@ class Runtime:
         attach = getattr(self.backend, "attach", None)
         if attach is not None:
             attach(self)
+
+    def _clock_time(self) -> float:
+        """The clock in force now (a test may swap `clock` after the runtime is built)."""
+        return self.clock.time()
 
     def __repr__(self) -> str:
         return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
