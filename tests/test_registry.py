@@ -254,3 +254,25 @@ async def test_the_registry_holds_an_entity_no_longer_than_the_application_does(
     copy = Box(ecs_id=kept.ecs_id, version=kept.version, value=kept.value)
     assert await touch(copy) == 2  # a second instance of a held entity still meets the first
     assert kept.value == 2 and kept.version == 2
+
+
+async def test_registry_lookups_take_an_id_as_text(runtime: Runtime) -> None:
+    """A str id raised AttributeError."""
+
+    @with_conflict_resolution(cleanup=CleanupStrategy.NONE)
+    async def fail(box: Box) -> None:
+        raise ValueError("no")
+
+    box = Box()
+    with pytest.raises(ValueError):
+        await fail(box)
+    registry = runtime.registry
+    (op,) = await registry.zombies(str(box.ecs_id))
+    assert await registry.get_entity(str(box.ecs_id)) is box
+    assert (await registry.get_operation(str(op.ecs_id))) is op
+    assert await registry.operations_for_target(str(box.ecs_id)) == [op]
+    with pytest.raises(ValueError, match="op_id: not a UUID"):
+        await registry.get_operation("not-an-id")
+    with pytest.raises(TypeError, match="target_id"):
+        await registry.zombies(42)  # type: ignore[arg-type]
+    assert await registry.remove(str(op.ecs_id))
