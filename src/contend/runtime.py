@@ -173,9 +173,9 @@ class Runtime:
         entries: list[ConflictResolutionOperation],
         carried: list[ConflictResolutionOperation],
     ) -> None:
-        waiting = {id(c) for c in carried}
-        rejected = (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
-        self.observe_window(winner, len(entries), rejected, carried=len(carried))
+        self.observe_window(
+            winner, len(entries), _rejected_ids(winner, entries, carried), carried=len(carried)
+        )
 
     def observe_window(
         self,
@@ -207,6 +207,16 @@ class Runtime:
         """Stop the sweeper and release the backend's connections."""
         self.cleanup.stop()
         await self.backend.close()
+
+
+def _rejected_ids(
+    winner: ConflictResolutionOperation,
+    entries: list[ConflictResolutionOperation],
+    carried: list[ConflictResolutionOperation],
+) -> Iterator[UUID]:
+    """The ids of a window's rejected calls (read only when a conflict event is wanted)."""
+    waiting = {id(c) for c in carried}
+    yield from (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
 
 
 _default: Runtime | None = None

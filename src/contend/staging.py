@@ -149,7 +149,9 @@ def _pick_aged(entries: list[Staged], waiting: dict[int, _Waiter]) -> ConflictRe
             waiter = waiting.get(candidate.ecs_id.int)
             priority = candidate.priority
             if waiter is not None:
-                priority = min(10, priority + waiter.aged)
+                priority += waiter.aged
+                if priority > 10:
+                    priority = 10
             if priority > best_priority:
                 best, best_priority = candidate, priority
         if best is not None:
@@ -291,7 +293,7 @@ class LocalCoordinator:
         if len(entries) > 1:
             losers = [e for e in entries if e[0] is not best]
             if waiting:
-                losers, carried = self._carry(tid, best, losers)
+                losers, carried = self._carry(tid, w, best, losers)
             if losers:
                 w.lost = Lost(best, losers=losers)
         if waiting:
@@ -312,24 +314,35 @@ class LocalCoordinator:
                 log.exception("window observer failed for target %s", best.target_entity_id)
 
     def _carry(
-        self, tid: int, best: ConflictResolutionOperation, losers: list[Staged]
+        self, tid: int, w: _Window, best: ConflictResolutionOperation, losers: list[Staged]
     ) -> tuple[list[Staged], list[Staged]]:
-        """Move the waiting losers of a window into the target's next window, in their order
-        (so ahead of any later call); returns (the losers left to reject, those carried)."""
+        """Move the waiting losers of `w` into the target's next window, in their order (so
+        ahead of any later call), with the futures they sleep on: they are not woken for a
+        window they did not win. Returns (the losers left to reject, those carried)."""
         waiting = self._waiting
-        carried = [e for e in losers if e[0].ecs_id.int in waiting]
-        if not carried:
-            return losers, carried
-        nxt = self._windows.get(tid)
-        if nxt is None:
-            nxt = self._windows[tid] = _Window(fast=False)
-        nxt.entries[:0] = carried
-        for e in carried:
-            waiter = waiting[e[0].ecs_id.int]
+        left: list[Staged] = []
+        carried: list[Staged] = []
+        nxt: _Window | None = None
+        for e in losers:
+            oid = e[0].ecs_id.int
+            waiter = waiting.get(oid)
+            if waiter is None:
+                left.append(e)
+                continue
+            if nxt is None:
+                nxt = self._windows.get(tid)
+                if nxt is None:
+                    nxt = self._windows[tid] = _Window(fast=False)
+            carried.append(e)
+            fut = w.futures.pop(oid, None)
+            if fut is not None:
+                nxt.futures[oid] = fut
             waiter.window = nxt
             waiter.aged += 1
             waiter.winner = best
-        return [e for e in losers if e[0].ecs_id.int not in waiting], carried
+        if nxt is not None:
+            nxt.entries[:0] = carried
+        return left, carried
 
     async def _wait(
         self,
@@ -354,7 +367,9 @@ class LocalCoordinator:
                 current = waiter.window
                 if current is None:
                     raise RuntimeError(f"staging lost track of operation {op.ecs_id}")
-                fut = current.futures[oid] = loop.create_future()
+                fut = current.futures.get(oid)
+                if fut is None or fut.done():
+                    fut = current.futures[oid] = loop.create_future()
                 await fut
         except BaseException:
             self._drop(tid, op, waiter)
