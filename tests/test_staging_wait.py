@@ -9,8 +9,6 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from hypothesis import Phase, given, settings
-from hypothesis import strategies as st
 
 from contend import (
     CleanupConfig,
@@ -357,81 +355,3 @@ async def test_calls_created_in_one_tick_share_a_window_whatever_the_task_factor
         assert await work(acct, "alone") == "alone"  # an uncontended call still runs
     finally:
         loop.set_task_factory(None)
-
-
-# --- any interleaving --------------------------------------------------------------------
-
-call_plan = st.tuples(
-    st.integers(0, 1),  # target
-    st.sampled_from([LOW, NORMAL, HIGH, CRITICAL]),
-    st.integers(0, 3),  # ticks before submitting
-    st.integers(0, 3),  # ticks the body takes
-    st.sampled_from([None, 0, 1, 5, 1_000]),  # per-call max wait (None: the reject default)
-    st.one_of(st.none(), st.integers(0, 6)),  # cancel after this many ticks
-)
-
-
-@settings(max_examples=30, deadline=None, phases=[Phase.generate])
-@given(window_ms=st.sampled_from([0, 0, 2]), plans=st.lists(call_plan, min_size=1, max_size=10))
-def test_random_interleavings_with_waiters_keep_every_promise(
-    window_ms: int, plans: list[tuple[int, int, int, int, int | None, int | None]]
-) -> None:
-    """Waiters, rejecters, deadlines and cancellations mixed: every caller finishes, winners
-    never overlap, every record ends in the state its caller was told, nothing stays staged."""
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    accounts = [Account(), Account()]
-    running: dict[UUID, int] = defaultdict(int)
-    overlap: list[UUID] = []
-
-    @with_conflict_resolution(
-        pre_ecs=PreECSConfig(staging_timeout_ms=window_ms), cleanup=KEEP_EVERY_ZOMBIE, runtime=rt
-    )
-    async def work(acct: Account, ticks: int) -> None:
-        running[acct.ecs_id] += 1
-        if running[acct.ecs_id] > 1:
-            overlap.append(acct.ecs_id)
-        try:
-            await _ticks(ticks)
-        finally:
-            running[acct.ecs_id] -= 1
-
-    async def cancel_later(task: asyncio.Task[None], after: int) -> None:
-        await _ticks(after)
-        task.cancel()
-
-    async def scenario() -> list[object]:
-        tasks: list[asyncio.Task[None]] = []
-        helpers: list[asyncio.Task[None]] = []
-        for target, prio, before, body, wait, cancel_after in plans:
-            await _ticks(before)
-            call = work.with_priority(prio)
-            if wait is not None:
-                call = work.with_priority(prio).with_max_wait(wait)  # type: ignore[attr-defined]
-            task = asyncio.create_task(call(accounts[target], body))
-            tasks.append(task)
-            if cancel_after is not None:
-                helpers.append(asyncio.create_task(cancel_later(task, cancel_after)))
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
-        await asyncio.gather(*helpers)
-        await asyncio.sleep(0.002)
-        return results
-
-    results = asyncio.run(scenario())
-    assert overlap == []
-    assert rt.backend.coordinator.in_flight() == 0
-    assert rt.backend.coordinator._waiting == {}  # type: ignore[attr-defined]
-    records = [
-        op for a in accounts for op in asyncio.run(rt.registry.operations_for_target(a.ecs_id))
-    ]
-    assert all(op.is_terminal for op in records)
-    told = {
-        OperationStatus.CANCELLED: sum(isinstance(r, asyncio.CancelledError) for r in results),
-        OperationStatus.REJECTED: sum(isinstance(r, OperationRejectedError) for r in results),
-    }
-    for status, n in told.items():
-        assert sum(op.status is status for op in records) == n
-    assert all(
-        r is None or isinstance(r, (OperationRejectedError, asyncio.CancelledError))
-        for r in results
-    )
-    rt.cleanup.stop()
