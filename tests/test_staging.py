@@ -501,7 +501,7 @@ def test_random_interleavings_keep_every_promise(
                 await asyncio.sleep(0)
             call = work.with_priority(prio)
             if max_wait is not None:
-                call = call.with_max_wait(max_wait)  # type: ignore[attr-defined]
+                call = call.with_max_wait(max_wait)
             task = asyncio.create_task(call(slots[target], body))
             tasks.append(task)
             if cancel_after is not None:

@@ -66,9 +66,12 @@ class ConflictResolved(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def with_priority(self, priority: int) -> Callable[P, R_co]: ...
+    def with_priority(self, priority: int) -> ConflictResolved[P, R_co]: ...
 
-    def with_max_wait(self, max_wait_ms: float) -> Callable[P, R_co]: ...
+    def with_max_wait(self, max_wait_ms: float) -> ConflictResolved[P, R_co]:
+        """The same function, waiting up to `max_wait_ms` for its target (0: rejected at once
+        on losing), whatever the configured conflict policy."""
+        ...
 
 
 class _Raise:
@@ -750,6 +753,8 @@ def _bound(
         call = call_sync
     functools.update_wrapper(call, protected.fn)
     _add_overrides(call, protected, priority, wait)
+    setattr(call, "conflict_config", protected.config)  # noqa: B010
+    setattr(call, "priority", priority)  # noqa: B010
     return call
 
 

@@ -8,7 +8,7 @@ import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from contend.backends.memory import MemoryBackend
@@ -171,11 +171,13 @@ class Runtime:
         self,
         winner: ConflictResolutionOperation,
         entries: list[ConflictResolutionOperation],
-        carried: list[ConflictResolutionOperation],
+        carried: Sequence[ConflictResolutionOperation] = (),
     ) -> None:
-        self.observe_window(
-            winner, len(entries), _rejected_ids(winner, entries, carried), carried=len(carried)
-        )
+        if carried:
+            rejected = _rejected_ids(winner, entries, carried)
+        else:
+            rejected = (e.ecs_id for e in entries if e is not winner)
+        self.observe_window(winner, len(entries), rejected, carried=len(carried))
 
     def observe_window(
         self,
@@ -212,7 +214,7 @@ class Runtime:
 def _rejected_ids(
     winner: ConflictResolutionOperation,
     entries: list[ConflictResolutionOperation],
-    carried: list[ConflictResolutionOperation],
+    carried: Sequence[ConflictResolutionOperation],
 ) -> Iterator[UUID]:
     """The ids of a window's rejected calls (read only when a conflict event is wanted)."""
     waiting = {id(c) for c in carried}

@@ -13,7 +13,7 @@ import collections
 import logging
 import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -33,7 +33,7 @@ WindowObserver = Callable[
     [
         "ConflictResolutionOperation",
         "list[ConflictResolutionOperation]",
-        "list[ConflictResolutionOperation]",
+        "Sequence[ConflictResolutionOperation]",
     ],
     None,
 ]
@@ -286,32 +286,43 @@ class LocalCoordinator:
         entries = w.entries
         if not entries:
             return
-        waiting = self._waiting
-        best = _pick_winner(entries) if not waiting else _pick_aged(entries, waiting)
-        w.winner = best
-        carried: list[Staged] = []
-        if len(entries) > 1:
-            losers = [e for e in entries if e[0] is not best]
-            if waiting:
-                losers, carried = self._carry(tid, w, best, losers)
-            if losers:
-                w.lost = Lost(best, losers=losers)
-        if waiting:
-            waiter = waiting.pop(best.ecs_id.int, None)
-            if waiter is not None:
-                waiter.won = True
-                waiter.window = None
-                if waiter.timer is not None:
-                    waiter.timer.cancel()
+        carried: Sequence[ConflictResolutionOperation] = ()
+        if self._waiting:
+            best, carried = self._decide_waiting(tid, w)
+        else:
+            best = w.winner = _pick_winner(entries)
+            if len(entries) > 1:
+                w.lost = Lost(best, losers=[e for e in entries if e[0] is not best])
         self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():
                 fut.set_result(None)
         if len(entries) > 1 and self.on_window is not None:
             try:
-                self.on_window(best, [e[0] for e in entries], [e[0] for e in carried])
+                self.on_window(best, [e[0] for e in entries], carried)
             except Exception:
                 log.exception("window observer failed for target %s", best.target_entity_id)
+
+    def _decide_waiting(
+        self, tid: int, w: _Window
+    ) -> tuple[ConflictResolutionOperation, list[ConflictResolutionOperation]]:
+        """`_close`'s decision when calls wait: aged priorities pick the winner, the waiting
+        losers are carried, the others lose; returns the winner and the calls carried."""
+        entries = w.entries
+        waiting = self._waiting
+        best = w.winner = _pick_aged(entries, waiting)
+        carried: list[Staged] = []
+        if len(entries) > 1:
+            losers, carried = self._carry(tid, w, best, [e for e in entries if e[0] is not best])
+            if losers:
+                w.lost = Lost(best, losers=losers)
+        waiter = waiting.pop(best.ecs_id.int, None)
+        if waiter is not None:
+            waiter.won = True
+            waiter.window = None
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+        return best, [e[0] for e in carried]
 
     def _carry(
         self, tid: int, w: _Window, best: ConflictResolutionOperation, losers: list[Staged]

@@ -37,6 +37,8 @@ _FIRST = itemgetter(0)
 _POP = cast("Callable[[dict[int, Any], int, object], Any]", dict.pop)
 _GET = cast("Callable[[dict[int, Any], int], Any]", dict.get)
 _ABSENT: Any = object()
+_NO_REF: Any = type(None)
+"""Called like a dead weak reference: returns None."""
 
 
 class MemoryBackend:
@@ -100,11 +102,9 @@ class MemoryBackend:
         either; keeping it would only grow the registry by every entity ever passed.
         """
         key = entity.ecs_id.int
-        ref = self._entities.get(key)
-        if ref is not None:
-            found: Entity | None = ref()
-            if found is not None:
-                return found
+        found: Entity | None = self._entities.get(key, _NO_REF)()
+        if found is not None:
+            return found
         self._entities[key] = weakref.KeyedRef(entity, self._forget, key)
         return entity
 
