@@ -355,3 +355,19 @@ async def test_calls_created_in_one_tick_share_a_window_whatever_the_task_factor
         assert await work(acct, "alone") == "alone"  # an uncontended call still runs
     finally:
         loop.set_task_factory(None)
+
+
+async def test_the_readme_bank_example_runs_and_waiting_gets_every_transfer_through(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "waiting_transfers.py"
+    spec = importlib.util.spec_from_file_location("waiting_transfers_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setattr(example, "TRANSFERS", 800)
+    assert await example.run(ConflictPolicy.REJECT) == (40, 760, 4_000)
+    assert await example.run(ConflictPolicy.WAIT) == (800, 0, 4_000)
