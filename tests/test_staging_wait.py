@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -38,6 +39,9 @@ LOW, NORMAL, HIGH, CRITICAL = (
     OperationPriority.HIGH,
     OperationPriority.CRITICAL,
 )
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "waiting_transfers.py"
 
 
 class Account(Entity):
@@ -260,7 +264,7 @@ async def test_waiting_in_a_timed_window(runtime: Runtime) -> None:
     order: list[str] = []
 
     @with_conflict_resolution(
-        pre_ecs=PreECSConfig(staging_timeout_ms=5, conflict_policy="wait", max_wait_ms=2_000),
+        pre_ecs=PreECSConfig(staging_timeout_ms=50, conflict_policy="wait", max_wait_ms=5_000),
         cleanup="immediate",
     )
     async def work(acct: Account, name: str) -> None:
@@ -269,7 +273,7 @@ async def test_waiting_in_a_timed_window(runtime: Runtime) -> None:
 
     acct = Account()
     tasks = [asyncio.create_task(work(acct, "a"))]
-    await asyncio.sleep(0.001)
+    await _ticks(2)
     tasks.append(asyncio.create_task(work.with_priority(HIGH)(acct, "b")))
     tasks.append(asyncio.create_task(work(acct, "c")))
     await asyncio.gather(*tasks)
@@ -361,10 +365,8 @@ async def test_the_readme_bank_example_runs_and_waiting_gets_every_transfer_thro
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "waiting_transfers.py"
-    spec = importlib.util.spec_from_file_location("waiting_transfers_example", path)
+    spec = importlib.util.spec_from_file_location("waiting_transfers_example", EXAMPLE)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
