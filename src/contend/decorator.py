@@ -672,29 +672,9 @@ def with_conflict_resolution(
                 "function that returns its result (collect the items into a list)",
             )
         protected: _Protected[P, R] = _Protected(fn, resolved, default_priority, runtime)
-        wrapper: Callable[..., Any]
-
-        if protected.is_async:
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                result = await protected.run(protected.priority, protected.max_wait, args, kwargs)
-                if type(result) is _Raise:
-                    raise result.take()
-                return result
-
-            wrapper = async_wrapper
-        else:
-
-            @functools.wraps(fn)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return _run_sync(protected, protected.priority, protected.max_wait, args, kwargs)
-
-            wrapper = sync_wrapper
-        _add_overrides(wrapper, protected, default_priority, protected.max_wait)
-        setattr(wrapper, "conflict_config", resolved)  # noqa: B010
-        setattr(wrapper, "priority", default_priority)  # noqa: B010
-        return cast("ConflictResolved[P, R]", wrapper)
+        return cast(
+            "ConflictResolved[P, R]", _bound(protected, default_priority, protected.max_wait)
+        )
 
     if func is not None:
         return decorate(func)
@@ -735,6 +715,8 @@ def _add_overrides(
 def _bound(
     protected: _Protected[Any, Any], priority: int, wait: float | None
 ) -> Callable[..., Any]:
+    """The decorated function as callers see it, with its priority and wait (ms, None: reject)
+    for every call, and `with_priority` / `with_max_wait` to change either."""
     call: Callable[..., Any]
     if protected.is_async:
 
