@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint types pytest bench clean redis-server console-tools
+.PHONY: demo test test-pythons lint types pytest bench clean redis-server console-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,8 @@ console-tools:
 	    --no-install-recommends $$missing >/dev/null; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples ops
-	$(BIN)/ruff format --check src tests benchmarks examples ops
+	$(BIN)/ruff check src tests benchmarks examples ops noxfile.py
+	$(BIN)/ruff format --check src tests benchmarks examples ops noxfile.py
 
 types: $(STAMP)
 	$(BIN)/mypy
@@ -45,8 +45,12 @@ pytest: $(STAMP) redis-server console-tools
 
 test: lint types pytest
 
+# the suite again on every other CPython >= 3.11 on this machine (nox, in .nox/)
+test-pythons: $(STAMP) redis-server console-tools
+	$(BIN)/nox --sessions others
+
 bench: $(STAMP)
 	$(BIN)/contend bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .nox build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

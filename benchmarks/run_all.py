@@ -31,6 +31,7 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("cleanup_cost", "cleanup cost per strategy, deferred sweep at 100k vs 1M"),
     ("record_memory", "memory per retained record"),
     ("rss_calls", "RSS over 1M calls"),
+    ("fresh_entities", "RSS over calls on fresh entities"),
     ("redis_throughput", "Redis backend throughput"),
     ("instructions", "instructions per call, counted by valgrind"),
     ("soak", "soak run"),

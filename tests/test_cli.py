@@ -170,3 +170,17 @@ def test_demo_draws_no_progress_bar_into_a_pipe(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr
     assert "money check passed" in done.stdout
+
+
+def test_serve_on_a_busy_port_says_so_without_claiming_to_serve() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = _contend("serve", "--port", str(port), timeout=30)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "serving" not in done.stderr
+    assert "Traceback" not in done.stderr

@@ -168,7 +168,8 @@ def _config(**kwargs: Any) -> ConflictResolutionConfig:
         ),
         ({"mode": "none"}, M.NONE, False, False),
         ({"mode": M.BOTH}, M.BOTH, True, True),
-        ({"mode": M.OCC, "pre_ecs": True}, M.OCC, False, True),
+        ({"mode": M.OCC, "pre_ecs": False}, M.OCC, False, True),
+        ({"mode": M.BOTH, "occ": OCCConfig(max_retries=7)}, M.BOTH, True, True),
     ],
 )
 def test_decorator_flags_and_mode_agree(
@@ -181,9 +182,83 @@ def test_decorator_flags_and_mode_agree(
 
 
 def test_explicit_mode_keeps_the_other_settings() -> None:
-    config = _config(mode="both", occ=OCCConfig(enabled=False, max_retries=7))
+    config = _config(mode="both", occ=OCCConfig(max_retries=7))
     assert config.occ.enabled
     assert config.occ.max_retries == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"mode": "none", "occ": True}, "occ"),
+        ({"mode": "occ", "pre_ecs": PreECSConfig(enabled=True)}, "pre_ecs"),
+        ({"mode": "occ", "pre_ecs": True}, "pre_ecs"),
+        ({"mode": "both", "occ": OCCConfig(enabled=False, max_retries=7)}, "occ"),
+        ({"mode": "pre_ecs", "occ": {"max_retries": 2}}, "occ"),
+    ],
+)
+def test_a_mode_contradicting_a_flag_is_an_error(kwargs: dict[str, Any], field: str) -> None:
+    """An explicit mode and a flag that says the opposite: one of them would be dropped."""
+    with pytest.raises(ConfigurationError) as info:
+        _config(**kwargs)
+    assert info.value.field == field
+    assert str(kwargs["mode"]) in str(info.value)
+    with pytest.raises(ValueError, match=field):
+        ConflictResolutionConfig(**kwargs)
+
+
+def test_cleanup_given_as_a_dict_is_read_like_occ_and_pre_ecs() -> None:
+    config = _config(cleanup={"strategy": "lazy", "retention_minutes": 5})
+    assert config.cleanup == CleanupConfig(strategy=CleanupStrategy.LAZY, retention_minutes=5)
+    with pytest.raises(ConfigurationError) as info:
+        _config(cleanup={"strategy": "lazy", "retention_minutes": 5000})
+    assert info.value.field == "cleanup.retention_minutes"
+    with pytest.raises(ConfigurationError) as info:
+        _config(cleanup={"retention": 5})
+    assert info.value.field == "cleanup.retention"
+
+
+# --- what the legacy framework's users write -------------------------------------------------
+
+
+def test_legacy_pre_ecs_priority_is_the_default_priority() -> None:
+    @with_conflict_resolution(
+        runtime=Runtime(), pre_ecs=PreECSConfig(priority=OperationPriority.CRITICAL)
+    )
+    async def f(box: Box) -> None:
+        return None
+
+    assert f.priority == 10
+    assert f.conflict_config.pre_ecs.priority == 10
+    assert _config(pre_ecs={"priority": 2}, priority=2).pre_ecs.priority == 2
+
+
+def test_a_priority_given_twice_with_different_values_is_an_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        _config(pre_ecs=PreECSConfig(priority=8), priority=OperationPriority.LOW)
+    assert info.value.field == "priority"
+    assert "8" in str(info.value) and "2" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, 11, True, 5.5])
+def test_pre_ecs_priority_is_range_checked(bad: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        PreECSConfig(priority=bad)
+    assert info.value.errors()[0]["loc"] == ("priority",)
+
+
+def test_legacy_occ_field_names_are_accepted_and_others_explained() -> None:
+    config = OCCConfig(version_field="version", modified_field="last_modified", max_retries=5)
+    assert config.max_retries == 5
+    with pytest.raises(ValidationError, match="version_field must be 'version'"):
+        OCCConfig(version_field="revision")
+    with pytest.raises(ValidationError, match="modified_field"):
+        OCCConfig(modified_field="updated_at")
+
+
+def test_a_fractional_staging_timeout_is_accepted() -> None:
+    assert PreECSConfig(staging_timeout_ms=2.5).staging_timeout_ms == 2.5
+    assert PreECSConfig(staging_timeout_ms=10).staging_timeout_ms == 10
 
 
 def test_whole_config_is_used_as_given() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+from collections import defaultdict, deque
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -510,3 +512,82 @@ async def test_a_loser_cancelled_before_it_resumes_ends_cancelled_once(runtime: 
     assert _metric(runtime, "contend_removals_total", reason="immediate") == 2
     assert _metric(runtime, "contend_operations_total", outcome="cancelled") == 1
     assert _metric(runtime, "contend_operations_total", outcome="rejected") == 1
+
+
+# --- quietly wrong, no more -------------------------------------------------------------------
+
+
+def test_a_generator_function_is_refused_at_decoration() -> None:
+    """An async generator used to be accepted: inside a loop it got a misleading "sync
+    function" error, outside one it ran unprotected and still bumped the version."""
+    from contend import ConfigurationError
+
+    async def agen(box: Box):  # type: ignore[no-untyped-def]
+        yield box
+
+    def gen(box: Box):  # type: ignore[no-untyped-def]
+        yield box
+
+    for fn in (agen, gen):
+        with pytest.raises(ConfigurationError) as info:
+            with_conflict_resolution()(fn)
+        assert info.value.field == "func"
+        assert "generator" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda b: defaultdict(list, {"k": b}), id="defaultdict"),
+        pytest.param(lambda b: Pair(b, 1), id="namedtuple"),
+        pytest.param(lambda b: Fields(b, 1), id="tuple-subclass"),
+        pytest.param(lambda b: deque([b], maxlen=3), id="deque"),
+        pytest.param(lambda b: [b], id="list"),
+    ],
+)
+async def test_entities_in_any_container_are_guarded_under_occ(
+    runtime: Runtime, wrap: Callable[[Box], Any]
+) -> None:
+    """A defaultdict or tuple subclass holding an entity failed under OCC with `TypeError: first
+    argument must be callable or None`; a deque of entities was silently unprotected."""
+    from contend import OCCConfig
+
+    seen: list[Any] = []
+
+    @with_conflict_resolution(occ=OCCConfig())
+    async def bump(holder: Any) -> None:
+        seen.append(holder)
+        for b in _boxes(holder):
+            b.value += 1
+
+    box = Box()
+    holder = wrap(box)
+    await bump(holder)
+    assert box.value == 1 and box.version == 1
+    assert type(seen[0]) is type(holder)
+    assert seen[0] is not holder  # the call ran on a working copy, inside a container like it
+    if isinstance(holder, deque):
+        assert seen[0].maxlen == 3
+    if isinstance(holder, defaultdict):
+        assert seen[0].default_factory is list
+    results = await asyncio.gather(bump(holder), bump(holder), return_exceptions=True)
+    assert sum(isinstance(r, OperationRejectedError) for r in results) == 1  # staged together
+
+
+class Pair(NamedTuple):
+    box: Box
+    n: int
+
+
+class Fields(tuple):  # type: ignore[type-arg]
+    def __new__(cls, box: Box, n: int) -> Fields:
+        return super().__new__(cls, (box, n))
+
+    @property
+    def box(self) -> Box:
+        return self[0]  # type: ignore[no-any-return]
+
+
+def _boxes(holder: Any) -> list[Box]:
+    values = holder.values() if isinstance(holder, dict) else holder
+    return [v for v in values if isinstance(v, Box)]

@@ -226,3 +226,93 @@ async def test_a_handler_in_progress_counts_as_an_active_cleanup_task(runtime: R
     done = await cleanup_system_health_check(runtime)
     assert done["active_cleanup_tasks"] == 0
     assert done["total_zombie_operations"] == 0
+
+
+async def test_health_recovers_once_failures_are_older_than_the_window(
+    runtime: Runtime, clock: FakeClock
+) -> None:
+    """One handler failure used to keep /healthz at 503 for the life of the process, even once
+    the record was removed and clean calls followed."""
+    broken = [True]
+
+    class Flaky(CleanupHandler):
+        async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+            if broken[0]:
+                raise OSError("audit store unreachable")
+            await self.remove(operation)
+
+    CleanupHandlerRegistry.register("health-test-recovers", Flaky)
+    try:
+        fail = failing(
+            CleanupConfig(
+                strategy=CleanupStrategy.CUSTOM, custom_cleanup_handler="health-test-recovers"
+            )
+        )
+        with pytest.raises(ValueError):
+            await fail(Account())
+        (kept,) = await runtime.registry.zombies()
+        assert (await cleanup_system_health_check(runtime))["status"] == "unhealthy"
+        assert await runtime.registry.remove(kept.ecs_id)
+        broken[0] = False
+        for _ in range(50):
+            with pytest.raises(ValueError):
+                await fail(Account())
+        clock.advance(minutes=4)
+        assert (await cleanup_system_health_check(runtime))["status"] == "unhealthy"
+        clock.advance(minutes=1, seconds=1)
+        report = await cleanup_system_health_check(runtime)
+        assert report["status"] == "healthy", report["issues"]
+        assert report["failed_cleanup_handlers"] == {}
+        assert report["failed_cleanup_handlers_total"] == {"health-test-recovers": 1}
+        assert report["cleanup_failure_rate"] == 0.0
+        narrow = await cleanup_system_health_check(runtime, failure_window_seconds=3_600)
+        assert narrow["status"] == "unhealthy"
+    finally:
+        CleanupHandlerRegistry.unregister("health-test-recovers")
+
+
+async def test_the_per_target_list_can_be_capped(runtime: Runtime) -> None:
+    fail = failing()
+    accounts = [Account() for _ in range(5)]
+    for i, acct in enumerate(accounts):
+        for _ in range(i + 1):
+            with pytest.raises(ValueError):
+                await fail(acct)
+    full = await cleanup_system_health_check(runtime)
+    assert len(full["zombie_counts_by_target"]) == 5
+    assert full["zombie_targets"] == 5 and not full["zombie_counts_truncated"]
+    top = await cleanup_system_health_check(runtime, max_targets=2)
+    assert top["zombie_counts_by_target"] == {
+        str(accounts[4].ecs_id): 5,
+        str(accounts[3].ecs_id): 4,
+    }
+    assert top["zombie_targets"] == 5 and top["zombie_counts_truncated"]
+    none = await cleanup_system_health_check(runtime, max_targets=0)
+    assert none["zombie_counts_by_target"] == {} and none["total_zombie_operations"] == 15
+    with pytest.raises(ValueError, match="max_targets"):
+        await cleanup_system_health_check(runtime, max_targets=-1)
+
+
+async def test_a_handler_that_removes_the_record_then_raises_is_logged_truthfully(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    class RemovesThenRaises(CleanupHandler):
+        async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+            await self.remove(operation)
+            raise OSError("audit write failed after removal")
+
+    CleanupHandlerRegistry.register("health-test-removes", RemovesThenRaises)
+    try:
+        fail = failing(
+            CleanupConfig(
+                strategy=CleanupStrategy.CUSTOM, custom_cleanup_handler="health-test-removes"
+            )
+        )
+        with pytest.raises(ValueError):
+            await fail(Account())
+    finally:
+        CleanupHandlerRegistry.unregister("health-test-removes")
+    assert runtime.backend.zombie_count == 0
+    (message,) = [r.getMessage() for r in caplog.records if "audit write failed" in r.getMessage()]
+    assert "the record had already been removed" in message
+    assert "the record is kept" not in message

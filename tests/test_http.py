@@ -63,6 +63,7 @@ async def call(
 ) -> tuple[int, dict[str, str], bytes]:
     """Drive the app the way an ASGI server does."""
     sent: list[dict[str, Any]] = []
+    path, _, query = path.partition("?")
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -71,7 +72,7 @@ async def call(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": root_path,
         "headers": [(b"host", b"test")],
     }
@@ -317,3 +318,25 @@ async def test_start_server_on_any_port_and_reject_garbage(runtime: Runtime) -> 
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_healthz_lists_the_targets_with_most_zombies_only(runtime: Runtime) -> None:
+    """20,000 targets with zombies made an 860 KB body; /healthz lists 100 unless asked."""
+
+    @with_conflict_resolution(cleanup=CleanupConfig(strategy=CleanupStrategy.NONE))
+    async def fail(acct: Account) -> None:
+        raise ValueError("boom")
+
+    for _ in range(150):
+        with pytest.raises(ValueError):
+            await fail(Account())
+    app = make_app(runtime)
+    report = json.loads((await call(app, "/healthz"))[2])
+    assert len(report["zombie_counts_by_target"]) == 100
+    assert report["zombie_targets"] == 150 and report["zombie_counts_truncated"]
+    assert report["total_zombie_operations"] == 150
+    assert json.loads((await call(app, "/healthz?targets=0"))[2])["zombie_counts_by_target"] == {}
+    every = json.loads((await call(app, "/healthz?targets=all"))[2])
+    assert len(every["zombie_counts_by_target"]) == 150
+    status, _, body = await call(app, "/healthz?targets=lots")
+    assert status == 400 and b"targets" in body

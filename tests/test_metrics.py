@@ -237,6 +237,44 @@ def test_record_cleanup_operation_as_the_design_calls_it() -> None:
     )
 
 
+DESIGN_METRICS = {
+    "operations_cleaned_by_strategy": ("strategy", "contend_operations_cleaned_total"),
+    "cleanup_latency_by_strategy": ("strategy", "contend_cleanup_latency_seconds_sum"),
+    "cleanup_failures_by_strategy": ("strategy", "contend_cleanup_failures_total"),
+    "current_zombie_count_by_target": ("target_type", "contend_zombie_operations"),
+    "decorators_by_cleanup_strategy": ("strategy", "contend_decorators"),
+    "custom_cleanup_handlers_used": ("handler_name", "contend_custom_cleanup_handler_calls_total"),
+}
+
+
+@pytest.mark.parametrize("attribute", sorted(DESIGN_METRICS))
+def test_every_design_metric_takes_labels_as_prometheus_client_and_the_design_do(
+    attribute: str,
+) -> None:
+    """`.labels(strategy="lazy")` raised TypeError on some of them, and the design's
+    `.inc(labels={...})` / `.observe(x, labels={...})` on all of them."""
+    metrics = CleanupMetrics()
+    label, sample = DESIGN_METRICS[attribute]
+    metric = getattr(metrics, attribute)
+    get = metrics.registry.get_sample_value
+    record = "observe" if attribute == "cleanup_latency_by_strategy" else "inc"
+    getattr(metric.labels(**{label: "lazy"}), record)(2.0)
+    getattr(metric.labels("lazy"), record)(1.0)
+    getattr(metric, record)(0.5, labels={label: "lazy"})
+    assert get(sample, {label: "lazy"}) == pytest.approx(3.5)
+    with pytest.raises(ValueError):
+        metric.labels(nonsense="lazy")
+
+
+def test_the_unlabelled_design_metrics_take_inc() -> None:
+    metrics = CleanupMetrics()
+    metrics.memory_pressure_triggered_cleanups.inc()
+    metrics.force_cleanup_triggered.inc(3)
+    get = metrics.registry.get_sample_value
+    assert get("contend_memory_pressure_cleanups_total", {}) == 1
+    assert get("contend_force_cleanups_total", {}) == 3
+
+
 async def test_two_runtimes_keep_separate_metrics() -> None:
     one = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
     two = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)

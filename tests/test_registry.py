@@ -205,3 +205,74 @@ async def test_pending_calls_show_up_as_conflicting(runtime: Runtime) -> None:
     assert [op.ecs_id for op in await reg.conflicting_operations(executing)] == [pending.ecs_id]
     gate.set()
     await asyncio.gather(first, second)
+
+
+async def test_the_registry_holds_an_entity_no_longer_than_the_application_does(
+    runtime: Runtime,
+) -> None:
+    """Many calls on fresh entities the caller then drops: the registry must not keep them all
+    (it did: every entity ever passed, +185 MiB over 300,000). One the application still holds,
+    or a call in flight holds, stays registered and keeps its committed state."""
+    import gc
+    import weakref
+
+    gate = asyncio.Event()
+
+    @with_conflict_resolution(cleanup="immediate")
+    async def touch(box: Box, wait: bool = False) -> int:
+        if wait:
+            await gate.wait()
+        box.value += 1
+        return box.value
+
+    backend = runtime.backend
+    kept = Box()
+    await touch(kept)
+    samples: list[weakref.ref[Box]] = []
+    gc.disable()
+    try:
+        for i in range(5_000):
+            fresh = Box()
+            if i % 500 == 0:
+                samples.append(weakref.ref(fresh))
+            assert await touch(fresh) == 1
+        del fresh
+        assert [s() for s in samples] == [None] * len(samples)
+        assert backend.entity_count() == 1  # type: ignore[attr-defined]
+        assert await runtime.registry.get_entity(kept.ecs_id) is kept
+        assert kept.value == 1
+
+        in_flight = asyncio.create_task(touch(Box(), True))
+        await asyncio.sleep(0)
+        assert backend.entity_count() == 2  # type: ignore[attr-defined]
+        gate.set()
+        assert await in_flight == 1
+        del in_flight
+        assert backend.entity_count() == 1  # type: ignore[attr-defined]
+    finally:
+        gc.enable()
+    copy = Box(ecs_id=kept.ecs_id, version=kept.version, value=kept.value)
+    assert await touch(copy) == 2  # a second instance of a held entity still meets the first
+    assert kept.value == 2 and kept.version == 2
+
+
+async def test_registry_lookups_take_an_id_as_text(runtime: Runtime) -> None:
+    """A str id raised AttributeError."""
+
+    @with_conflict_resolution(cleanup=CleanupStrategy.NONE)
+    async def fail(box: Box) -> None:
+        raise ValueError("no")
+
+    box = Box()
+    with pytest.raises(ValueError):
+        await fail(box)
+    registry = runtime.registry
+    (op,) = await registry.zombies(str(box.ecs_id))
+    assert await registry.get_entity(str(box.ecs_id)) is box
+    assert (await registry.get_operation(str(op.ecs_id))) is op
+    assert await registry.operations_for_target(str(box.ecs_id)) == [op]
+    with pytest.raises(ValueError, match="op_id: not a UUID"):
+        await registry.get_operation("not-an-id")
+    with pytest.raises(TypeError, match="target_id"):
+        await registry.zombies(42)  # type: ignore[arg-type]
+    assert await registry.remove(str(op.ecs_id))

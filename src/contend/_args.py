@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections import deque
 from typing import Any
 from uuid import UUID
 
@@ -9,12 +11,12 @@ from contend.entity import Entity
 
 __all__ = ["find_entities", "substitute"]
 
-_CONTAINERS = (list, tuple, set, frozenset, dict)
+_CONTAINERS = (list, tuple, set, frozenset, dict, deque)
 
 
 def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]:
-    """Every Entity in the arguments (also inside lists, tuples, sets and dict values), first
-    occurrence of each id, in order."""
+    """Every Entity in the arguments (also inside lists, tuples, sets, deques and dict values,
+    their subclasses included), first occurrence of each id, in order."""
     if not kwargs and len(args) <= 2:
         first = args[0] if args else None
         if isinstance(first, Entity) and (len(args) == 1 or _plain(args[1])):
@@ -55,23 +57,51 @@ def _collect(obj: Any, found: dict[int, Entity]) -> None:
 
 def substitute(obj: Any, by_id: dict[UUID, Entity]) -> Any:
     """`obj` with each Entity whose id is in `by_id` replaced by that instance (containers rebuilt
-    only where something inside changed)."""
+    only where something inside changed, as the same type: a defaultdict keeps its factory, a
+    tuple subclass or namedtuple its class, a deque its maxlen)."""
     if isinstance(obj, Entity):
         return by_id.get(obj.ecs_id, obj)
     if isinstance(obj, dict):
         new = {k: substitute(v, by_id) for k, v in obj.items()}
-        return obj if all(new[k] is obj[k] for k in obj) else type(obj)(new)
-    if isinstance(obj, (list, tuple)):
+        if all(new[k] is obj[k] for k in obj):
+            return obj
+        if type(obj) is dict:
+            return new
+        clone = copy.copy(obj)
+        clone.update(new)
+        return clone
+    if isinstance(obj, (list, tuple, deque)):
         items = [substitute(v, by_id) for v in obj]
         if all(a is b for a, b in zip(items, obj, strict=True)):
             return obj
-        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-            return type(obj)(*items)
-        return type(obj)(items)
+        return _rebuilt(obj, items)
     if isinstance(obj, (set, frozenset)):
         items = [substitute(v, by_id) for v in obj]
-        return obj if all(a in obj for a in items) else type(obj)(items)
+        if all(a in obj for a in items):
+            return obj
+        return _rebuilt(obj, items)
     return obj
+
+
+def _rebuilt(obj: Any, items: list[Any]) -> Any:
+    """A container of `obj`'s own type holding `items` instead, without calling a subclass's
+    constructor (whose signature may differ: a namedtuple, a tuple of fields)."""
+    kind = type(obj)
+    if kind in (list, tuple, set, frozenset):
+        return kind(items)
+    if isinstance(obj, (tuple, frozenset)):
+        base = tuple if isinstance(obj, tuple) else frozenset
+        clone = base.__new__(kind, items)
+        if hasattr(obj, "__dict__"):
+            clone.__dict__.update(obj.__dict__)
+        return clone
+    clone = copy.copy(obj)
+    clone.clear()
+    if isinstance(obj, (list, deque)):
+        clone.extend(items)
+    else:
+        clone.update(items)
+    return clone
 
 
 def substitute_call(

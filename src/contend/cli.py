@@ -330,8 +330,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"contend serve is not available: {exc}", file=sys.stderr)
         return 2
-    base = f"http://{args.host}:{args.port}"
     console = None
+    token = None
     if args.console:
         from contend.console import make_console
         from contend.errors import ConfigurationError
@@ -345,25 +345,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if args.protect_reads and token is None:
             print("contend serve: --protect-reads needs a console token", file=sys.stderr)
             return 2
-        access = "actions on (token required)" if token else "read-only (no token)"
-        print(f"console: {base}/console/ ({access})", file=sys.stderr)
-    print(
-        f"serving {base}/metrics and {base}/healthz for this process's runtime (Ctrl-C to stop)",
-        file=sys.stderr,
-    )
 
-    async def run() -> None:
+    async def serve() -> int:
         app = http.make_app(console=console)
-        if console is not None:
-            console.start()
         try:
-            await http.serve(args.host, args.port, app=app)
+            server = await http.start_server(args.host, args.port, app=app)
+        except OSError as exc:
+            print(
+                f"contend serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
+        port = server.sockets[0].getsockname()[1] if server.sockets else args.port
+        base = f"http://{args.host}:{port}"
+        if console is not None:
+            access = "actions on (token required)" if token else "read-only (no token)"
+            print(f"console: {base}/console/ ({access})", file=sys.stderr)
+            console.start()
+        print(
+            f"serving {base}/metrics and {base}/healthz for this process's runtime "
+            "(Ctrl-C to stop)",
+            file=sys.stderr,
+        )
+        try:
+            async with server:
+                await server.serve_forever()
         finally:
             if console is not None:
                 await console.aclose()
+        return 0
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        return asyncio.run(serve())
     return 0
 
 

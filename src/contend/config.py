@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_CLEANUP_CONFIG",
     "CleanupConfig",
     "CleanupStrategy",
+    "ConflictPolicy",
     "ConflictResolutionConfig",
     "ConflictResolutionMode",
     "OCCConfig",
@@ -52,6 +53,15 @@ class CleanupStrategy(_NamedEnum):
     DEFERRED = "deferred"
     LAZY = "lazy"
     CUSTOM = "custom"
+
+
+class ConflictPolicy(_NamedEnum):
+    """What happens to a call that loses its staging window."""
+
+    REJECT = "reject"
+    """It ends REJECTED at once (the design's behaviour)."""
+    WAIT = "wait"
+    """It is carried into its target's next window, until `max_wait_ms`, then rejected."""
 
 
 class ConflictResolutionMode(_NamedEnum):
@@ -104,13 +114,16 @@ MAX_RETENTION_MINUTES = 1440
 MAX_CUSTOM_RETENTION_MINUTES = 43_200
 
 
+MAX_WAIT_MS = 3_600_000
+
+
 class PreECSConfig(_RangeChecked):
     """Staging: calls on one target are collected in a window; the highest priority wins."""
 
     model_config = _FROZEN
 
     enabled: bool = True
-    staging_timeout_ms: int = Field(
+    staging_timeout_ms: float = Field(
         default=0,
         ge=0,
         le=60_000,
@@ -122,6 +135,46 @@ class PreECSConfig(_RangeChecked):
         le=1_000_000,
         description="Calls one window may hold; further calls are rejected at once.",
     )
+    conflict_policy: ConflictPolicy = Field(
+        default=ConflictPolicy.REJECT,
+        description="reject: a window's losers are rejected; wait: they are carried into the"
+        " target's next window until max_wait_ms has passed.",
+    )
+    max_wait_ms: float = Field(
+        default=1_000,
+        gt=0,
+        le=MAX_WAIT_MS,
+        description="How long a call under the wait policy may wait for its target, from the"
+        " moment it is staged; then it is rejected.",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=1,
+        le=10,
+        description="Default priority of the decorated function's calls (the legacy framework's"
+        " spelling of the decorator's priority=).",
+    )
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _no_bool_priority(cls, value: Any) -> Any:
+        if isinstance(value, (bool, float)):
+            raise ValueError(f"priority must be an int from 1 to 10, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _wait_fields_agree(self) -> Self:
+        if "max_wait_ms" in self.model_fields_set and self.conflict_policy is ConflictPolicy.REJECT:
+            raise ConfigurationError(
+                "max_wait_ms",
+                "is only used with conflict_policy='wait' (the policy is 'reject', under which a"
+                " loser is rejected at once); set conflict_policy='wait' or drop max_wait_ms",
+            )
+        return self
+
+    @property
+    def waits(self) -> bool:
+        return self.conflict_policy is ConflictPolicy.WAIT
 
 
 class OCCConfig(_RangeChecked):
@@ -137,6 +190,30 @@ class OCCConfig(_RangeChecked):
     jitter: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Fraction of each delay drawn at random."
     )
+    version_field: str = Field(
+        default="version",
+        description="The entity field holding the version compared at commit (the legacy"
+        " framework's option; contend's Entity keeps it in `version`).",
+    )
+    modified_field: str = Field(
+        default="last_modified",
+        description="The entity field stamped at commit (the legacy framework's option;"
+        " contend's Entity keeps it in `last_modified`).",
+    )
+
+    @field_validator("version_field", "modified_field")
+    @classmethod
+    def _entity_fields(cls, value: str, info: ValidationInfo) -> str:
+        expected = {"version_field": "version", "modified_field": "last_modified"}[
+            str(info.field_name)
+        ]
+        if value != expected:
+            raise ValueError(
+                f"{info.field_name} must be {expected!r}, got {value!r}: contend's Entity keeps"
+                f" its version in `version` and its commit time in `last_modified`, and every"
+                f" backend compares and stamps those fields; subclass Entity and keep them"
+            )
+        return value
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> Self:
@@ -285,6 +362,13 @@ class ConflictResolutionConfig(BaseModel):
         if mode is not None:
             mode = ConflictResolutionMode(mode)
             want_pre, want_occ = _MODE_FLAGS[mode]
+            for name, given, want in (("pre_ecs", pre, want_pre), ("occ", occ, want_occ)):
+                if data.get(name) is not None and given.enabled != want:
+                    raise ConfigurationError(
+                        name,
+                        f"mode {mode.value!r} turns {name} {'on' if want else 'off'}, but"
+                        f" {name} {'disables' if want else 'enables'} it; give one of the two",
+                    )
             if pre.enabled != want_pre:
                 pre = pre.model_copy(update={"enabled": want_pre})
             if occ.enabled != want_occ:

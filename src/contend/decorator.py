@@ -19,6 +19,7 @@ from contend.backends.memory import MemoryBackend
 from contend.cleanup.policy import EffectiveCleanup, effective_cleanup
 from contend.cleanup.registry import CleanupHandlerRegistry
 from contend.config import (
+    MAX_WAIT_MS,
     CleanupConfig,
     CleanupStrategy,
     ConflictResolutionConfig,
@@ -27,7 +28,7 @@ from contend.config import (
     PreECSConfig,
 )
 from contend.entity import Entity
-from contend.errors import ConfigurationError, OperationRejectedError
+from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
 from contend.events import OperationRejectedEvent, OperationStartedEvent
 from contend.occ import run_with_occ
 from contend.operations import ConflictResolutionOperation, OperationPriority, OperationStatus
@@ -65,7 +66,12 @@ class ConflictResolved(Protocol[P, R_co]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
-    def with_priority(self, priority: int) -> Callable[P, R_co]: ...
+    def with_priority(self, priority: int) -> ConflictResolved[P, R_co]: ...
+
+    def with_max_wait(self, max_wait_ms: float) -> ConflictResolved[P, R_co]:
+        """The same function, waiting up to `max_wait_ms` for its target (0: rejected at once
+        on losing), whatever the configured conflict policy."""
+        ...
 
 
 class _Raise:
@@ -95,6 +101,21 @@ def _holds_all(held: tuple[UUID, ...], passed: list[Entity]) -> bool:
     return all(e.ecs_id in held for e in passed)
 
 
+def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: list[Entity]) -> None:
+    """A nested call sharing some entities with the enclosing call cannot be run safely."""
+    shared = [e.ecs_id for e in passed if e.ecs_id in held]
+    if shared:
+        others = [e.ecs_id for e in passed if e.ecs_id not in held]
+        raise NestedCallError(
+            f"{name} was called inside a protected call that holds {len(shared)} of its "
+            f"{len(passed)} entities ({', '.join(map(str, shared))}) but not "
+            f"{', '.join(map(str, others))}: a nested call joins the enclosing one only when "
+            "that one holds all its entities (staged on its own it would wait for the enclosing "
+            "call forever, or commit again on each OCC retry of it); pass the other entities "
+            "to the enclosing call too, or make this call outside it"
+        )
+
+
 def _let_go(
     holding: dict[asyncio.Task[Any], tuple[UUID, ...]],
     task: asyncio.Task[Any] | None,
@@ -115,6 +136,31 @@ def _check_priority(priority: Any, field: str = "priority") -> int:
             field, f"must be an int from 1 (BACKGROUND) to 10 (CRITICAL), got {priority!r}"
         )
     return int(priority)
+
+
+def _check_wait(max_wait_ms: Any) -> float | None:
+    """A per-call wait in ms: 0 means reject at once (None), else up to MAX_WAIT_MS."""
+    if (
+        isinstance(max_wait_ms, bool)
+        or not isinstance(max_wait_ms, (int, float))
+        or not 0 <= max_wait_ms <= MAX_WAIT_MS
+    ):
+        raise ConfigurationError(
+            "max_wait_ms", f"must be a number of ms from 0 to {MAX_WAIT_MS}, got {max_wait_ms!r}"
+        )
+    return float(max_wait_ms) if max_wait_ms > 0 else None
+
+
+def _check_waits(rt: Runtime) -> None:
+    """The wait policy needs a coordinator that carries losers between windows."""
+    coordinator = rt.backend.coordinator
+    if not getattr(coordinator, "supports_wait", False):
+        raise ConfigurationError(
+            "pre_ecs.conflict_policy",
+            f"the {rt.backend.name} backend's staging coordinator does not support the 'wait' "
+            "policy yet; use conflict_policy='reject' (the default) on this backend and retry "
+            "rejected calls yourself",
+        )
 
 
 def _rejection_text(priority: int, winner_priority: int) -> str:
@@ -139,15 +185,21 @@ class _Protected(Generic[P, R]):
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
         self.staging = config.pre_ecs.enabled
+        self.max_wait: float | None = config.pre_ecs.max_wait_ms if config.pre_ecs.waits else None
         self.occ = config.occ.enabled
         self.cleanup = config.cleanup
         self.warned_unguarded = False
 
-    async def run(self, priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def run(
+        self, priority: int, wait: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """One call; `wait` is how long it may wait for its target in ms (None: reject)."""
         rt = self.runtime or get_runtime()
         loop = _running_loop()
         if rt._loop is not loop:
             rt.bind_loop()
+        if wait is not None and self.staging:
+            _check_waits(rt)
         if self.name not in rt._functions:
             rt.note_function(self.name, self.cleanup.strategy)
         backend = rt.backend
@@ -159,8 +211,10 @@ class _Protected(Generic[P, R]):
             # not kept in a local: a rejected call's traceback keeps this frame, and a frame
             # holding its own task is a reference cycle only the garbage collector can free
             held = holding.get(current_task(loop))  # type: ignore[arg-type]
-            if held is not None and _holds_all(held, passed):
-                return await self._run_joined(rt, priority, passed, args, kwargs)
+            if held is not None:
+                if _holds_all(held, passed):
+                    return await self._run_joined(rt, priority, passed, args, kwargs)
+                _refuse_partly_held(self.name, held, passed)
         committed = passed
         stale = False
         if passed:
@@ -203,7 +257,10 @@ class _Protected(Generic[P, R]):
         staged = self.staging and bool(ids)
         if staged:
             try:
-                lost = await backend.coordinator.acquire(op, self.config.pre_ecs)
+                if wait is None:
+                    lost = await backend.coordinator.acquire(op, self.config.pre_ecs)
+                else:
+                    lost = await self._acquire_waiting(rt, op, wait)
             except BaseException as exc:
                 await self._end(rt, op, exc)
                 raise
@@ -215,7 +272,7 @@ class _Protected(Generic[P, R]):
                         settled = lost.errors = _settle(rt, local, lost)
                     error = settled.pop(op.ecs_id.int, None)
                 if error is None:
-                    error = await self._rejected(rt, op, lost)
+                    error = await self._rejected(rt, op, lost, wait)
                 return _Raise(error)
         end = None
         outer = None
@@ -325,14 +382,36 @@ class _Protected(Generic[P, R]):
                 message,
             )
 
+    async def _acquire_waiting(
+        self, rt: Runtime, op: ConflictResolutionOperation, wait: float
+    ) -> Lost | None:
+        """Staging under the wait policy: the coordinator carries `op` from window to window
+        until it wins or `wait` ms have passed; the time it took is observed, by outcome."""
+        loop = _running_loop()
+        start = loop.time()
+        outcome = "error"
+        try:
+            lost = await rt.backend.coordinator.acquire(
+                op, self.config.pre_ecs, deadline=start + wait / 1000.0
+            )
+            outcome = "won" if lost is None else "rejected"
+            return lost
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            rt.metrics.staging_waited(outcome, loop.time() - start)
+
     async def _rejected(
-        self, rt: Runtime, op: ConflictResolutionOperation, lost: Lost
+        self, rt: Runtime, op: ConflictResolutionOperation, lost: Lost, wait: float | None = None
     ) -> OperationRejectedError:
         winner = lost.winner
         winner_id: UUID | None
         winner_priority: int | None
         if winner is not None:
             text = _rejection_text(op.priority, winner.priority)
+            if wait is not None:
+                text = f"{text} after waiting max_wait_ms={wait:g}"
             winner_id, winner_priority = winner.ecs_id, winner.priority
         else:
             text = lost.reason or "rejected by staging"
@@ -435,7 +514,7 @@ def _log_rejection(
 def _build_config(
     pre_ecs: PreECSConfig | bool | None,
     occ: OCCConfig | bool | None,
-    cleanup: CleanupConfig | CleanupStrategy | str | None,
+    cleanup: CleanupConfig | CleanupStrategy | str | dict[str, Any] | None,
     mode: ConflictResolutionMode | str | None,
     config: ConflictResolutionConfig | None,
 ) -> ConflictResolutionConfig:
@@ -470,9 +549,16 @@ def _build_config(
                 f"strategy {strategy.value!r} needs a CleanupConfig with its other fields "
                 f"({_first_message(exc)})",
             ) from exc
+    elif isinstance(cleanup, dict):
+        try:
+            cleanup = CleanupConfig(**cleanup)
+        except ValidationError as exc:
+            raise _located("cleanup", exc) from exc
     elif cleanup is not None and not isinstance(cleanup, CleanupConfig):
         raise ConfigurationError(
-            "cleanup", f"expected CleanupConfig or a strategy name, got {type(cleanup).__name__}"
+            "cleanup",
+            "expected CleanupConfig, a dict of its fields or a strategy name, "
+            f"got {type(cleanup).__name__}",
         )
     for name, value, kind in (("pre_ecs", pre_ecs, PreECSConfig), ("occ", occ, OCCConfig)):
         if value is not None and not isinstance(value, (bool, dict, kind)):
@@ -495,9 +581,22 @@ def _build_config(
     try:
         return ConflictResolutionConfig(**data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "config"
-        raise ConfigurationError(field, _first_message(exc)) from exc
+        raise _located("", exc) from exc
+
+
+def _located(parent: str, exc: ValidationError) -> ConfigurationError:
+    """The first error of `exc` as a ConfigurationError naming its field under `parent`."""
+    first = exc.errors()[0]
+    error = (first.get("ctx") or {}).get("error")
+    path = [str(p) for p in first["loc"]]
+    if isinstance(error, ConfigurationError):
+        if not path or path[-1] != error.field:
+            path.append(error.field)
+        message = str(error).removeprefix(f"{error.field}: ")
+    else:
+        message = _first_message(exc)
+    field = ".".join([parent, *path] if parent else path) or "config"
+    return ConfigurationError(field, message)
 
 
 def _first_message(exc: ValidationError) -> str:
@@ -527,10 +626,10 @@ def with_conflict_resolution(
     *,
     pre_ecs: PreECSConfig | bool | None = None,
     occ: OCCConfig | bool | None = None,
-    cleanup: CleanupConfig | CleanupStrategy | str | None = None,
+    cleanup: CleanupConfig | CleanupStrategy | str | dict[str, Any] | None = None,
     mode: ConflictResolutionMode | str | None = None,
     config: ConflictResolutionConfig | None = None,
-    priority: int = OperationPriority.NORMAL,
+    priority: int | None = None,
     runtime: Runtime | None = None,
 ) -> Callable[[Callable[P, R]], ConflictResolved[P, R]]: ...
 
@@ -541,10 +640,10 @@ def with_conflict_resolution(
     *,
     pre_ecs: PreECSConfig | bool | None = None,
     occ: OCCConfig | bool | None = None,
-    cleanup: CleanupConfig | CleanupStrategy | str | None = None,
+    cleanup: CleanupConfig | CleanupStrategy | str | dict[str, Any] | None = None,
     mode: ConflictResolutionMode | str | None = None,
     config: ConflictResolutionConfig | None = None,
-    priority: int = OperationPriority.NORMAL,
+    priority: int | None = None,
     runtime: Runtime | None = None,
 ) -> ConflictResolved[P, R] | Callable[[Callable[P, R]], ConflictResolved[P, R]]:
     """Protect a function whose arguments include entities.
@@ -560,66 +659,93 @@ def with_conflict_resolution(
         raise ConfigurationError("runtime", f"expected a contend Runtime, got {runtime!r}")
     resolved = _build_config(pre_ecs, occ, cleanup, mode, config)
     _check_handlers(resolved)
-    default_priority = _check_priority(priority)
+    default_priority = _default_priority(priority, resolved.pre_ecs.priority)
 
     def decorate(fn: Callable[P, R]) -> ConflictResolved[P, R]:
         if not callable(fn):
             raise ConfigurationError("func", f"expected a callable, got {fn!r}")
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise ConfigurationError(
+                "func",
+                f"{fn.__qualname__} is a generator function: its body runs as it is iterated, "
+                "after the call has returned, so nothing could stage or commit it; decorate a "
+                "function that returns its result (collect the items into a list)",
+            )
         protected: _Protected[P, R] = _Protected(fn, resolved, default_priority, runtime)
-        wrapper: Callable[..., Any]
-
-        if protected.is_async:
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                result = await protected.run(protected.priority, args, kwargs)
-                if type(result) is _Raise:
-                    raise result.take()
-                return result
-
-            def async_with_priority(p: int) -> Callable[..., Any]:
-                checked = _check_priority(p)
-
-                @functools.wraps(fn)
-                async def call(*args: Any, **kwargs: Any) -> Any:
-                    result = await protected.run(checked, args, kwargs)
-                    if type(result) is _Raise:
-                        raise result.take()
-                    return result
-
-                return call
-
-            wrapper = async_wrapper
-            setattr(wrapper, "with_priority", async_with_priority)  # noqa: B010
-        else:
-
-            @functools.wraps(fn)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return _run_sync(protected, protected.priority, args, kwargs)
-
-            def sync_with_priority(p: int) -> Callable[..., Any]:
-                checked = _check_priority(p)
-
-                @functools.wraps(fn)
-                def call(*args: Any, **kwargs: Any) -> Any:
-                    return _run_sync(protected, checked, args, kwargs)
-
-                return call
-
-            wrapper = sync_wrapper
-            setattr(wrapper, "with_priority", sync_with_priority)  # noqa: B010
-
-        setattr(wrapper, "conflict_config", resolved)  # noqa: B010
-        setattr(wrapper, "priority", default_priority)  # noqa: B010
-        return cast("ConflictResolved[P, R]", wrapper)
+        return cast(
+            "ConflictResolved[P, R]", _bound(protected, default_priority, protected.max_wait)
+        )
 
     if func is not None:
         return decorate(func)
     return decorate
 
 
+def _default_priority(given: Any, configured: int | None) -> int:
+    """The decorator's priority=, else PreECSConfig.priority, else NORMAL; both, disagreeing,
+    is an error."""
+    if given is None:
+        return configured if configured is not None else int(OperationPriority.NORMAL)
+    checked = _check_priority(given)
+    if configured is not None and configured != checked:
+        raise ConfigurationError(
+            "priority",
+            f"given twice with different values: priority={checked} and "
+            f"PreECSConfig(priority={configured}); give it in one place",
+        )
+    return checked
+
+
+def _add_overrides(
+    wrapper: Callable[..., Any], protected: _Protected[Any, Any], priority: int, wait: float | None
+) -> None:
+    """`wrapper.with_priority(p)` and `wrapper.with_max_wait(ms)`: the same function with one
+    per-call setting changed; each returns a callable that has both again (they chain)."""
+
+    def with_priority(p: int) -> Callable[..., Any]:
+        return _bound(protected, _check_priority(p), wait)
+
+    def with_max_wait(max_wait_ms: float) -> Callable[..., Any]:
+        return _bound(protected, priority, _check_wait(max_wait_ms))
+
+    setattr(wrapper, "with_priority", with_priority)  # noqa: B010
+    setattr(wrapper, "with_max_wait", with_max_wait)  # noqa: B010
+
+
+def _bound(
+    protected: _Protected[Any, Any], priority: int, wait: float | None
+) -> Callable[..., Any]:
+    """The decorated function as callers see it, with its priority and wait (ms, None: reject)
+    for every call, and `with_priority` / `with_max_wait` to change either."""
+    call: Callable[..., Any]
+    if protected.is_async:
+
+        async def call_async(*args: Any, **kwargs: Any) -> Any:
+            result = await protected.run(priority, wait, args, kwargs)
+            if type(result) is _Raise:
+                raise result.take()
+            return result
+
+        call = call_async
+    else:
+
+        def call_sync(*args: Any, **kwargs: Any) -> Any:
+            return _run_sync(protected, priority, wait, args, kwargs)
+
+        call = call_sync
+    functools.update_wrapper(call, protected.fn)
+    _add_overrides(call, protected, priority, wait)
+    setattr(call, "conflict_config", protected.config)  # noqa: B010
+    setattr(call, "priority", priority)  # noqa: B010
+    return call
+
+
 def _run_sync(
-    protected: _Protected[Any, Any], priority: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    protected: _Protected[Any, Any],
+    priority: int,
+    wait: float | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
     try:
         asyncio.get_running_loop()
@@ -631,7 +757,7 @@ def _run_sync(
             "was called inside a running event loop, where it would block the loop; decorate an "
             "`async def` and await it, or call this function from synchronous code"
         )
-    result = asyncio.run(protected.run(priority, args, kwargs))
+    result = asyncio.run(protected.run(priority, wait, args, kwargs))
     if type(result) is _Raise:
         raise result.take()
     return result

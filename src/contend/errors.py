@@ -8,6 +8,7 @@ __all__ = [
     "ConfigurationError",
     "ContendError",
     "InvalidTransitionError",
+    "NestedCallError",
     "OCCConflictError",
     "OperationRejectedError",
     "RuntimeBindingError",
@@ -89,6 +90,12 @@ class OCCConflictError(ContendError, RuntimeError):
             f"(expected version {expected_version}, found {actual_version}) "
             f"after {attempts} attempt(s); nothing was committed"
         )
+
+
+class NestedCallError(ContendError, RuntimeError):
+    """A protected call made inside another one holds some of its entities but not all: it can
+    neither join the enclosing call nor be staged on its own (it would wait for the enclosing
+    call forever, or commit again on each of its OCC retries). Nothing was run or written."""
 
 
 class RuntimeBindingError(ContendError, RuntimeError):

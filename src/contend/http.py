@@ -33,14 +33,20 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_CONTENT_TYPE = "application/json"
 CONSOLE_PATH = "/console"
+HEALTHZ_MAX_TARGETS = 100
+"""Targets listed in /healthz's zombie_counts_by_target (the most zombies first); ``?targets=N``
+asks for another number, ``?targets=all`` for every one."""
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 READ_TIMEOUT_SECONDS = 10.0
 
 
-async def health_json(runtime: Runtime | None = None) -> tuple[int, bytes]:
-    """The health check as an HTTP status (200 healthy or degraded, 503 unhealthy) and JSON."""
-    report = await cleanup_system_health_check(runtime)
+async def health_json(
+    runtime: Runtime | None = None, max_targets: int | None = None
+) -> tuple[int, bytes]:
+    """The health check as an HTTP status (200 healthy or degraded, 503 unhealthy) and JSON;
+    `max_targets` caps the per-target zombie counts (None: all)."""
+    report = await cleanup_system_health_check(runtime, max_targets=max_targets)
     status = 503 if report["status"] == "unhealthy" else 200
     return status, json.dumps(report, default=str, sort_keys=True).encode()
 
@@ -96,13 +102,30 @@ def make_app(runtime: Runtime | None = None, *, console: ASGIApp | None = None) 
                 CONTENT_TYPE_LATEST,
             )
         else:
-            status, body = await health_json(rt)
+            limit = _targets_param(scope)
+            if limit == -1:
+                await _respond(
+                    send, 400, b"targets must be an integer >= 0 or 'all'\n", "text/plain"
+                )
+                return
+            status, body = await health_json(rt, limit)
             content_type = JSON_CONTENT_TYPE
         await _respond(
             send, status, b"" if method == "HEAD" else body, content_type, length=len(body)
         )
 
     return app
+
+
+def _targets_param(scope: Scope) -> int | None:
+    """``?targets=`` of a /healthz request: a count, None for "all", -1 when malformed."""
+    query = bytes(scope.get("query_string", b"")).decode("latin-1")
+    values = [v for k, _, v in (p.partition("=") for p in query.split("&")) if k == "targets"]
+    if not values:
+        return HEALTHZ_MAX_TARGETS
+    if values[-1] == "all":
+        return None
+    return int(values[-1]) if values[-1].isdigit() else -1
 
 
 def _local_path(scope: Scope) -> str:

@@ -29,6 +29,7 @@ AT_ONCE_REASONS = frozenset({"immediate", "cap", "pressure", "force"})
 
 _LATENCY_BUCKETS = (0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 _LAG_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0)
+_WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 300.0)
 _WINDOW_BUCKETS = (2, 3, 5, 10, 20, 50, 100, 1000, 10000)
 _ZERO = timedelta(0)
 
@@ -50,6 +51,9 @@ class _Child:
 
     def dec(self, amount: float = 1.0) -> None:
         self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
 
 
 class _HistogramChild:
@@ -99,7 +103,10 @@ class _LoopLocal(Generic[C]):
         self._child = child
         self._children: dict[str, C] = {}
 
-    def labels(self, value: str) -> C:
+    def labels(self, *values: str, **by_name: str) -> C:
+        """The child for one label value, given by position or by the label's name (as in
+        prometheus_client: ``labels("lazy")`` or ``labels(strategy="lazy")``)."""
+        value = _one_label(self.name, self.label, values, by_name)
         child = self._children.get(value)
         if child is None:
             child = self._children[str(value)] = self._child()
@@ -110,6 +117,17 @@ class _LoopLocal(Generic[C]):
 
     def collect(self) -> Iterator[Metric]:
         raise NotImplementedError
+
+
+def _one_label(name: str, label: str, values: tuple[str, ...], by_name: dict[str, str]) -> str:
+    if len(values) + len(by_name) == 1:
+        if values:
+            return values[0]
+        if label in by_name:
+            return by_name[label]
+    raise ValueError(
+        f"{name}: expected one value for label {label!r}, got {values or ''}{by_name or ''}"
+    )
 
 
 class _LoopLocalHistogram(_LoopLocal[_HistogramChild]):
@@ -127,6 +145,10 @@ class _LoopLocalHistogram(_LoopLocal[_HistogramChild]):
         self.bounds = tuple(sorted(buckets))
         super().__init__(name, documentation, label, lambda: _HistogramChild(self.bounds))
         registry.register(self)
+
+    def observe(self, value: float, labels: dict[str, str] | None = None) -> None:
+        """The design's spelling: ``observe(x, labels={"reason": "ttl"})``."""
+        self.labels(**(labels or {})).observe(value)
 
     def collect(self) -> Iterator[Metric]:
         names = [self.label] if self.label else []
@@ -165,6 +187,16 @@ class _LoopLocalFamily(_LoopLocal[_Child]):
             self.labels(v)
         registry.register(self)
 
+    def inc(self, amount: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        """The design's spelling: ``inc(labels={"strategy": "lazy"})``."""
+        self.labels(**(labels or {})).inc(amount)
+
+    def dec(self, amount: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        self.labels(**(labels or {})).dec(amount)
+
+    def set(self, value: float, labels: dict[str, str] | None = None) -> None:
+        self.labels(**(labels or {})).set(value)
+
     def collect(self) -> Iterator[Metric]:
         family: CounterMetricFamily | GaugeMetricFamily
         if self.gauge:
@@ -174,6 +206,58 @@ class _LoopLocalFamily(_LoopLocal[_Child]):
         for value, child in self._children.items():
             family.add_metric([value], child.value)
         yield family
+
+
+class _Counter(Counter):
+    """prometheus_client's Counter, also taking the design's ``inc(labels={...})``."""
+
+    def inc(
+        self,
+        amount: float = 1,
+        exemplar: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        if labels is not None:
+            self.labels(**labels).inc(amount, exemplar)
+        else:
+            super().inc(amount, exemplar)
+
+
+class _Gauge(Gauge):
+    """prometheus_client's Gauge, also taking ``inc/dec/set(..., labels={...})``."""
+
+    def inc(self, amount: float = 1, labels: dict[str, str] | None = None) -> None:
+        if labels is not None:
+            self.labels(**labels).inc(amount)
+        else:
+            super().inc(amount)
+
+    def dec(self, amount: float = 1, labels: dict[str, str] | None = None) -> None:
+        if labels is not None:
+            self.labels(**labels).dec(amount)
+        else:
+            super().dec(amount)
+
+    def set(self, value: float, labels: dict[str, str] | None = None) -> None:
+        if labels is not None:
+            self.labels(**labels).set(value)
+        else:
+            super().set(value)
+
+
+class _Histogram(Histogram):
+    """prometheus_client's Histogram, also taking the design's ``observe(x, labels={...})``."""
+
+    def observe(
+        self,
+        amount: float,
+        exemplar: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        if labels is not None:
+            self.labels(**labels).observe(amount, exemplar)
+        else:
+            super().observe(amount, exemplar)
 
 
 def _bind(metric: M, values: tuple[str, ...]) -> dict[str, M]:
@@ -200,14 +284,14 @@ class CleanupMetrics:
             r,
             values=_STRATEGIES,
         )
-        self.cleanup_latency_by_strategy = Histogram(
+        self.cleanup_latency_by_strategy = _Histogram(
             "contend_cleanup_latency_seconds",
             "Time spent in a cleanup handler for one record, by strategy.",
             ["strategy"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.cleanup_failures_by_strategy = Counter(
+        self.cleanup_failures_by_strategy = _Counter(
             "contend_cleanup_failures",
             "Cleanup runs that raised or timed out (the record was kept), by strategy.",
             ["strategy"],
@@ -221,24 +305,24 @@ class CleanupMetrics:
             r,
             gauge=True,
         )
-        self.memory_pressure_triggered_cleanups = Counter(
+        self.memory_pressure_triggered_cleanups = _Counter(
             "contend_memory_pressure_cleanups",
             "Zombies switched to immediate cleanup because memory pressure was over threshold.",
             registry=r,
         )
-        self.force_cleanup_triggered = Counter(
+        self.force_cleanup_triggered = _Counter(
             "contend_force_cleanups",
             "Zombies switched to immediate cleanup because force_cleanup_threshold was exceeded.",
             registry=r,
         )
         # configuration usage
-        self.decorators_by_cleanup_strategy = Gauge(
+        self.decorators_by_cleanup_strategy = _Gauge(
             "contend_decorators",
             "Decorated functions called on this runtime, by configured cleanup strategy.",
             ["strategy"],
             registry=r,
         )
-        self.custom_cleanup_handlers_used = Counter(
+        self.custom_cleanup_handlers_used = _Counter(
             "contend_custom_cleanup_handler_calls",
             "Custom cleanup handler invocations, by registered handler name.",
             ["handler_name"],
@@ -274,13 +358,27 @@ class CleanupMetrics:
             r,
             values=OUTCOMES,
         )
-        self.occ_retries = Counter(
+        self.staging_carried = _Counter(
+            "contend_staging_carried",
+            "Calls that lost a staging window and were carried into their target's next window"
+            " (wait policy), once per window lost.",
+            registry=r,
+        )
+        self.staging_wait_seconds = _Histogram(
+            "contend_staging_wait_seconds",
+            "Time calls under the wait policy spent staged, by outcome (won: it then ran;"
+            " rejected: max_wait_ms passed or the window was full; cancelled; error).",
+            ["outcome"],
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.occ_retries = _Counter(
             "contend_occ_retries", "OCC attempts retried after a version conflict.", registry=r
         )
-        self.occ_conflicts = Counter(
+        self.occ_conflicts = _Counter(
             "contend_occ_conflicts", "Version conflicts met at OCC commit.", registry=r
         )
-        self.occ_exhausted = Counter(
+        self.occ_exhausted = _Counter(
             "contend_occ_exhausted",
             "Calls that failed with OCCConflictError after max_retries conflicts.",
             registry=r,
@@ -308,6 +406,10 @@ class CleanupMetrics:
     def outcome(self, status: str, n: int = 1) -> None:
         """Count calls' terminal status."""
         self._outcome[status].value += n
+
+    def staging_waited(self, outcome: str, seconds: float) -> None:
+        """A call under the wait policy left staging (won, rejected, cancelled, error)."""
+        self.staging_wait_seconds.labels(outcome).observe(max(0.0, seconds))
 
     def handler_ran(self, strategy: str, seconds: float) -> None:
         self._latency[strategy].observe(seconds)

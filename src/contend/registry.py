@@ -17,6 +17,18 @@ __all__ = ["Registry"]
 E = TypeVar("E", bound=Entity)
 
 
+def _uuid(value: UUID | str, name: str) -> UUID:
+    """An id given as a UUID or its text (what a request or a log line carries)."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            raise ValueError(f"{name}: not a UUID: {value!r}") from None
+    raise TypeError(f"{name}: expected a UUID or its text, got {type(value).__name__}")
+
+
 class Registry:
     """Lookups by id, target and status, each O(1) or O(result).
 
@@ -36,18 +48,19 @@ class Registry:
         return await self._rt.backend.ensure_entity(entity)
 
     @overload
-    async def get_entity(self, entity_id: UUID) -> Entity | None: ...
+    async def get_entity(self, entity_id: UUID | str) -> Entity | None: ...
 
     @overload
-    async def get_entity(self, entity_id: UUID, kind: type[E]) -> E | None: ...
+    async def get_entity(self, entity_id: UUID | str, kind: type[E]) -> E | None: ...
 
-    async def get_entity(self, entity_id: UUID, kind: type[E] | None = None) -> Entity | None:
+    async def get_entity(self, entity_id: UUID | str, kind: type[E] | None = None) -> Entity | None:
         """The committed entity, or None if the registry does not know it.
 
         `kind` is the class to expect: with a backend shared by several processes, it is the
         class an entity this process has not seen yet is loaded into (without it, only the
         fields every `Entity` has are read). An entity of another class raises TypeError.
         """
+        entity_id = _uuid(entity_id, "entity_id")
         found = await self._rt.backend.get_entity(entity_id, kind)
         if found is not None and kind is not None and not isinstance(found, kind):
             raise TypeError(
@@ -56,15 +69,17 @@ class Registry:
             )
         return found
 
-    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
-        op = await self._rt.backend.get_operation(op_id)
+    async def get_operation(self, op_id: UUID | str) -> ConflictResolutionOperation | None:
+        op = await self._rt.backend.get_operation(_uuid(op_id, "op_id"))
         if op is None:
             return None
         kept = await self._rt.cleanup.remove_due_lazy([op])
         return kept[0] if kept else None
 
-    async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
-        ops = await self._rt.backend.operations_for_target(target_id)
+    async def operations_for_target(
+        self, target_id: UUID | str
+    ) -> list[ConflictResolutionOperation]:
+        ops = await self._rt.backend.operations_for_target(_uuid(target_id, "target_id"))
         return await self._rt.cleanup.remove_due_lazy(ops)
 
     async def conflicting_operations(
@@ -86,17 +101,21 @@ class Registry:
             return await self._rt.cleanup.remove_due_lazy(ops)
         return ops
 
-    async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
+    async def zombies(
+        self, target_id: UUID | str | None = None
+    ) -> list[ConflictResolutionOperation]:
         """Zombies, all or those whose primary target is `target_id` (the unit zombie counts
         and per-target caps use); `operations_for_target` also finds those naming it later."""
-        ops = await self._rt.backend.zombies(target_id)
+        tid = None if target_id is None else _uuid(target_id, "target_id")
+        ops = await self._rt.backend.zombies(tid)
         return await self._rt.cleanup.remove_due_lazy(ops)
 
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
         return await self._rt.backend.zombie_counts_by_target()
 
-    async def remove(self, op_id: UUID) -> bool:
+    async def remove(self, op_id: UUID | str) -> bool:
         """Remove a record by hand (counted under reason "manual"); False if it was not there."""
+        op_id = _uuid(op_id, "op_id")
         op = await self._rt.backend.get_operation(op_id)
         if op is None:
             return False

@@ -8,7 +8,7 @@ import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from contend.backends.memory import MemoryBackend
@@ -104,7 +104,7 @@ class Runtime:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.events = EventBus()
         self.metrics = CleanupMetrics()
-        self.memory = MemoryPressureMonitor(memory_probe, time_source=self.clock.time)
+        self.memory = MemoryPressureMonitor(memory_probe, time_source=self._clock_time)
         self.cleanup = CleanupManager(self)
         self.registry = Registry(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,6 +117,10 @@ class Runtime:
         attach = getattr(self.backend, "attach", None)
         if attach is not None:
             attach(self)
+
+    def _clock_time(self) -> float:
+        """The clock in force now (a test may swap `clock` after the runtime is built)."""
+        return self.clock.time()
 
     def __repr__(self) -> str:
         return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
@@ -164,15 +168,31 @@ class Runtime:
             self.metrics.decorators_by_cleanup_strategy.labels(strategy).inc()
 
     def _on_window(
-        self, winner: ConflictResolutionOperation, entries: list[ConflictResolutionOperation]
+        self,
+        winner: ConflictResolutionOperation,
+        entries: list[ConflictResolutionOperation],
+        carried: Sequence[ConflictResolutionOperation] = (),
     ) -> None:
-        self.observe_window(winner, len(entries), (e.ecs_id for e in entries if e is not winner))
+        if carried:
+            rejected = _rejected_ids(winner, entries, carried)
+        else:
+            rejected = (e.ecs_id for e in entries if e is not winner)
+        self.observe_window(winner, len(entries), rejected, carried=len(carried))
 
     def observe_window(
-        self, winner: ConflictResolutionOperation, contenders: int, rejected_ids: Iterable[UUID]
+        self,
+        winner: ConflictResolutionOperation,
+        contenders: int,
+        rejected_ids: Iterable[UUID],
+        *,
+        carried: int = 0,
     ) -> None:
-        """A staging window held `contenders` calls: its size metric and one conflict event."""
+        """A staging window held `contenders` calls: its size metric and one conflict event;
+        `carried` of its losers wait for the next window (wait policy) instead of being
+        rejected."""
         self.metrics.staging_window_size.observe(contenders)
+        if carried:
+            self.metrics.staging_carried.inc(carried)
         if self.events.wants(OperationConflictEvent):
             event = OperationConflictEvent(
                 op_id=winner.ecs_id,
@@ -189,6 +209,16 @@ class Runtime:
         """Stop the sweeper and release the backend's connections."""
         self.cleanup.stop()
         await self.backend.close()
+
+
+def _rejected_ids(
+    winner: ConflictResolutionOperation,
+    entries: list[ConflictResolutionOperation],
+    carried: Sequence[ConflictResolutionOperation],
+) -> Iterator[UUID]:
+    """The ids of a window's rejected calls (read only when a conflict event is wanted)."""
+    waiting = {id(c) for c in carried}
+    yield from (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
 
 
 _default: Runtime | None = None

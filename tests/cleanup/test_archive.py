@@ -184,7 +184,8 @@ async def test_a_failed_archive_write_keeps_the_records_and_is_unhealthy(
         assert runtime.backend.zombie_count == 4
         report = await cleanup_system_health_check(runtime)
         assert report["status"] == "unhealthy"
-        assert report["failed_cleanup_handlers"] == {"archive": 2}
+        assert report["failed_cleanup_handlers_total"] == {"archive": 2}
+        assert report["failed_cleanup_handlers"] == {"archive": 1}  # the last 5 minutes
         assert "database is locked" in report["last_cleanup_failure"]
         failures = runtime.metrics.registry.get_sample_value(
             "contend_cleanup_failures_total", {"strategy": "deferred"}
@@ -362,3 +363,38 @@ async def test_a_killed_writer_leaves_only_whole_batches(tmp_path: Path) -> None
     finally:
         check.close()
     assert per_batch == {b: size for b, _ in batches}
+
+
+@pytest.mark.parametrize("inline_max_rows", [0, 64])
+async def test_a_locked_archive_does_not_freeze_the_event_loop(
+    runtime: Runtime, tmp_path: Path, inline_max_rows: int
+) -> None:
+    """Another writer holds the file's lock: the write waits for it off the loop, which keeps
+    serving (it used to wait on the loop thread, up to busy_timeout_seconds per batch)."""
+    path = tmp_path / "audit.sqlite3"
+    install_archive(runtime, path, busy_timeout_seconds=5, inline_max_rows=inline_max_rows)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        call = asyncio.create_task(
+            failing(CleanupConfig(strategy=CleanupStrategy.IMMEDIATE))(Account())
+        )
+        ticks = 0
+        while ticks < 20:
+            await asyncio.sleep(0.001)
+            ticks += 1
+        assert not call.done(), "the archive write did not wait for the lock"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(call, 5)
+    assert runtime.backend.zombie_count == 0
+    with ArchiveReader(path) as reader:
+        assert reader.count() == 1
+
+
+def test_an_archive_that_cannot_be_opened_names_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-folder" / "audit.sqlite3"
+    with pytest.raises(sqlite3.OperationalError, match="not-a-folder"):
+        ArchiveSink(path)

@@ -161,3 +161,25 @@ def test_a_nan_probe_counts_as_a_failure() -> None:
     monitor = MemoryPressureMonitor(lambda: float("nan"))
     assert monitor.pressure() == 0.0
     assert monitor.failures == 1
+
+
+def test_the_cache_follows_the_runtime_clock_in_force_and_a_new_probe_is_read_at_once() -> None:
+    """A test that swapped in a FakeClock (or the probe) after building the runtime saw the old
+    reading for a second of real time."""
+    from contend import CleanupConfig, ConflictResolutionOperation, Runtime
+
+    level = [0.5]
+    rt = Runtime(memory_probe=lambda: level[0])
+    clock = FakeClock()
+    rt.clock = clock
+    assert rt.memory.pressure() == 0.5
+    level[0] = 0.95
+    assert rt.memory.pressure() == 0.5  # cached
+    clock.advance(seconds=2)
+    assert rt.memory.pressure() == 0.95
+    rt.memory.probe = lambda: 0.2
+    assert rt.memory.pressure() == 0.2
+    config = CleanupConfig(memory_pressure_threshold=0.8)
+    op = ConflictResolutionOperation(priority=5)
+    rt.memory.probe = lambda: 0.9
+    assert config.get_effective_cleanup_strategy(op, rt).value == "immediate"

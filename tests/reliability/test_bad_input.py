@@ -47,6 +47,7 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "retention_minutes": {"strategy": CleanupStrategy.CUSTOM, "custom_cleanup_handler": "noop"},
     "base_delay_ms": {"max_delay_ms": 60_000.0},
     "max_delay_ms": {"base_delay_ms": 0.0},
+    "max_wait_ms": {"conflict_policy": "wait"},
 }
 ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| (int|float) \| (≥|>) ([\d.]+) \| ≤ ([\d.]+) \|$")
 

@@ -72,10 +72,32 @@ class Lost:
 
 @runtime_checkable
 class Coordinator(Protocol):
-    """Pre-ECS staging: one winner per window per target; winners on a target never overlap."""
+    """Pre-ECS staging: one winner per window per target; winners on a target never overlap.
 
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
-        """Return None once `op` won and holds its primary target, or `Lost` if it did not win."""
+    The wait conflict policy is the coordinator's: the decorator passes a `deadline` only to a
+    coordinator whose class sets ``supports_wait = True`` (and refuses the policy otherwise),
+    and only learns "won" (None) or "lost" (`Lost`). Such a coordinator must:
+
+    - carry a call that loses a window, while its deadline has not passed, into the target's
+      next window instead of returning; there it is ordered before every call staged after
+      it, and counts one priority higher (at most 10) for each window it has lost (ageing);
+    - return None once it wins, as without a deadline (it then holds the target);
+    - at the deadline, take it out of whatever window holds it and return at once a `Lost`
+      naming the call holding the target (else the last one it lost to; else a reason);
+    - when the caller is cancelled while waiting, forget the call (nobody waits on it; if it
+      had just won, release the target);
+    - report each contested window, with the losers it carried, to the runtime
+      (``Runtime.observe_window(..., carried=n)``).
+    """
+
+    async def acquire(
+        self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
+    ) -> Lost | None:
+        """Return None once `op` won and holds its primary target, or `Lost` if it did not win.
+
+        `deadline` (the running loop's ``loop.time()``) asks for the wait policy; None rejects
+        a loser of its first window.
+        """
         ...
 
     def release(self, op: ConflictResolutionOperation) -> None:

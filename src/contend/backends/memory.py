@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, KeysView, Sequence
 from datetime import datetime
@@ -36,6 +37,8 @@ _FIRST = itemgetter(0)
 _POP = cast("Callable[[dict[int, Any], int, object], Any]", dict.pop)
 _GET = cast("Callable[[dict[int, Any], int], Any]", dict.get)
 _ABSENT: Any = object()
+_NO_REF: Any = type(None)
+"""Called like a dead weak reference: returns None."""
 
 
 class MemoryBackend:
@@ -54,7 +57,15 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self._coordinator = LocalCoordinator()
-        self._entities: dict[int, Entity] = {}
+        self._entities: dict[int, weakref.KeyedRef[int, Entity]] = {}
+        """Committed entities by id, held weakly: see `ensure_entity_now`."""
+        entities = self._entities
+
+        def forget(ref: weakref.KeyedRef[int, Entity]) -> None:
+            if entities.get(ref.key) is ref:
+                del entities[ref.key]
+
+        self._forget = forget
         self._ops: dict[int, ConflictResolutionOperation] = {}
         self._by_target: dict[int, dict[int, None]] = {}
         self._inflight: dict[int, float | None] = {}
@@ -83,13 +94,26 @@ class MemoryBackend:
         return self.ensure_entity_now(entity)
 
     def ensure_entity_now(self, entity: Entity) -> Entity:
-        """`ensure_entity` without a coroutine, for the decorator's hot path."""
-        return self._entities.setdefault(entity.ecs_id.int, entity)
+        """`ensure_entity` without a coroutine, for the decorator's hot path.
+
+        The registry holds an entity weakly: no longer than the application does, or a call
+        in flight on it (its frame holds it). Memory is the only place an in-memory entity's
+        committed state lives, so once nothing else holds the object nothing can read it
+        either; keeping it would only grow the registry by every entity ever passed.
+        """
+        key = entity.ecs_id.int
+        found: Entity | None = self._entities.get(key, _NO_REF)()
+        if found is not None:
+            return found
+        self._entities[key] = weakref.KeyedRef(entity, self._forget, key)
+        return entity
 
     async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
-        return self._entities.get(entity_id.int)
+        ref = self._entities.get(entity_id.int)
+        return ref() if ref is not None else None
 
     def entity_count(self) -> int:
+        """Entities registered and still alive."""
         return len(self._entities)
 
     def forget_entity(self, entity_id: UUID) -> bool:
@@ -320,6 +344,12 @@ class MemoryBackend:
 
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
         return {UUID(int=t): len(b) for t, b in self._zombies_by_target.items() if t >= 0}
+
+    def top_zombie_targets(self, n: int) -> tuple[dict[UUID, int], int]:
+        """The `n` targets with the most zombies, and how many targets have any."""
+        buckets = self._zombies_by_target
+        top = heapq.nlargest(n, ((len(b), t) for t, b in buckets.items() if t >= 0 and b))
+        return {UUID(int=t): c for c, t in top}, len(buckets) - (-1 in buckets)
 
     async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
         """The oldest zombie of each target (the overall oldest is among them)."""

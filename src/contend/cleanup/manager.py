@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +37,7 @@ __all__ = ["CleanupManager", "Removal", "RemovalSink"]
 log = logging.getLogger("contend.cleanup")
 
 SWEEP_BATCH = 10_000
+RECENT_RUNS = 10_000
 DEFAULT_CHECK_INTERVAL = 60.0
 _NO_CAP = 1 << 62
 _IMMEDIATE = CleanupStrategy.IMMEDIATE
@@ -69,6 +70,8 @@ class CleanupManager:
         self.handler_failures = 0
         self.failed_handlers: Counter[str] = Counter()
         self.last_failure: str | None = None
+        self._runs: deque[tuple[float, str | None]] = deque(maxlen=RECENT_RUNS)
+        """(clock time, failed handler's name or None) of the latest handler and sink runs."""
         self.active_tasks = 0
         self.removed: Counter[str] = Counter()
         self.check_interval: float | None = None
@@ -283,6 +286,7 @@ class CleanupManager:
         custom: CustomCleanupHandler | None = None
         self.handler_runs += 1
         self.active_tasks += 1
+        failed: str | None = None
         started = time.perf_counter()
         try:
             handler = self._handler(eff, config)
@@ -312,23 +316,42 @@ class CleanupManager:
                 name = config.custom_cleanup_handler or "custom"
             else:
                 name = eff.strategy.value
-            self.handler_failures += 1
-            self.failed_handlers[name] += 1
-            self.last_failure = f"{name}: {why}"
+            failed = name
+            self._failed(name, why)
             metrics.cleanup_failed(eff.strategy.value)
+            kept = await self.rt.backend.get_operation(op.ecs_id) is not None
             log.error(
-                "cleanup handler %s failed for operation %s (target %s, status %s): %s; "
-                "the record is kept",
+                "cleanup handler %s failed for operation %s (target %s, status %s): %s; %s",
                 name,
                 op.ecs_id,
                 op.target_entity_id,
                 op.status.value,
                 why,
+                "the record is kept" if kept else "the record had already been removed",
             )
         finally:
+            self._runs.append((self.rt.clock.time(), failed))
             self.active_tasks -= 1
             if custom is not None or eff.strategy is CleanupStrategy.CUSTOM:
                 metrics.handler_ran(eff.strategy.value, time.perf_counter() - started)
+
+    def _failed(self, name: str, why: str) -> None:
+        self.handler_failures += 1
+        self.failed_handlers[name] += 1
+        self.last_failure = f"{name}: {why}"
+
+    def recent_runs(self, since: float) -> tuple[int, Counter[str]]:
+        """Handler and sink runs at or after clock time `since` (among the latest
+        `RECENT_RUNS`), and their failures by handler name."""
+        runs = 0
+        failures: Counter[str] = Counter()
+        for at, failed in reversed(self._runs):
+            if at < since:
+                break
+            runs += 1
+            if failed is not None:
+                failures[failed] += 1
+        return runs, failures
 
     # removals -----------------------------------------------------------------------------------
     async def remove(
@@ -458,14 +481,14 @@ class CleanupManager:
         for sink in tuple(self._sinks):
             self.handler_runs += 1
             self.active_tasks += 1
+            failed: str | None = None
             try:
                 await sink(batch)
             except Exception as exc:
                 name = str(getattr(sink, "name", None) or getattr(sink, "__qualname__", sink))
                 why = f"{type(exc).__name__}: {exc}"
-                self.handler_failures += 1
-                self.failed_handlers[name] += 1
-                self.last_failure = f"{name}: {why}"
+                failed = name
+                self._failed(name, why)
                 for value in {r.strategy for r in batch}:
                     rt.metrics.cleanup_failed(value)
                 log.error(
@@ -480,6 +503,7 @@ class CleanupManager:
                 )
                 return None
             finally:
+                self._runs.append((rt.clock.time(), failed))
                 self.active_tasks -= 1
         removed = 0
         for r in batch:

@@ -126,7 +126,7 @@ class MemoryPressureMonitor:
         max_age: float = 1.0,
         time_source: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.probe: Callable[[], float] = probe or read_memory_pressure
+        self._probe: Callable[[], float] = probe or read_memory_pressure
         self.max_age = max_age
         self.time_source = time_source
         self.failures = 0
@@ -135,10 +135,19 @@ class MemoryPressureMonitor:
         self._value = 0.0
         self._at: float | None = None
 
+    @property
+    def probe(self) -> Callable[[], float]:
+        return self._probe
+
+    @probe.setter
+    def probe(self, probe: Callable[[], float]) -> None:
+        """A new probe is read at the next `pressure()`, not after the cached reading ages."""
+        self._probe = probe
+        self._at = None
+
     def set_probe(self, probe: Callable[[], float]) -> None:
         """Replace the probe (tests) and forget the cached reading."""
         self.probe = probe
-        self._at = None
 
     def pressure(self) -> float:
         now = self.time_source()
@@ -148,7 +157,7 @@ class MemoryPressureMonitor:
         self._at = now
         self.readings += 1
         try:
-            value = float(self.probe())
+            value = float(self._probe())
             if math.isnan(value):
                 raise ValueError("probe returned NaN")
         except Exception as exc:

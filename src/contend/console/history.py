@@ -104,7 +104,7 @@ class History:
         if record:
             counters = read_counters(rt.metrics.registry)
             self.points.append(Point(t, total, dict(strategies.counts), counters))
-        health = await cleanup_system_health_check(rt)
+        health = await cleanup_system_health_check(rt, max_targets=0)
         hot = await self._hottest()
         self.latest = Snapshot(t, health, hot, strategies)
         return self.latest
