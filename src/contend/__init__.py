@@ -31,6 +31,7 @@ from contend.errors import (
     InvalidTransitionError,
     OCCConflictError,
     OperationRejectedError,
+    OutcomeUnknownError,
     RuntimeBindingError,
 )
 from contend.events import (
@@ -97,6 +98,7 @@ __all__ = [
     "OperationRetriedEvent",
     "OperationStartedEvent",
     "OperationStatus",
+    "OutcomeUnknownError",
     "PreECSConfig",
     "Registry",
     "Runtime",

@@ -10,6 +10,7 @@ __all__ = [
     "InvalidTransitionError",
     "OCCConflictError",
     "OperationRejectedError",
+    "OutcomeUnknownError",
     "RuntimeBindingError",
 ]
 
@@ -89,6 +90,20 @@ class OCCConflictError(ContendError, RuntimeError):
             f"(expected version {expected_version}, found {actual_version}) "
             f"after {attempts} attempt(s); nothing was committed"
         )
+
+
+class OutcomeUnknownError(ContendError, RuntimeError):
+    """A write was sent but its reply was lost, and the store could not be asked in time whether
+    it applied: it may have, or not. Do not retry blindly (that may apply it twice).
+
+    Not a ``ConnectionError``, so retry helpers that retry connection errors leave it alone. The
+    call's record ends FAILED with "outcome unknown" in its message; the backend settles the
+    outcome once the store answers again (docs/redis.md).
+    """
+
+    def __init__(self, op_id: UUID | None, message: str) -> None:
+        self.op_id = op_id
+        super().__init__(message)
 
 
 class RuntimeBindingError(ContendError, RuntimeError):
