@@ -7,6 +7,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from typing import Any
 from uuid import UUID
@@ -40,21 +41,32 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server subprocess without persistence; can be stopped and started again."""
+    """One redis-server subprocess on 127.0.0.1; can be stopped, killed and started again.
 
-    def __init__(self) -> None:
+    `aof=True` keeps its data in an append-only file (fsync on every write) in a directory of
+    its own, so a restart (graceful or SIGKILL) comes back with every acknowledged write.
+    DEBUG (SLEEP) is enabled for local connections, for fault tests.
+    """
+
+    def __init__(self, *, aof: bool = False, data_dir: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
         self.binary = binary
         self.port = free_port()
+        self.aof = aof
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="contend-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
     def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else []
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -66,6 +78,11 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *persistence,
+                "--dir",
+                self.data_dir,
+                "--enable-debug-command",
+                "local",
                 "--daemonize",
                 "no",
             ],
@@ -78,17 +95,29 @@ class RedisServer:
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
         client.close()
 
     def stop(self) -> None:
+        """Graceful: SIGTERM (an AOF server writes everything out first)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies on the spot."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 class Account(Entity):
