@@ -21,17 +21,33 @@ async def cleanup_system_health_check(runtime: Runtime | None = None) -> dict[st
     unhealthy once a cleanup handler has failed), plus the oldest zombie's age (degraded past
     24 h) and the share of cleanup runs that failed (unhealthy past 10%). A failed handler keeps
     the runtime unhealthy: the records it could not clean are still there for an operator.
+    On a shared backend (Redis) the totals are read from it now, what it reports (unreadable
+    keys, writes waiting for it) is listed, and an unreachable backend makes the check
+    unhealthy instead of raising.
     """
     rt = runtime or get_runtime()
-    counts = await rt.backend.zombie_counts_by_target()
-    zombie_counts = {str(k): v for k, v in counts.items()}
+    backend_issues: list[str] = []
+    unreachable = False
+    counts: dict[Any, int] = {}
+    oldest_ops: list[Any] = []
     total_zombies = rt.backend.zombie_count
+    try:
+        counts = await rt.backend.zombie_counts_by_target()
+        refresh = getattr(rt.backend, "refresh_zombie_count", None)  # a shared store's total
+        if refresh is not None:
+            total_zombies = await refresh()
+        oldest_ops = await rt.backend.oldest_zombies()
+    except ConnectionError as exc:
+        unreachable = True
+        backend_issues.append(f"Backend unavailable: {exc}")
+    backend_issues += getattr(rt.backend, "health_issues", list)()
+    zombie_counts = {str(k): v for k, v in counts.items()}
     manager = rt.cleanup
     failed_cleanup_handlers = dict(manager.failed_handlers)
     memory_pressure = rt.memory.pressure()
     oldest = None
     now = rt.clock.now()
-    for op in await rt.backend.oldest_zombies():
+    for op in oldest_ops:
         if op.completed_at is not None:
             age = (now - op.completed_at).total_seconds()
             oldest = age if oldest is None else max(oldest, age)
@@ -58,6 +74,9 @@ async def cleanup_system_health_check(runtime: Runtime | None = None) -> dict[st
     if failure_rate > FAILURE_RATE_UNHEALTHY:
         status = "unhealthy"
         issues.append(f"Cleanup failure rate {failure_rate:.1%} exceeds 10%")
+    if backend_issues:
+        status = "unhealthy" if unreachable else ("degraded" if status == "healthy" else status)
+        issues += backend_issues
 
     return {
         "status": status,

@@ -237,9 +237,10 @@ class Records:
         due: float | None,
     ) -> list[ConflictResolutionOperation]:
         if reply.get("applied"):
-            log.warning(
-                "operation %s ended %s, but its write had been applied (the reply was lost): "
-                "its record was ended as a success by that write",
+            # A caller cancelled (or told "outcome unknown") while its write was on its way: the
+            # write applied and ended the record as a success; nothing is booked.
+            log.debug(
+                "operation %s ended %s after its write had applied; its record ended with it",
                 op.ecs_id,
                 op.status.value,
             )
