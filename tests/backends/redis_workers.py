@@ -251,3 +251,26 @@ def make_zombies(url: str, prefix: str, target: str, rounds: int, cap: int) -> i
         return rejected
 
     return asyncio.run(main())
+
+
+def hold_and_queue(url: str, prefix: str, target: str, lease_ms: int, started: Any) -> None:
+    """Win the target and hang inside the call, with a second call of this worker queued in the
+    target's next window (at the highest priority), until killed."""
+
+    async def main() -> None:
+        rt = _runtime(url, prefix, lease_ms)
+        slot = Slot(ecs_id=UUID(target))
+        inside = asyncio.Event()
+
+        @with_conflict_resolution(cleanup=CleanupConfig(strategy=CleanupStrategy.NONE), runtime=rt)
+        async def hang(s: Slot) -> None:
+            inside.set()
+            await asyncio.sleep(3600)
+
+        first = asyncio.ensure_future(hang(slot))
+        await inside.wait()
+        queued = asyncio.ensure_future(hang.with_priority(10)(slot))
+        started.set()
+        await asyncio.gather(first, queued)
+
+    asyncio.run(main())
