@@ -32,6 +32,7 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("record_memory", "memory per retained record"),
     ("rss_calls", "RSS over 1M calls"),
     ("redis_throughput", "Redis backend throughput"),
+    ("redis_fault_soak", "Redis under faults: a worker SIGKILLed, Redis restarted"),
     ("instructions", "instructions per call, counted by valgrind"),
     ("soak", "soak run"),
 )

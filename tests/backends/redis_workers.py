@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import ctypes
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -32,6 +36,12 @@ INSTALL_HINT = (
     "redis-server is not installed: the Redis backend tests need a real server. Install it with "
     "`make redis-server` or `sudo apt-get update && sudo apt-get install -y redis-server`."
 )
+
+
+def _die_with_parent() -> None:
+    """In the redis-server child: get SIGTERM when the test process dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -88,7 +98,9 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
+        atexit.register(self.kill)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:

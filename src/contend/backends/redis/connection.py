@@ -148,6 +148,8 @@ class Connection:
         self._retrier: asyncio.Task[None] | None = None
         self._retry_wake: asyncio.Future[None] | None = None
         self.closing = False
+        self.on_answer: list[Callable[[], None]] = []
+        """Run when Redis answers again after an outage (reconnect what waits for it)."""
 
     # running commands ---------------------------------------------------------------------------
     def start(self, name: str, *args: Any) -> asyncio.Task[Any]:
@@ -190,6 +192,8 @@ class Connection:
     def answered(self) -> None:
         if self.outage.answered():
             self._poke_retrier()
+            for poke in self.on_answer:
+                poke()
 
     # bad keys -----------------------------------------------------------------------------------
     def bad(self, kind: str, key: str, detail: str) -> RedisDataError:

@@ -156,18 +156,20 @@ class Calls:
                 reply = await self.conn.run("RENEW", *args)
             except (RedisUnavailableError, RedisDataError):
                 continue  # the outage is logged once by the connection
-            lost = json.loads(reply).get("lost") or ()
-            for oid in lost:
-                self.lost_leases += 1
-                log.warning(
-                    "operation %s lost its lease before renewal (lease_ms=%d); its write will "
-                    "be refused",
-                    oid,
-                    self.lease_ms,
-                )
-                for key, holder in list(self.held.items()):
-                    if holder == oid:
-                        del self.held[key]
+            # a lease released while the renewal was on its way is not lost
+            lost = set(json.loads(reply).get("lost") or ()) & set(self.held.values())
+            if not lost:
+                continue
+            self.lost_leases += len(lost)
+            log.warning(
+                "%d operation(s) lost their lease before it was renewed (lease_ms=%d; Redis or "
+                "this event loop stalled); their writes are refused, nothing of them is applied",
+                len(lost),
+                self.lease_ms,
+            )
+            for key, holder in list(self.held.items()):
+                if holder in lost:
+                    del self.held[key]
 
     def reset(self) -> None:
         self._renewer = None

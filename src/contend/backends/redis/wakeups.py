@@ -27,7 +27,7 @@ __all__ = ["Wakeups"]
 log = logging.getLogger("contend.backends.redis")
 
 RECONNECT_FIRST_DELAY = 0.05
-RECONNECT_MAX_DELAY = 1.0
+RECONNECT_MAX_DELAY = 0.5
 
 
 class Wakeups:
@@ -40,6 +40,8 @@ class Wakeups:
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
+        self._retry: asyncio.Future[None] | None = None
+        conn.on_answer.append(self._reconnect_now)
 
     def watch(self, key: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -67,6 +69,11 @@ class Wakeups:
         subscribed = self._subscribed
         if subscribed is not None and not subscribed.done():
             await asyncio.shield(subscribed)
+
+    def _reconnect_now(self) -> None:
+        retry = self._retry
+        if retry is not None and not retry.done():
+            retry.set_result(None)
 
     def _wake_all(self) -> None:
         for futs in self._waiters.values():
@@ -96,7 +103,8 @@ class Wakeups:
                 self._wake_all()
             self._pubsub = None
             await _close(pubsub)
-            await asyncio.sleep(delay)
+            self._retry = asyncio.get_running_loop().create_future()
+            await sleep_or_wake(self._retry, delay)  # or at once, when Redis answers a command
             delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
     async def _listen(self, pubsub: PubSub) -> None:
