@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from contend.backends.redis.connection import Connection
 from contend.backends.redis.entities import Entities
@@ -142,6 +142,8 @@ class RedisBackend:
             decode_responses=True,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
+            # One resend on a connection error or timeout (a connection left stale by a restart):
+            # every script is idempotent, so a resend never applies anything twice.
             retry=Retry(NoBackoff(), 1),
             max_connections=max_connections,
         )

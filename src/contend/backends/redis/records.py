@@ -78,8 +78,8 @@ class Records:
         booked. Written back (when changed) by `flush`, or by `schedule`; then forgotten."""
         self._flush_scheduled = False
         self._sweep_token: str | None = None
-        self._unacked: dict[UUID, ConflictResolutionOperation | None] = {}
-        """Removals whose reply was lost (retried, then counted once)."""
+        self._unacked: dict[UUID, tuple[ConflictResolutionOperation | None, str]] = {}
+        """Removals whose reply was lost, with their token (retried, then counted once)."""
         self._pending: set[UUID] = set()
         """Records whose booking waits for Redis to answer."""
 
@@ -274,19 +274,19 @@ class Records:
         """Take a record out of every index; None if it was gone (or Redis did not answer: the
         removal is then retried, and counted when Redis says it happened)."""
         dirty = self._dirty.pop(op_id, None)
-        local = dirty[0] if dirty is not None else self._unacked.get(op_id)
-        retry = op_id in self._unacked
-        if op_id in self._pending and not retry:
+        pending = self._unacked.get(op_id)
+        local = dirty[0] if dirty is not None else (pending[0] if pending else None)
+        token = pending[1] if pending is not None else uuid.uuid4().hex
+        if op_id in self._pending and pending is None:
             # its booking waits for Redis: the removal goes after it, in order
-            self._unacked[op_id] = local
+            self._unacked[op_id] = (local, token)
             self.conn.defer(f"remove {op_id}", lambda: self._remove_later(op_id))
             return None
-        args = [str(op_id), self.conn.owner, self.outcome_ttl_ms, "1" if retry else "0"]
         try:
-            reply = await self._json("REMOVE", *args)
+            reply = await self._json("REMOVE", str(op_id), token, self.outcome_ttl_ms)
         except RedisUnavailableError:
-            self._unacked[op_id] = local
-            if not retry:
+            if pending is None:
+                self._unacked[op_id] = (local, token)
                 self.conn.defer(f"remove {op_id}", lambda: self._remove_later(op_id))
             return None
         self._unacked.pop(op_id, None)

@@ -17,7 +17,7 @@ Key layout (P = ``{prefix}:``):
   P hb:<owner>    a worker's heartbeat (PX lease), renewed with its leases
   P out:<id>      a window member's outcome (W, L|winner|priority, D: its worker was gone)
   P oc:<token>    a commit's outcome: 1 applied, v voided (settled as never applied)
-  P rm:<id>       the worker whose REMOVE took the record (lets a retry count it once)
+  P rm:<id>       the token of the REMOVE that took the record (a resend counts it once)
   P r:<token>     the reply of a sweep batch, kept until acknowledged (replayed after a lost reply)
   P sweeper       the sweeper lock (SET NX PX)        P seq  submission counter
   channel P released   a target's window was resolved or its lease released (payload: target)
@@ -499,20 +499,20 @@ return reply({k = 1})
 """
 )
 
-# ARGV: P, op, owner, marker ttl ms, retry ('1' after a lost reply).
-# A removal marks the record's id with the remover, so a retry after a lost reply can tell "you
-# took it" (count it once) from "someone else took it" (they counted it).
+# ARGV: P, op, token (one per removal, the same when it is sent again), marker ttl ms.
+# A removal marks the record's id with its token, so a removal sent again after a lost reply can
+# tell "you took it" (count it once) from "it was gone already" (someone else counted it).
 REMOVE = (
     _PRELUDE
     + """
-local op, owner, ttl, retry = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local op, token, ttl = ARGV[2], ARGV[3], ARGV[4]
 local mk = P .. 'rm:' .. op
 local row = unindex(op)
 local mine = false
 if row then
-  redis.call('SET', mk, owner, 'PX', ttl)
-elseif retry == '1' then
-  mine = redis.call('GET', mk) == owner
+  redis.call('SET', mk, token, 'PX', ttl)
+else
+  mine = redis.call('GET', mk) == token
 end
 return reply({r = row, mine = mine, zc = zombie_total(), zv = redis.call('INCR', P .. 'zv')})
 """
