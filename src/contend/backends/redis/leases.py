@@ -36,7 +36,7 @@ _running: contextvars.ContextVar[tuple[uuid.UUID, ...]] = contextvars.ContextVar
 class Call:
     """One decorated call of this worker, from its record's creation to its end."""
 
-    __slots__ = ("ended", "joined", "key", "lease", "oid", "op", "released", "unsettled")
+    __slots__ = ("ended", "joined", "key", "lease", "oid", "op", "released", "seq", "unsettled")
 
     def __init__(self, op: ConflictResolutionOperation) -> None:
         self.op = op
@@ -54,6 +54,9 @@ class Call:
         settles it first (the record is not booked as a zombie if the write applied)."""
         self.joined: asyncio.Future[None] | None = None
         """Done once the window join that carries it has been answered (or failed)."""
+        self.seq: int | None = None
+        """Its submission number, from its first join: a call carried into a later window
+        joins with it again and keeps its place among equal priorities."""
 
     @property
     def retained(self) -> bool:

@@ -336,7 +336,9 @@ return 0
 """
 
 # ARGV: P, LEASE, OUT_TTL, tid, window_ms, max_pending, owner, n,
-#       n x (id, priority, json, targets), then the rest: (entity id, local version) pairs.
+#       n x (id, priority, json, targets, seq), then the rest: (entity id, local version) pairs.
+# `seq` is the call's submission number ('' = take the next one): a call carried into a later
+# window passes the number it got first, and keeps its place among equal priorities.
 JOIN = (
     _PRELUDE
     + _STAGING
@@ -347,31 +349,34 @@ local now = now_ms()
 redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
 local wq, wc = P .. 'wq:' .. tid, P .. 'wc:' .. tid
 local card = redis.call('ZCARD', wq)
-local ops, full, gone = {}, {}, {}
+local ops, seqs, full, gone = {}, {}, {}, {}
 for i = 0, n - 1 do
-  local b = 9 + 4 * i
+  local b = 9 + 5 * i
   local id, prio, rec, ts = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
   local k = P .. 'op:' .. id
   local s = redis.call('HGET', k, 's')
+  local score = num(redis.call('ZSCORE', wq, id))
   if s and TERMINAL[s] then
     gone[#gone + 1] = id
-  elseif redis.call('ZSCORE', wq, id) or redis.call('EXISTS', P .. 'out:' .. id) == 1 then
+  elseif score or redis.call('EXISTS', P .. 'out:' .. id) == 1 then
     ops[#ops + 1] = id
+    seqs[#seqs + 1] = score and math.fmod(score, SCALE) or false
   elseif card >= maxpend then
     full[#full + 1] = id
   else
     redis.call('HSET', k, 'j', rec, 's', 'pending', 't', tid, 'ts', ts, 'w', owner)
     redis.call('SADD', P .. 'os:pending', id)
     for t in string.gmatch(ts, '[^,]+') do redis.call('SADD', P .. 'ot:' .. t, id) end
-    local seq = redis.call('INCR', P .. 'seq') % SCALE
+    local seq = num(ARGV[b + 4]) or (redis.call('INCR', P .. 'seq') % SCALE)
     redis.call('ZADD', wq, (10 - prio) * SCALE + seq, id)
     redis.call('ZADD', P .. 'inflight', now + window_ms + LEASE, id)
     card = card + 1
     ops[#ops + 1] = id
+    seqs[#seqs + 1] = seq
   end
 end
 local ents = {}
-for i = 9 + 4 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
+for i = 9 + 5 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
 local claimed = reap(now)
 if #ops == 0 then return reply({k = 'R', o = {}, e = {}, f = full, g = gone, c = claimed}) end
 if not redis.call('GET', wc) then redis.call('SET', wc, now + window_ms) end
@@ -383,6 +388,7 @@ r.f = full
 r.g = gone
 r.c = claimed
 r.j = ops
+r.q = seqs
 return reply(r)
 """
 )

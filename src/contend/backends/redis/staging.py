@@ -6,6 +6,10 @@ first call is staged, so a caller cancelled at any point leaves nothing half-mad
 caller cancelled while staged is withdrawn from its window before the window is resolved (it
 cannot win in place of the callers still waiting), and if it had already won, its lease goes
 with its record's end.
+
+A call keeps the submission number Redis gave it at its first join (`Call.seq`); joining a
+later window again with it keeps its place among equal priorities (what a "wait" conflict
+policy, which carries a loser into its target's next window, needs).
 """
 
 from __future__ import annotations
@@ -186,7 +190,8 @@ class Staging:
             op = call.op
             self.calls.staged(call, key)
             targets = ",".join(str(t) for t in op.target_entity_ids)
-            args += [call.oid, op.priority, op.model_dump_json(), targets]
+            seq = "" if call.seq is None else call.seq
+            args += [call.oid, op.priority, op.model_dump_json(), targets, seq]
         args += ents
         await self.wakeups.ready()
         fut = self.wakeups.watch(key)
@@ -197,7 +202,12 @@ class Staging:
                 batch.joined.set_result(None)
             outcomes = dict.fromkeys(reply.get("f") or (), "F")
             outcomes.update(dict.fromkeys(reply.get("g") or (), "X"))
-            staged = [c.oid for c in live if c.oid in set(reply.get("j") or ())]
+            numbers = dict(zip(reply.get("j") or (), reply.get("q") or (), strict=False))
+            for call in live:
+                number = numbers.get(call.oid)
+                if call.seq is None and type(number) is int:
+                    call.seq = number
+            staged = [c.oid for c in live if c.oid in numbers]
             while reply["k"] != "R":
                 ms = max(0, int(reply["ms"]))
                 if reply["k"] == "T":
