@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -32,8 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["ENV_VAR", "RedisBackend", "backend_from_env"]
 
+log = logging.getLogger("contend.backends.redis")
+
 ENV_VAR = "CONTEND_REDIS_URL"
 PREFIX_ENV_VAR = "CONTEND_REDIS_PREFIX"
+CLOSE_DRAIN_SECONDS = 2.0
 
 
 def _check(field: str, value: float, low: float, high: float) -> None:
@@ -333,6 +338,18 @@ class RedisBackend:
         self.conn.reset()
 
     async def close(self) -> None:
+        """Write what waits to be written (briefly, if Redis answers), then disconnect."""
+        with contextlib.suppress(Exception):
+            await self.records.flush()
+        if self.conn.deferred and not self.conn.outage.down:
+            await self.conn.drain(CLOSE_DRAIN_SECONDS)
+        if self.conn.deferred:
+            log.warning(
+                "closing with %d Redis write(s) not done (Redis at %s did not answer); records "
+                "they would have ended are ended by other workers as orphans",
+                self.conn.deferred,
+                self.description,
+            )
         self.calls.stop()
         await self.wakeups.close()
         await self.conn.close()
