@@ -38,7 +38,7 @@ __all__ = ["Entities"]
 log = logging.getLogger("contend.backends.redis")
 
 SETTLE_FIRST_DELAY = 0.01
-SETTLE_MAX_DELAY = 0.5
+SETTLE_MAX_DELAY = 0.1
 
 
 class Entities:
