@@ -49,7 +49,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -152,30 +152,26 @@ class _Server:
 
 
 # the workers -------------------------------------------------------------------------------------
-def worker(
-    url: str,
-    prefix: str,
-    wid: int,
-    counter_ids: list[str],
-    go: Any,
-    seconds: float,
-    reports: Any,
-    lease_ms: int,
-) -> None:
+class Job(NamedTuple):
+    """What one worker process is given (picklable, for the spawned process)."""
+
+    url: str
+    prefix: str
+    wid: int
+    counter_ids: list[str]
+    go: Any
+    seconds: float
+    reports: Any
+    lease_ms: int
+
+
+def worker(job: Job) -> None:
     """One worker process: TASKS tasks calling as fast as they can for `seconds` after `go`."""
-    asyncio.run(_work(url, prefix, wid, counter_ids, go, seconds, reports, lease_ms))
+    asyncio.run(_work(job))
 
 
-async def _work(
-    url: str,
-    prefix: str,
-    wid: int,
-    counter_ids: list[str],
-    go: Any,
-    seconds: float,
-    reports: Any,
-    lease_ms: int,
-) -> None:
+async def _work(job: Job) -> None:
+    url, prefix, wid, counter_ids, go, seconds, reports, lease_ms = job
     backend = RedisBackend.from_url(
         url,
         prefix=prefix,
@@ -266,7 +262,7 @@ def run_mode(
     procs = [
         ctx.Process(
             target=worker,
-            args=(server.url, prefix, wid, counter_ids, go, seconds, reports, lease_ms),
+            args=(Job(server.url, prefix, wid, counter_ids, go, seconds, reports, lease_ms),),
         )
         for wid in range(workers)
     ]

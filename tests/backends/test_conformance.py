@@ -58,6 +58,35 @@ async def _registered(rt: Runtime, *accounts: Account) -> None:
         await rt.registry.register(a)
 
 
+async def _windowed_writer(
+    rt: Runtime, window_ms: int, cleanup: CleanupConfig
+) -> tuple[Any, Account]:
+    """A call staged in a timed window that returns who called it, and a registered account."""
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(staging_timeout_ms=window_ms), cleanup=cleanup, runtime=rt
+    )
+    async def write(acct: Account, who: str) -> str:
+        return who
+
+    acct = Account()
+    await _registered(rt, acct)
+    return write, acct
+
+
+async def _toucher(rt: Runtime, cleanup: CleanupConfig) -> tuple[Any, Account]:
+    """A staged call that adds 1 to the account (and says "ok"), and a registered account."""
+
+    @with_conflict_resolution(cleanup=cleanup, runtime=rt)
+    async def touch(acct: Account) -> str:
+        acct.balance += 1
+        return "ok"
+
+    acct = Account()
+    await _registered(rt, acct)
+    return touch, acct
+
+
 async def _committed(rt: Runtime, acct: Account) -> int:
     """The committed balance as the backend holds it (Redis: read back from Redis)."""
     found = await rt.backend.get_entity(acct.ecs_id, Account)
@@ -88,14 +117,7 @@ async def test_gathered_calls_have_one_winner_and_the_rest_name_it(any_runtime: 
 
 
 async def test_highest_priority_wins_then_the_earliest(any_runtime: Runtime) -> None:
-    window = PreECSConfig(staging_timeout_ms=40)
-
-    @with_conflict_resolution(pre_ecs=window, cleanup=NONE, runtime=any_runtime)
-    async def write(acct: Account, who: str) -> str:
-        return who
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    write, acct = await _windowed_writer(any_runtime, 40, NONE)
     low = asyncio.ensure_future(write.with_priority(2)(acct, "low"))
     await asyncio.sleep(0.005)
     first = asyncio.ensure_future(write.with_priority(8)(acct, "first"))
@@ -304,14 +326,7 @@ async def test_a_call_cancelled_at_any_point_while_staged_never_blocks_its_targe
     """The caller is cancelled `ticks` trips through the loop after it started (while its entity
     is registered, while it is staged, while its window is being joined ...); the next call on
     the same entity must go through."""
-
-    @with_conflict_resolution(cleanup=IMMEDIATE, runtime=any_runtime)
-    async def touch(acct: Account) -> str:
-        acct.balance += 1
-        return "ok"
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, IMMEDIATE)
     victim = asyncio.ensure_future(touch(acct))
     other = asyncio.ensure_future(asyncio.sleep(0))  # keeps the loop busy in the first tick
     for _ in range(ticks):
@@ -323,14 +338,7 @@ async def test_a_call_cancelled_at_any_point_while_staged_never_blocks_its_targe
 
 
 async def test_a_caller_cancelled_while_staged_cannot_win_its_window(any_runtime: Runtime) -> None:
-    window = PreECSConfig(staging_timeout_ms=80)
-
-    @with_conflict_resolution(pre_ecs=window, cleanup=KEEP, runtime=any_runtime)
-    async def write(acct: Account, who: str) -> str:
-        return who
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    write, acct = await _windowed_writer(any_runtime, 80, KEEP)
     high = asyncio.ensure_future(write.with_priority(9)(acct, "high"))
     low = asyncio.ensure_future(write.with_priority(2)(acct, "low"))
     await asyncio.sleep(0.02)  # both are staged in the open window
@@ -378,13 +386,7 @@ async def test_a_caller_cancelled_while_executing_ends_cancelled_and_frees_the_t
         entered.set()
         await asyncio.sleep(60)
 
-    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
-    async def touch(acct: Account) -> str:
-        acct.balance += 1
-        return "ok"
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, NONE)
     task = asyncio.ensure_future(hang(acct))
     await entered.wait()
     task.cancel()
@@ -421,12 +423,7 @@ async def test_a_nested_call_on_a_held_target_runs_inside_and_commits_once(
 async def test_immediate_cleanup_leaves_no_zombie_and_counts_each_removal(
     any_runtime: Runtime,
 ) -> None:
-    @with_conflict_resolution(cleanup=IMMEDIATE, runtime=any_runtime)
-    async def touch(acct: Account) -> None:
-        acct.balance += 1
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, IMMEDIATE)
     await asyncio.gather(*(touch(acct) for _ in range(4)), return_exceptions=True)
     assert await any_runtime.registry.zombies() == []
     assert any_runtime.cleanup.removed["immediate"] == 3
@@ -437,12 +434,7 @@ async def test_deferred_zombies_leave_at_their_retention(any_runtime: Runtime) -
     clock = _clock(any_runtime)
     cfg = CleanupConfig(strategy=CleanupStrategy.DEFERRED, retention_minutes=30)
 
-    @with_conflict_resolution(cleanup=cfg, runtime=any_runtime)
-    async def touch(acct: Account) -> None:
-        acct.balance += 1
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, cfg)
     await asyncio.gather(*(touch(acct) for _ in range(3)), return_exceptions=True)
     any_runtime.cleanup.stop()  # this test drives the sweeps itself
     zombies = await any_runtime.registry.zombies(acct.ecs_id)
@@ -458,12 +450,7 @@ async def test_deferred_zombies_leave_at_their_retention(any_runtime: Runtime) -
 
 
 async def test_none_keeps_zombies_until_removed_by_hand(any_runtime: Runtime) -> None:
-    @with_conflict_resolution(cleanup=KEEP, runtime=any_runtime)
-    async def touch(acct: Account) -> None:
-        acct.balance += 1
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, KEEP)
     await asyncio.gather(*(touch(acct) for _ in range(3)), return_exceptions=True)
     _clock(any_runtime).advance(hours=24 * 30)
     assert await any_runtime.cleanup.sweep() == 0
@@ -478,12 +465,7 @@ async def test_none_keeps_zombies_until_removed_by_hand(any_runtime: Runtime) ->
 async def test_lazy_zombies_leave_on_the_query_that_meets_them(any_runtime: Runtime) -> None:
     cfg = CleanupConfig(strategy=CleanupStrategy.LAZY, retention_minutes=5)
 
-    @with_conflict_resolution(cleanup=cfg, runtime=any_runtime)
-    async def touch(acct: Account) -> None:
-        acct.balance += 1
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, cfg)
     await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
     assert len(await any_runtime.registry.operations_for_target(acct.ecs_id)) == 1
     _clock(any_runtime).advance(minutes=5)
@@ -495,12 +477,7 @@ async def test_lazy_zombies_leave_on_the_query_that_meets_them(any_runtime: Runt
 async def test_the_per_target_cap_evicts_the_oldest_and_counts_them(any_runtime: Runtime) -> None:
     cfg = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=3)
 
-    @with_conflict_resolution(cleanup=cfg, runtime=any_runtime)
-    async def touch(acct: Account) -> None:
-        acct.balance += 1
-
-    acct = Account()
-    await _registered(any_runtime, acct)
+    touch, acct = await _toucher(any_runtime, cfg)
     first: list[Any] = []
     for _ in range(4):
         results = await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)

@@ -251,6 +251,22 @@ async def test_a_zombie_is_booked_with_its_due_time_and_expiry_in_one_step(
 
 
 # item 7 -------------------------------------------------------------------------------------------
+async def _deposit_then_sleep(
+    rt: Runtime, server: RedisServer, seconds: float
+) -> tuple[Callable[[Account, int], Awaitable[None]], list[threading.Thread], Account]:
+    """An OCC deposit that puts Redis to sleep for `seconds` just before its commit is sent."""
+    asleep: list[threading.Thread] = []
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=rt)
+    async def deposit(acct: Account, amount: int) -> None:
+        acct.balance += amount
+        asleep.append(await _server_asleep(server, seconds))
+
+    acct = Account()
+    await rt.registry.register(acct)
+    return deposit, asleep, acct
+
+
 @pytest.mark.parametrize("attempt", range(3))
 async def test_a_commit_whose_reply_comes_too_late_is_reported_as_what_happened(
     redis_server: RedisServer, prefix: str, attempt: int
@@ -259,15 +275,7 @@ async def test_a_commit_whose_reply_comes_too_late_is_reported_as_what_happened(
     timeout. The caller is told success only if it applied, "not applied" only if it did not,
     and the record agrees."""
     rt = _worker(redis_server, prefix, socket_timeout=0.2, settle_timeout=5.0)
-    asleep: list[threading.Thread] = []
-
-    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=rt)
-    async def deposit(acct: Account, amount: int) -> None:
-        acct.balance += amount
-        asleep.append(await _server_asleep(redis_server, 0.8))
-
-    acct = Account()
-    await rt.registry.register(acct)
+    deposit, asleep, acct = await _deposit_then_sleep(rt, redis_server, 0.8)
     try:
         await deposit(acct, 7)
     except RedisUnavailableError:
@@ -293,15 +301,7 @@ async def test_an_outcome_redis_cannot_tell_in_time_is_unknown_and_settled_later
     error, so retry helpers leave it alone); once Redis answers, the record is settled: a
     FAILED zombie only if the write did not apply."""
     rt = _worker(redis_server, prefix, socket_timeout=0.2, settle_timeout=0.3)
-    asleep: list[threading.Thread] = []
-
-    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=rt)
-    async def deposit(acct: Account, amount: int) -> None:
-        acct.balance += amount
-        asleep.append(await _server_asleep(redis_server, 1.5))
-
-    acct = Account()
-    await rt.registry.register(acct)
+    deposit, asleep, acct = await _deposit_then_sleep(rt, redis_server, 1.5)
     started = time.monotonic()
     with pytest.raises(OutcomeUnknownError) as info:
         await deposit(acct, 7)
