@@ -38,6 +38,10 @@ log = logging.getLogger("contend.backends.redis")
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """What redis-py raises when Redis cannot be reached or does not answer in time."""
 
+_NOT_SERVING = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+"""Error replies of a Redis that cannot serve right now (loading, a replica, a script running
+too long): an outage, not a bad key."""
+
 OUTAGE_REPORT_SECONDS = 30.0
 MAX_DEFERRED = 10_000
 """Writes kept for a Redis that does not answer; past it, the oldest are dropped and counted
@@ -147,6 +151,7 @@ class Connection:
         )
         self._retrier: asyncio.Task[None] | None = None
         self._retry_wake: asyncio.Future[None] | None = None
+        self._drained: list[asyncio.Future[None]] = []
         self.closing = False
         self.on_answer: list[Callable[[], None]] = []
         """Run when Redis answers again after an outage (reconnect what waits for it)."""
@@ -178,8 +183,12 @@ class Connection:
                 self.outage.failed(exc)
             raise self.unavailable(exc) from exc
         except ResponseError as exc:
+            if str(exc).startswith(_NOT_SERVING):
+                if not self.closing:
+                    self.outage.failed(exc)
+                raise self.unavailable(exc) from exc
             self.answered()
-            raise self.bad("reply", f"{self.p}*", f"{what} failed: {exc}") from exc
+            raise self.bad("reply", what, f"Redis refused it: {exc}") from exc
         self.answered()
         return out
 
@@ -271,13 +280,18 @@ class Connection:
             if self._deferred and self._deferred[0][1] is action:
                 self._deferred.popleft()
             delay = RETRY_FIRST_DELAY
+        for fut in self._drained:
+            if not fut.done():
+                fut.set_result(None)
+        self._drained.clear()
 
     async def drain(self, seconds: float) -> bool:
         """Wait until the deferred writes are done (or `seconds` pass); True if none remain."""
-        deadline = time.monotonic() + seconds
-        while self._deferred and time.monotonic() < deadline:
+        if self._deferred:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drained.append(fut)
             self._poke_retrier()
-            await asyncio.sleep(0.005)
+            await sleep_or_wake(fut, seconds)
         return not self._deferred
 
     def reset(self) -> None:
@@ -285,6 +299,7 @@ class Connection:
         self._background.clear()
         self._retrier = None
         self._retry_wake = None
+        self._drained.clear()
         pool: Any = self.client.connection_pool
         pool.reset()
 
