@@ -43,13 +43,21 @@ _Member = tuple["Call", "asyncio.Task[Any] | None", int]
 class _Batch:
     """Calls of this worker for one target submitted in the same event-loop tick."""
 
-    __slots__ = ("cancelled", "config", "joined", "members", "task")
+    __slots__ = ("after", "cancelled", "config", "joined", "members", "task")
 
-    def __init__(self, config: PreECSConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: PreECSConfig,
+        loop: asyncio.AbstractEventLoop,
+        after: asyncio.Future[None] | None,
+    ) -> None:
         self.config = config
         self.members: list[_Member] = []
         self.cancelled: set[str] = set()
         self.joined: asyncio.Future[None] = loop.create_future()
+        self.after = after
+        """The join of this worker's previous batch for the target, if still on its way: this
+        one is sent after it, so Redis numbers this worker's calls in their submission order."""
         self.task: asyncio.Task[dict[str, str]] | None = None
 
     def withdrawn(self) -> list[str]:
@@ -86,6 +94,7 @@ class Staging:
         self.min_window_ms = min_window_ms
         self.runtime: Runtime | None = None
         self._batches: dict[str, _Batch] = {}
+        self._joining: dict[str, asyncio.Future[None]] = {}
 
     def in_flight(self) -> int:
         return len(set(self.calls.inflight.values()) | self._batches.keys())
@@ -104,7 +113,10 @@ class Staging:
         loop = asyncio.get_running_loop()
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = _Batch(config, loop)
+            after = self._joining.get(key)
+            batch = self._batches[key] = _Batch(config, loop, after)
+            self._joining[key] = batch.joined
+            batch.joined.add_done_callback(lambda fut: self._joined(key, fut))
             batch.task = loop.create_task(self._stage(key, batch))
         task = current_task(loop)
         batch.members.append((call, task, task.cancelling() if task is not None else 0))
@@ -140,6 +152,10 @@ class Staging:
             )
         return Lost(None, f"staging outcome for target {tid} was lost (window expired)")
 
+    def _joined(self, key: str, fut: asyncio.Future[None]) -> None:
+        if self._joining.get(key) is fut:
+            del self._joining[key]
+
     def release(self, op: ConflictResolutionOperation) -> None:
         """Sync by protocol: the release rides on the record's end (a commit, a discard or a
         zombie booking), which follows at once; the lease is no longer renewed."""
@@ -163,18 +179,16 @@ class Staging:
 
     async def _stage(self, key: str, batch: _Batch) -> dict[str, str]:
         try:
-            loop = asyncio.get_running_loop()
-            if not _loop_is_idle(loop):
-                await _yield_once()  # the calls gathered in this tick join the same batch
-        finally:
-            if self._batches.get(key) is batch:
-                del self._batches[key]
-        withdrawn = set(batch.withdrawn())
-        live = [m[0] for m in batch.members if m[0].oid not in withdrawn]
-        if not live:
-            batch.joined.set_result(None)
-            return {}
-        try:
+            try:
+                if not _loop_is_idle(asyncio.get_running_loop()):
+                    await _yield_once()  # the calls gathered in this tick join the same batch
+            finally:
+                if self._batches.get(key) is batch:
+                    del self._batches[key]
+            withdrawn = set(batch.withdrawn())
+            live = [m[0] for m in batch.members if m[0].oid not in withdrawn]
+            if not live:
+                return {}
             return await self._join_and_resolve(key, batch, live)
         finally:
             if not batch.joined.done():
@@ -194,6 +208,8 @@ class Staging:
             args += [call.oid, op.priority, op.model_dump_json(), targets, seq]
         args += ents
         await self.wakeups.ready()
+        if batch.after is not None and not batch.after.done():
+            await asyncio.shield(batch.after)
         fut = self.wakeups.watch(key)
         try:
             try:
@@ -256,6 +272,7 @@ class Staging:
     def reset(self) -> None:
         """Forget batches of a loop that has stopped (their callers can never resume)."""
         self._batches.clear()
+        self._joining.clear()
 
 
 def _targets(calls: list[Call]) -> list[uuid.UUID]:
