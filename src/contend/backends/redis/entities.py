@@ -212,6 +212,7 @@ class Entities:
         task = self.conn.start(script, *head, *args, *tail)
         if call is not None:
             call.unsettled = True
+            call.sent_at = time.monotonic()
         try:
             raw = await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -36,7 +36,18 @@ _running: contextvars.ContextVar[tuple[uuid.UUID, ...]] = contextvars.ContextVar
 class Call:
     """One decorated call of this worker, from its record's creation to its end."""
 
-    __slots__ = ("ended", "joined", "key", "lease", "oid", "op", "released", "seq", "unsettled")
+    __slots__ = (
+        "ended",
+        "joined",
+        "key",
+        "lease",
+        "oid",
+        "op",
+        "released",
+        "sent_at",
+        "seq",
+        "unsettled",
+    )
 
     def __init__(self, op: ConflictResolutionOperation) -> None:
         self.op = op
@@ -52,6 +63,8 @@ class Call:
         self.unsettled = False
         """A write of it was sent whose outcome this worker does not know: ending the record
         settles it first (the record is not booked as a zombie if the write applied)."""
+        self.sent_at: float | None = None
+        """When (monotonic) that write was sent."""
         self.joined: asyncio.Future[None] | None = None
         """Done once the window join that carries it has been answered (or failed)."""
         self.seq: int | None = None

@@ -38,7 +38,9 @@ __all__ = ["Records"]
 log = logging.getLogger("contend.backends.redis")
 
 _EXECUTED = (OperationStatus.FAILED, OperationStatus.CANCELLED)
-_SETTLE_MARGIN_SECONDS = 5.0
+IMMEDIATE_GRACE_SECONDS = 60.0
+SETTLE_MARGIN_SECONDS = 5.0
+"""A write is settled by its outcome key only while the key is sure to be there still."""
 
 Removed = Callable[[ConflictResolutionOperation, str], Awaitable[None]]
 
@@ -193,8 +195,9 @@ class Records:
             at = op.cleanup_scheduled_at
             return at.timestamp() if at is not None else None
         if strategy is CleanupStrategy.IMMEDIATE and op.completed_at is not None:
-            # removed right after by its handler; booked due at once in case that never comes
-            return op.completed_at.timestamp()
+            # Removed right after by its handler; booked due a little later in case that never
+            # comes (its worker died in between): a sweep of any worker then removes it.
+            return op.completed_at.timestamp() + IMMEDIATE_GRACE_SECONDS
         return None
 
     async def _book(
@@ -207,7 +210,12 @@ class Records:
     ) -> dict[str, Any]:
         token = ""
         if call is not None and call.unsettled:
-            token = call.oid
+            age = time.monotonic() - (call.sent_at or 0.0)
+            if age < self.outcome_ttl_ms / 1000 - SETTLE_MARGIN_SECONDS:
+                token = call.oid
+            elif "outcome unknown" not in (op.error_message or ""):
+                # Redis no longer knows whether its write applied: the record says so
+                op.__dict__["error_message"] = f"{op.error_message}; outcome unknown"
         ttl = ""
         if due is not None:
             ttl = str(int((max(0.0, due - self.clock()) + self.backstop_seconds) * 1000) or 1)
