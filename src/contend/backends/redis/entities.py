@@ -175,7 +175,7 @@ class Entities:
                 w.committed.__dict__.update(w.state.__dict__)
             return None
         if kind != "C":
-            raise self._refused(reply, call)
+            raise self._refused(reply)
         by_id = {str(w.committed.ecs_id): w.committed for w in writes}
         for eid, d in reply["e"]:
             if d:
@@ -190,13 +190,16 @@ class Entities:
         call = self.calls.current(entities[0].ecs_id) if entities else None
         args: list[Any] = [len(entities)]
         for e in entities:
-            state = e.model_dump()
-            state["version"] = e.version + 1
-            state["last_modified"] = now
-            args += [str(e.ecs_id), e.version + 1, type(e).model_validate(state).model_dump_json()]
+            d = e.__dict__
+            before = d["version"], d["last_modified"]
+            d["version"], d["last_modified"] = before[0] + 1, now
+            try:
+                args += [str(e.ecs_id), before[0] + 1, e.model_dump_json()]
+            finally:
+                d["version"], d["last_modified"] = before
         reply = await self._write("BUMP", call, list(entities), args)
         if reply["k"] != "OK":
-            raise self._refused(reply, call)
+            raise self._refused(reply)
         for e in entities:
             d = e.__dict__
             d["version"] += 1
@@ -248,7 +251,7 @@ class Entities:
             self.calls.drop(call)
         return reply
 
-    def _refused(self, reply: dict[str, Any], call: Call | None) -> Exception:
+    def _refused(self, reply: dict[str, Any]) -> Exception:
         kind = reply["k"]
         if kind == "L":
             return LeaseLostError(

@@ -176,9 +176,10 @@ class Records:
         if op.status in _EXECUTED and op.started_at is not None:
             self.entities.mark_stale(op.target_entity_ids)
         due = self._due(op, due)
+        token = self._settle_token(op, call)
         rec = op.model_dump_json()
         try:
-            reply = await self._book(op, rec, call, due, cap)
+            reply = await self._book(op, rec, call, token, due, cap)
         except RedisUnavailableError:
             self._pending.add(op.ecs_id)
             self.conn.defer(f"book {op.ecs_id}", lambda: self._book_later(op, call, due, cap))
@@ -200,25 +201,28 @@ class Records:
             return op.completed_at.timestamp() + IMMEDIATE_GRACE_SECONDS
         return None
 
+    def _settle_token(self, op: ConflictResolutionOperation, call: Call | None) -> str:
+        """The token of a write of this call whose outcome is not known here ('' if none): the
+        booking settles it first, while Redis is sure to still know it."""
+        if call is None or not call.unsettled:
+            return ""
+        age = time.monotonic() - (call.sent_at or 0.0)
+        if age < self.outcome_ttl_ms / 1000 - SETTLE_MARGIN_SECONDS:
+            return call.oid
+        if "outcome unknown" not in (op.error_message or ""):
+            op.__dict__["error_message"] = f"{op.error_message}; outcome unknown"
+        return ""
+
     async def _book(
         self,
         op: ConflictResolutionOperation,
         rec: str,
         call: Call | None,
+        token: str,
         due: float | None,
         cap: int,
     ) -> dict[str, Any]:
-        token = ""
-        if call is not None and call.unsettled:
-            age = time.monotonic() - (call.sent_at or 0.0)
-            if age < self.outcome_ttl_ms / 1000 - SETTLE_MARGIN_SECONDS:
-                token = call.oid
-            elif "outcome unknown" not in (op.error_message or ""):
-                # Redis no longer knows whether its write applied: the record says so
-                op.__dict__["error_message"] = f"{op.error_message}; outcome unknown"
-        ttl = ""
-        if due is not None:
-            ttl = str(int((max(0.0, due - self.clock()) + self.backstop_seconds) * 1000) or 1)
+        ttl = "" if due is None else self._ttl(due)
         tid = op.target_entity_id
         return await self._json(
             "ADD_ZOMBIE",
@@ -260,8 +264,9 @@ class Records:
     async def _book_later(
         self, op: ConflictResolutionOperation, call: Call | None, due: float | None, cap: int
     ) -> None:
+        token = self._settle_token(op, call)
         rec = op.model_dump_json()
-        reply = await self._book(op, rec, call, due, cap)
+        reply = await self._book(op, rec, call, token, due, cap)
         self._pending.discard(op.ecs_id)
         self._dirty.pop(op.ecs_id, None)  # written just now, as it stands
         if reply.get("applied"):
