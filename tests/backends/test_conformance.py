@@ -538,3 +538,28 @@ async def test_a_custom_handler_decides_each_zombies_fate(any_runtime: Runtime) 
         assert any_runtime.cleanup.removed["custom"] == 1
     finally:
         CleanupHandlerRegistry.unregister("conformance-audit")
+
+
+@pytest.mark.parametrize("staged", [True, False])
+async def test_a_retained_success_stays_until_its_retention(
+    any_runtime: Runtime, staged: bool
+) -> None:
+    cfg = CleanupConfig(
+        strategy=CleanupStrategy.DEFERRED, retention_minutes=10, retain_succeeded=True
+    )
+
+    @with_conflict_resolution(pre_ecs=staged, occ=True, cleanup=cfg, runtime=any_runtime)
+    async def deposit(acct: Account, amount: int) -> None:
+        acct.balance += amount
+
+    acct = Account()
+    await deposit(acct, 5)
+    any_runtime.cleanup.stop()
+    (kept,) = await any_runtime.registry.operations_with_status(OperationStatus.SUCCEEDED)
+    assert kept.target_entity_id == acct.ecs_id
+    assert kept.cleanup_scheduled_at is not None
+    assert await any_runtime.registry.zombies() == []
+    _clock(any_runtime).advance(minutes=10)
+    assert await any_runtime.cleanup.sweep() == 1
+    assert await any_runtime.registry.operations_with_status(OperationStatus.SUCCEEDED) == []
+    assert await _committed(any_runtime, acct) == 5
