@@ -67,6 +67,7 @@ class RedisServer:
         self.aof = aof
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="contend-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        atexit.register(self._remove)
 
     @property
     def url(self) -> str:
@@ -100,7 +101,6 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
         )
-        atexit.register(self.kill)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
@@ -130,6 +130,10 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def _remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class Account(Entity):
