@@ -33,6 +33,7 @@ from contend.errors import (
     NestedCallError,
     OCCConflictError,
     OperationRejectedError,
+    OutcomeUnknownError,
     RuntimeBindingError,
 )
 from contend.events import (
@@ -101,6 +102,7 @@ __all__ = [
     "OperationRetriedEvent",
     "OperationStartedEvent",
     "OperationStatus",
+    "OutcomeUnknownError",
     "PreECSConfig",
     "Registry",
     "Runtime",

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from contend.errors import ConfigurationError
+
 __all__ = ["build_parser", "main"]
 
 DEMO_DEFAULT_SECONDS = 4.0
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="deferred",
         help="cleanup strategy of that run (default deferred)",
     )
+    _redis_arguments(health)
 
     serve = sub.add_parser(
         "serve",
@@ -176,7 +179,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="require the console token to read the console too",
     )
+    _redis_arguments(serve)
     return parser
+
+
+def _redis_arguments(command: argparse.ArgumentParser) -> None:
+    """--redis-url / --redis-prefix, defaulting to $CONTEND_REDIS_URL / $CONTEND_REDIS_PREFIX."""
+    command.add_argument(
+        "--redis-url",
+        default=None,
+        metavar="URL",
+        help="report the shared state in this Redis (default: $CONTEND_REDIS_URL; unset: this "
+        "process's own in-memory runtime)",
+    )
+    command.add_argument(
+        "--redis-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="key prefix of the workers to report (default: $CONTEND_REDIS_PREFIX or contend)",
+    )
+
+
+def _redis_runtime(args: argparse.Namespace, name: str) -> Any:
+    """A runtime on the Redis the arguments (or the environment) name, or None."""
+    url = args.redis_url or os.environ.get("CONTEND_REDIS_URL", "").strip()
+    if not url:
+        return None
+    from contend.backends.redis import RedisBackend
+    from contend.runtime import Runtime
+
+    prefix = args.redis_prefix or os.environ.get("CONTEND_REDIS_PREFIX", "contend")
+    return Runtime(backend=RedisBackend.from_url(url, prefix=prefix), name=name)
 
 
 # demo ---------------------------------------------------------------------------------------------
@@ -283,7 +316,9 @@ async def _health(args: argparse.Namespace) -> dict[str, Any]:
     from contend.demo import DemoConfig, simulate
     from contend.runtime import Runtime
 
-    rt = Runtime(clock=FakeClock(), name="contend-health")
+    rt = _redis_runtime(args, "contend-health")
+    if rt is None:
+        rt = Runtime(clock=FakeClock(), name="contend-health")
     try:
         if args.demo_seconds > 0:
             cfg = DemoConfig(duration=args.demo_seconds, strategies=(args.strategy,), isolate=False)
@@ -319,7 +354,18 @@ def _cmd_health(args: argparse.Namespace) -> int:
     if not 0 <= args.demo_seconds <= 3600:
         print(f"--demo-seconds must be within 0..3600, got {args.demo_seconds}", file=sys.stderr)
         return 2
-    body = asyncio.run(_health(args))
+    if args.demo_seconds > 0 and (args.redis_url or os.environ.get("CONTEND_REDIS_URL")):
+        print(
+            "--demo-seconds runs the demo in this process only; it does not write demo data "
+            "into a shared Redis (drop --redis-url / CONTEND_REDIS_URL to run it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        body = asyncio.run(_health(args))
+    except ConfigurationError as exc:
+        print(f"contend health: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(body, indent=2, sort_keys=True, default=str))
     return 0 if body.get("status") != "unhealthy" else 1
 
@@ -330,15 +376,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"contend serve is not available: {exc}", file=sys.stderr)
         return 2
+    try:
+        rt = _redis_runtime(args, "contend-serve")
+    except ConfigurationError as exc:
+        print(f"contend serve: {exc}", file=sys.stderr)
+        return 2
     console = None
     token = None
     if args.console:
         from contend.console import make_console
-        from contend.errors import ConfigurationError
 
         token = args.console_token or os.environ.get("CONTEND_CONSOLE_TOKEN") or None
         try:
-            console = make_console(token=token, protect_reads=args.protect_reads)
+            console = make_console(rt, token=token, protect_reads=args.protect_reads)
         except ConfigurationError as exc:
             print(f"contend serve: console {exc}", file=sys.stderr)
             return 2
@@ -347,7 +397,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             return 2
 
     async def serve() -> int:
-        app = http.make_app(console=console)
+        app = http.make_app(rt, console=console)
         try:
             server = await http.start_server(args.host, args.port, app=app)
         except OSError as exc:
@@ -362,9 +412,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             access = "actions on (token required)" if token else "read-only (no token)"
             print(f"console: {base}/console/ ({access})", file=sys.stderr)
             console.start()
+        what = "this process's runtime" if rt is None else f"the workers sharing {rt.backend!r}"
         print(
-            f"serving {base}/metrics and {base}/healthz for this process's runtime "
-            "(Ctrl-C to stop)",
+            f"serving {base}/metrics and {base}/healthz for {what} (Ctrl-C to stop)",
             file=sys.stderr,
         )
         try:

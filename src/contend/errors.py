@@ -11,6 +11,7 @@ __all__ = [
     "NestedCallError",
     "OCCConflictError",
     "OperationRejectedError",
+    "OutcomeUnknownError",
     "RuntimeBindingError",
 ]
 
@@ -96,6 +97,20 @@ class NestedCallError(ContendError, RuntimeError):
     """A protected call made inside another one holds some of its entities but not all: it can
     neither join the enclosing call nor be staged on its own (it would wait for the enclosing
     call forever, or commit again on each of its OCC retries). Nothing was run or written."""
+
+
+class OutcomeUnknownError(ContendError, RuntimeError):
+    """A write was sent but its reply was lost, and the store could not be asked in time whether
+    it applied: it may have, or not. Do not retry blindly (that may apply it twice).
+
+    Not a ``ConnectionError``, so retry helpers that retry connection errors leave it alone. The
+    call's record ends FAILED with "outcome unknown" in its message; the backend settles the
+    outcome once the store answers again (docs/redis.md).
+    """
+
+    def __init__(self, op_id: UUID | None, message: str) -> None:
+        self.op_id = op_id
+        super().__init__(message)
 
 
 class RuntimeBindingError(ContendError, RuntimeError):

@@ -33,22 +33,39 @@ async def cleanup_system_health_check(
     runs), so the check recovers once handlers work again; lifetime counts are in
     ``failed_cleanup_handlers_total``. `max_targets` keeps the `max_targets` targets with the
     most zombies in ``zombie_counts_by_target`` (None: all; 0: none).
+    On a shared backend (Redis) the totals are read from it now, what it reports (unreadable
+    keys, writes waiting for it) is listed, and an unreachable backend makes the check
+    unhealthy instead of raising.
     """
     if max_targets is not None and (isinstance(max_targets, bool) or max_targets < 0):
         raise ValueError(f"max_targets must be None or an int >= 0, got {max_targets!r}")
     if not failure_window_seconds > 0:
         raise ValueError(f"failure_window_seconds must be > 0, got {failure_window_seconds!r}")
     rt = runtime or get_runtime()
-    counts, targets = await _zombie_counts(rt, max_targets)
-    zombie_counts = {str(k): v for k, v in counts.items()}
+    backend_issues: list[str] = []
+    unreachable = False
+    counts: dict[UUID, int] = {}
+    targets = 0
+    oldest_ops: list[Any] = []
     total_zombies = rt.backend.zombie_count
+    try:
+        counts, targets = await _zombie_counts(rt, max_targets)
+        refresh = getattr(rt.backend, "refresh_zombie_count", None)  # a shared store's total
+        if refresh is not None:
+            total_zombies = await refresh()
+        oldest_ops = await rt.backend.oldest_zombies()
+    except ConnectionError as exc:
+        unreachable = True
+        backend_issues.append(f"Backend unavailable: {exc}")
+    backend_issues += getattr(rt.backend, "health_issues", list)()
+    zombie_counts = {str(k): v for k, v in counts.items()}
     manager = rt.cleanup
     runs, failures = manager.recent_runs(rt.clock.time() - failure_window_seconds)
     failed_cleanup_handlers = dict(failures)
     memory_pressure = rt.memory.pressure()
     oldest = None
     now = rt.clock.now()
-    for op in await rt.backend.oldest_zombies():
+    for op in oldest_ops:
         if op.completed_at is not None:
             age = (now - op.completed_at).total_seconds()
             oldest = age if oldest is None else max(oldest, age)
@@ -77,6 +94,9 @@ async def cleanup_system_health_check(
     if failure_rate > FAILURE_RATE_UNHEALTHY:
         status = "unhealthy"
         issues.append(f"Cleanup failure rate {failure_rate:.1%} exceeds 10%")
+    if backend_issues:
+        status = "unhealthy" if unreachable else ("degraded" if status == "healthy" else status)
+        issues += backend_issues
 
     return {
         "status": status,

@@ -35,3 +35,16 @@ async def redis_runtime(redis_server: RedisServer, prefix: str) -> AsyncIterator
     )
     yield rt
     await rt.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def any_runtime(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Runtime]:
+    """The same runtime on each backend: the conformance suite runs once per backend."""
+    backend = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        backend = RedisBackend.from_url(server.url, prefix=prefix, lease_ms=2000)
+    rt = Runtime(backend=backend, clock=FakeClock(), memory_probe=lambda: 0.0)
+    yield rt
+    rt.cleanup.stop()
+    await rt.aclose()

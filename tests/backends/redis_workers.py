@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import ctypes
 import random
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from typing import Any
 from uuid import UUID
@@ -33,6 +38,12 @@ INSTALL_HINT = (
 )
 
 
+def _die_with_parent() -> None:
+    """In the redis-server child: get SIGTERM when the test process dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,21 +51,33 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server subprocess without persistence; can be stopped and started again."""
+    """One redis-server subprocess on 127.0.0.1; can be stopped, killed and started again.
 
-    def __init__(self) -> None:
+    `aof=True` keeps its data in an append-only file (fsync on every write) in a directory of
+    its own, so a restart (graceful or SIGKILL) comes back with every acknowledged write.
+    DEBUG (SLEEP) is enabled for local connections, for fault tests.
+    """
+
+    def __init__(self, *, aof: bool = False, data_dir: str | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
         self.binary = binary
         self.port = free_port()
+        self.aof = aof
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="contend-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
+        atexit.register(self._remove)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
     def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else []
         self.proc = subprocess.Popen(
             [
                 self.binary,
@@ -66,11 +89,17 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *persistence,
+                "--dir",
+                self.data_dir,
+                "--enable-debug-command",
+                "local",
                 "--daemonize",
                 "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
@@ -78,17 +107,33 @@ class RedisServer:
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
         client.close()
 
     def stop(self) -> None:
+        """Graceful: SIGTERM (an AOF server writes everything out first)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies on the spot."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 class Account(Entity):
@@ -222,3 +267,26 @@ def make_zombies(url: str, prefix: str, target: str, rounds: int, cap: int) -> i
         return rejected
 
     return asyncio.run(main())
+
+
+def hold_and_queue(url: str, prefix: str, target: str, lease_ms: int, started: Any) -> None:
+    """Win the target and hang inside the call, with a second call of this worker queued in the
+    target's next window (at the highest priority), until killed."""
+
+    async def main() -> None:
+        rt = _runtime(url, prefix, lease_ms)
+        slot = Slot(ecs_id=UUID(target))
+        inside = asyncio.Event()
+
+        @with_conflict_resolution(cleanup=CleanupConfig(strategy=CleanupStrategy.NONE), runtime=rt)
+        async def hang(s: Slot) -> None:
+            inside.set()
+            await asyncio.sleep(3600)
+
+        first = asyncio.ensure_future(hang(slot))
+        await inside.wait()
+        queued = asyncio.ensure_future(hang.with_priority(10)(slot))
+        started.set()
+        await asyncio.gather(first, queued)
+
+    asyncio.run(main())

@@ -168,3 +168,55 @@ async def test_a_sweep_reaps_an_orphan_on_a_target_nobody_calls_again(
     assert await rt.backend.get_operation(uuid.UUID(orphan)) is None
     assert r.scard(f"{{{prefix}}}:os:executing") == 0
     await rt.aclose()
+
+
+async def test_a_killed_workers_queued_call_does_not_win_after_its_lease(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Item 5: the killed worker also had a call waiting in the target's next window, at a
+    higher priority; once its lease expires that call must not win (and take a fresh lease):
+    the target is blocked for at most one lease after the kill."""
+    from contend.backends.redis import RedisBackend
+
+    lease_ms = 800
+    target = str(uuid.uuid4())
+    started = SPAWN.Event()
+    proc = SPAWN.Process(
+        target=w.hold_and_queue, args=(redis_server.url, prefix, target, lease_ms, started)
+    )
+    proc.start()
+    r = _keys(redis_server, prefix)
+    try:
+        assert await asyncio.to_thread(started.wait, 30)
+        for _ in range(1000):  # until the queued call has joined the next window
+            if r.zcard(f"{{{prefix}}}:wq:{target}"):
+                break
+            await asyncio.sleep(0.01)
+        os.kill(proc.pid or 0, signal.SIGKILL)
+        killed = asyncio.get_running_loop().time()
+        await asyncio.to_thread(proc.join, 10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    rt = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, lease_ms=lease_ms),
+        memory_probe=lambda: 0.0,
+    )
+
+    @with_conflict_resolution(cleanup=CleanupConfig(strategy=CleanupStrategy.NONE), runtime=rt)
+    async def write(s: w.Slot) -> str:
+        return "done"
+
+    assert await asyncio.wait_for(write(w.Slot(ecs_id=uuid.UUID(target))), 10) == "done"
+    blocked = asyncio.get_running_loop().time() - killed
+    assert blocked < 1.5 * lease_ms / 1000, f"blocked {blocked:.2f} s after the kill"
+    deadline = asyncio.get_running_loop().time() + 10
+    while r.zcard(f"{{{prefix}}}:inflight"):
+        await rt.backend.reap_orphans()  # type: ignore[attr-defined]
+        assert asyncio.get_running_loop().time() < deadline, "orphans were never reaped"
+        await asyncio.sleep(0.1)
+    assert r.scard(f"{{{prefix}}}:os:pending") == r.scard(f"{{{prefix}}}:os:executing") == 0
+    assert r.scard(f"{{{prefix}}}:os:failed") == 1  # the hung winner; the queued call (priority
+    # 10: immediate cleanup by default) ended cancelled and left at once
+    assert rt.cleanup.removed["immediate"] == 1
+    await rt.aclose()

@@ -1,0 +1,311 @@
+"""One Redis connection pool as the rest of the backend sees it: scripts, errors, outages.
+
+Every command runs in a task of its own and the caller awaits it through ``asyncio.shield``: a
+caller that is cancelled gets its ``CancelledError`` at once, on every Python version (redis-py
+waits with ``asyncio.wait_for``, which on CPython 3.11 can swallow a cancellation that arrives
+as its inner step completes), and the command itself still finishes, so its outcome can be
+learnt. Failures become `RedisUnavailableError` (and an outage logged once, with counts, until
+Redis answers again) or `RedisDataError` (a bad key, logged and counted once per key). Writes
+that must happen eventually wait in a queue and are retried as soon as Redis answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from contend.backends.redis import scripts as lua
+from contend.backends.redis.errors import RedisDataError, RedisUnavailableError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from prometheus_client import Counter
+    from redis.commands.core import AsyncScript
+
+__all__ = ["UNAVAILABLE", "Connection", "Outage", "sleep_or_wake"]
+
+log = logging.getLogger("contend.backends.redis")
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""What redis-py raises when Redis cannot be reached or does not answer in time."""
+
+_NOT_SERVING = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
+"""Error replies of a Redis that cannot serve right now (loading, a replica, a script running
+too long): an outage, not a bad key."""
+
+OUTAGE_REPORT_SECONDS = 30.0
+MAX_DEFERRED = 10_000
+"""Writes kept for a Redis that does not answer; past it, the oldest are dropped and counted
+(their records, if staged, are in flight in Redis and end as orphans)."""
+RETRY_FIRST_DELAY = 0.02
+RETRY_MAX_DELAY = 1.0
+BAD_KEYS_REMEMBERED = 1024
+
+
+async def sleep_or_wake(fut: asyncio.Future[None], seconds: float) -> None:
+    """Wait until `fut` (a future of the caller's own) is done or `seconds` pass (no
+    ``wait_for``: a timer completes the future)."""
+    if fut.done():
+        return
+    handle = asyncio.get_running_loop().call_later(max(0.0, seconds), _complete, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+def _complete(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Outage:
+    """Logs an outage once when it starts, a summary every `report_seconds`, and its end."""
+
+    def __init__(self, where: str, report_seconds: float = OUTAGE_REPORT_SECONDS) -> None:
+        self.where = where
+        self.report_seconds = report_seconds
+        self.since: float | None = None
+        self.failures = 0
+        self.outages = 0
+        self.total_failures = 0
+        self.last_error = ""
+        self._reported = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self.total_failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.since is None:
+            self.since = self._reported = now
+            self.failures = 1
+            self.outages += 1
+            log.warning(
+                "Redis at %s is unavailable (%s); calls fail with RedisUnavailableError (nothing "
+                "written) until it answers; logged again every %d s while it lasts",
+                self.where,
+                self.last_error,
+                self.report_seconds,
+            )
+            return
+        self.failures += 1
+        if now - self._reported >= self.report_seconds:
+            self._reported = now
+            log.warning(
+                "Redis at %s still unavailable after %.1f s (%d failed commands; last: %s)",
+                self.where,
+                now - self.since,
+                self.failures,
+                self.last_error,
+            )
+
+    def answered(self) -> bool:
+        """Redis answered: True when that ends an outage (logged with its length and count)."""
+        if self.since is None:
+            return False
+        log.warning(
+            "Redis at %s answers again after %.1f s (%d commands failed meanwhile)",
+            self.where,
+            time.monotonic() - self.since,
+            self.failures,
+        )
+        self.since = None
+        self.failures = 0
+        return True
+
+
+class Connection:
+    """The client, the key prefix, this worker's id and the scripts, with errors mapped."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, description: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.p = f"{{{prefix}}}:"
+        self.route = f"{self.p}seq"
+        self.description = description
+        self.owner = uuid.uuid4().hex
+        self.outage = Outage(description)
+        self.bad_keys: collections.Counter[str] = collections.Counter()
+        self.dropped_writes = 0
+        self.bad_key_metric: Counter | None = None
+        self._bad_seen: dict[str, None] = {}
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(getattr(lua, name)) for name in lua.__all__
+        }
+        self._background: set[asyncio.Task[Any]] = set()
+        self._deferred: collections.deque[tuple[str, Callable[[], Awaitable[None]]]] = (
+            collections.deque()
+        )
+        self._retrier: asyncio.Task[None] | None = None
+        self._retry_wake: asyncio.Future[None] | None = None
+        self._drained: list[asyncio.Future[None]] = []
+        self.closing = False
+        self.on_answer: list[Callable[[], None]] = []
+        """Run when Redis answers again after an outage (reconnect what waits for it)."""
+
+    # running commands ---------------------------------------------------------------------------
+    def start(self, name: str, *args: Any) -> asyncio.Task[Any]:
+        """Run script `name` in a task of its own (kept alive until done)."""
+        return self.spawn(self._script(name, args))
+
+    async def run(self, name: str, *args: Any) -> Any:
+        """Run script `name`; a cancelled caller stops waiting at once, the script goes on."""
+        return await asyncio.shield(self.start(name, *args))
+
+    async def command(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+        """A plain command (a read), with the same cancellation and error handling."""
+        return await asyncio.shield(self.spawn(self._guard(what, factory)))
+
+    async def _script(self, name: str, args: tuple[Any, ...]) -> Any:
+        return await self._guard(
+            f"script {name}",
+            lambda: self._scripts[name](keys=[self.route], args=[self.p, *args]),
+        )
+
+    async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            out = await factory()
+        except UNAVAILABLE as exc:
+            if not self.closing:
+                self.outage.failed(exc)
+            raise self.unavailable(exc) from exc
+        except ResponseError as exc:
+            if str(exc).startswith(_NOT_SERVING):
+                if not self.closing:
+                    self.outage.failed(exc)
+                raise self.unavailable(exc) from exc
+            self.answered()
+            raise self.bad("reply", what, f"Redis refused it: {exc}") from exc
+        self.answered()
+        return out
+
+    def unavailable(self, exc: BaseException) -> RedisUnavailableError:
+        return RedisUnavailableError(
+            f"Redis backend at {self.description} is unavailable "
+            f"({type(exc).__name__}: {exc}); nothing was written"
+        )
+
+    def answered(self) -> None:
+        if self.outage.answered():
+            self._poke_retrier()
+            for poke in self.on_answer:
+                poke()
+
+    # bad keys -----------------------------------------------------------------------------------
+    def bad(self, kind: str, key: str, detail: str) -> RedisDataError:
+        """Count a bad key (once per key and kind), log it once, and return the error for it."""
+        seen = f"{kind}\0{key}"
+        if seen not in self._bad_seen:
+            self._bad_seen[seen] = None
+            if len(self._bad_seen) > BAD_KEYS_REMEMBERED:
+                del self._bad_seen[next(iter(self._bad_seen))]
+            self.bad_keys[kind] += 1
+            if self.bad_key_metric is not None:
+                self.bad_key_metric.labels(kind).inc()
+            log.error("bad %s key in Redis at %s: %s: %s", kind, self.description, key, detail)
+        return RedisDataError(key, detail)
+
+    def repaired(self, keys: list[str] | None) -> None:
+        """Keys a script found malformed and repaired (reply field ``b``)."""
+        for key in keys or ():
+            self.bad("repaired", key, "malformed value replaced by the script that met it")
+
+    # background work ----------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its caller may have stopped waiting for it
+
+    def defer(self, what: str, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` once Redis answers (it raises RedisUnavailableError while it does not);
+        actions run in the order they were deferred."""
+        if len(self._deferred) >= MAX_DEFERRED:
+            dropped, _ = self._deferred.popleft()
+            self.dropped_writes += 1
+            if self.dropped_writes == 1 or self.dropped_writes % 1000 == 0:
+                log.error(
+                    "dropped %d deferred Redis write(s) (%s first): more than %d waited for "
+                    "Redis at %s; staged records among them end as orphans",
+                    self.dropped_writes,
+                    dropped,
+                    MAX_DEFERRED,
+                    self.description,
+                )
+        self._deferred.append((what, action))
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.get_running_loop().create_task(self._retry_forever())
+
+    @property
+    def deferred(self) -> int:
+        return len(self._deferred)
+
+    def _poke_retrier(self) -> None:
+        wake = self._retry_wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _retry_forever(self) -> None:
+        delay = RETRY_FIRST_DELAY
+        loop = asyncio.get_running_loop()
+        while self._deferred:
+            what, action = self._deferred[0]
+            try:
+                await action()
+            except RedisUnavailableError:
+                self._retry_wake = loop.create_future()
+                await sleep_or_wake(self._retry_wake, delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                continue
+            except Exception:
+                log.exception("deferred Redis write (%s) failed; dropped", what)
+            if self._deferred and self._deferred[0][1] is action:
+                self._deferred.popleft()
+            delay = RETRY_FIRST_DELAY
+        for fut in self._drained:
+            if not fut.done():
+                fut.set_result(None)
+        self._drained.clear()
+
+    async def drain(self, seconds: float) -> bool:
+        """Wait until the deferred writes are done (or `seconds` pass); True if none remain."""
+        if self._deferred:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drained.append(fut)
+            self._poke_retrier()
+            await sleep_or_wake(fut, seconds)
+        return not self._deferred
+
+    def reset(self) -> None:
+        """The event loop changed: tasks of the old one can never run again."""
+        self._background.clear()
+        self._retrier = None
+        self._retry_wake = None
+        self._drained.clear()
+        pool: Any = self.client.connection_pool
+        pool.reset()
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in (self._retrier, *self._background):
+            if task is not None and not task.done():
+                task.cancel()
+        await self.client.aclose()

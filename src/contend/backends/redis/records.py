@@ -1,0 +1,491 @@
+"""Operation records in Redis: their end, the zombie books, reads, and removals that are counted.
+
+Ending a record is one script: a zombie is booked with its status, its target's book and cap, its
+due time and its key's expiry at once (a worker or Redis dying between two steps cannot leave a
+zombie that nothing removes), the call's target is released in the same script, and a write of
+the call whose reply was lost is settled first. When Redis does not answer, the end is deferred
+and written as soon as it does, in order. Removals and sweeps are idempotent: a retry after a
+lost reply learns what the first attempt removed, so every removal is counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from contend.backends.redis.errors import RedisUnavailableError
+from contend.clock import utcnow
+from contend.config import CleanupStrategy
+from contend.operations import ConflictResolutionOperation, OperationStatus
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from contend.backends.redis.connection import Connection
+    from contend.backends.redis.entities import Entities
+    from contend.backends.redis.leases import Call, Calls
+
+__all__ = ["Records"]
+
+log = logging.getLogger("contend.backends.redis")
+
+_EXECUTED = (OperationStatus.FAILED, OperationStatus.CANCELLED)
+IMMEDIATE_GRACE_SECONDS = 60.0
+SETTLE_MARGIN_SECONDS = 5.0
+"""A write is settled by its outcome key only while the key is sure to be there still."""
+
+Removed = Callable[[ConflictResolutionOperation, str], Awaitable[None]]
+
+
+class Records:
+    """Records of calls: written when staged or ended, read, removed, swept."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        calls: Calls,
+        entities: Entities,
+        *,
+        lease_ms: int,
+        out_ttl_ms: int,
+        outcome_ttl_ms: int,
+        backstop_seconds: float,
+        sweeper_lock_ms: int,
+    ) -> None:
+        self.conn = conn
+        self.calls = calls
+        self.entities = entities
+        self.lease_ms = lease_ms
+        self.out_ttl_ms = out_ttl_ms
+        self.outcome_ttl_ms = outcome_ttl_ms
+        self.backstop_seconds = backstop_seconds
+        self.sweeper_lock_ms = sweeper_lock_ms
+        self.clock: Callable[[], float] = time.time
+        self.removed_late: Removed | None = None
+        """Counts a removal learnt after the call that made it returned (the runtime's)."""
+        self.sweep_later: Callable[[], Awaitable[object]] | None = None
+        """Runs a sweep (the runtime's), to replay a sweep batch whose reply was lost."""
+        self._zombie_count = 0
+        self._zombie_seq = 0
+        self._dirty: dict[UUID, tuple[ConflictResolutionOperation, str, float | None]] = {}
+        """Records a handler may still change: the record, its JSON as written, its due time as
+        booked. Written back (when changed) by `flush`, or by `schedule`; then forgotten."""
+        self._flush_scheduled = False
+        self._sweep_token: str | None = None
+        self._unacked: dict[UUID, tuple[ConflictResolutionOperation | None, str]] = {}
+        """Removals whose reply was lost, with their token (retried, then counted once)."""
+        self._pending: set[UUID] = set()
+        """Records whose booking waits for Redis to answer."""
+
+    # counts ---------------------------------------------------------------------------------------
+    @property
+    def zombie_count(self) -> int:
+        return self._zombie_count
+
+    def _note(self, reply: dict[str, Any]) -> None:
+        """Keep the newest count: replies on a connection pool can arrive out of order."""
+        self.conn.repaired(reply.get("b"))
+        if "zc" not in reply:
+            return
+        seq = int(reply.get("zv", 0))
+        if seq >= self._zombie_seq:
+            self._zombie_seq = seq
+            self._zombie_count = int(reply["zc"])
+
+    async def refresh_zombie_count(self) -> int:
+        """The global zombie count, read from Redis now."""
+        key = f"{self.conn.p}zc"
+        raw = await self.conn.command(f"GET {key}", lambda: self.conn.client.get(key))
+        try:
+            self._zombie_count = int(raw or 0)
+        except ValueError:
+            self.conn.bad("count", key, f"zombie total {raw!r} is not a number")
+        return self._zombie_count
+
+    async def _json(self, script: str, *args: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(await self.conn.run(script, *args))
+        self._note(reply)
+        return reply
+
+    # records in flight ----------------------------------------------------------------------------
+    def add_operation(self, op: ConflictResolutionOperation) -> None:
+        """Kept in this worker until the call stages (the join writes it) or ends."""
+        self.calls.begin(op)
+
+    def set_status(
+        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
+    ) -> None:
+        op.transition(status, at)
+        if status is OperationStatus.SUCCEEDED:
+            call = self.calls.get(op.ecs_id)
+            if call is not None and call.retained:
+                # A retained success has no record write of its own: its handler's schedule, or
+                # the next flush, writes it.
+                self.calls.finish(op.ecs_id)
+                self._keep(op, "", None)
+
+    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
+        call = self.calls.get(op_id)
+        if call is not None:
+            return call.op
+        dirty = self._dirty.get(op_id)
+        if dirty is not None:
+            return dirty[0]
+        key = f"{self.conn.p}op:{op_id}"
+        j, s = await self.conn.command(
+            f"HMGET {key}", lambda: self.conn.client.hmget(key, ["j", "s"])
+        )
+        if j is None:
+            return None
+        op = self._parse(str(op_id), str(j), None if s is None else str(s))
+        if op is None:
+            raise self.conn.bad("record", key, "unreadable record JSON")
+        return op
+
+    async def discard(self, op: ConflictResolutionOperation) -> None:
+        """A succeeded record leaves (its commit usually ended it in Redis already)."""
+        call = self.calls.finish(op.ecs_id)
+        if call is None or call.key is None or call.ended:
+            return
+        args = [self.lease_ms, self.out_ttl_ms, call.oid, call.key, "d"]
+        try:
+            await self._json("DISCARD", *args)
+        except RedisUnavailableError:
+            self.conn.defer(f"end {call.oid}", lambda: self._retry("DISCARD", args))
+
+    async def _retry(self, script: str, args: list[Any]) -> None:
+        await self._json(script, *args)
+
+    # zombies ------------------------------------------------------------------------------------
+    async def add_zombie(
+        self, op: ConflictResolutionOperation, due: float | None, cap: int
+    ) -> list[ConflictResolutionOperation]:
+        call = self.calls.finish(op.ecs_id)
+        if call is not None and call.joined is not None and not call.joined.done():
+            # A join carrying this call is on its way: end the record after it, or the join
+            # could put back a call that has ended.
+            await _quietly(call.joined)
+        if op.status in _EXECUTED and op.started_at is not None:
+            self.entities.mark_stale(op.target_entity_ids)
+        due = self._due(op, due)
+        token = self._settle_token(op, call)
+        rec = op.model_dump_json()
+        try:
+            reply = await self._book(op, rec, call, token, due, cap)
+        except RedisUnavailableError:
+            self._pending.add(op.ecs_id)
+            self.conn.defer(f"book {op.ecs_id}", lambda: self._book_later(op, call, due, cap))
+            return []
+        return self._booked(op, rec, reply, due)
+
+    def _due(self, op: ConflictResolutionOperation, due: float | None) -> float | None:
+        """The due time booked with the zombie: what the stock handlers will schedule."""
+        if due is not None:
+            return due
+        strategy = op.cleanup_strategy
+        if strategy is CleanupStrategy.DEFERRED:
+            op.schedule_cleanup(CleanupStrategy.DEFERRED, op.get_cleanup_config().retention_minutes)
+            at = op.cleanup_scheduled_at
+            return at.timestamp() if at is not None else None
+        if strategy is CleanupStrategy.IMMEDIATE and op.completed_at is not None:
+            # Removed right after by its handler; booked due a little later in case that never
+            # comes (its worker died in between): a sweep of any worker then removes it.
+            return op.completed_at.timestamp() + IMMEDIATE_GRACE_SECONDS
+        return None
+
+    def _settle_token(self, op: ConflictResolutionOperation, call: Call | None) -> str:
+        """The token of a write of this call whose outcome is not known here ('' if none): the
+        booking settles it first, while Redis is sure to still know it."""
+        if call is None or not call.unsettled:
+            return ""
+        age = time.monotonic() - (call.sent_at or 0.0)
+        if age < self.outcome_ttl_ms / 1000 - SETTLE_MARGIN_SECONDS:
+            return call.oid
+        if "outcome unknown" not in (op.error_message or ""):
+            op.__dict__["error_message"] = f"{op.error_message}; outcome unknown"
+        return ""
+
+    async def _book(
+        self,
+        op: ConflictResolutionOperation,
+        rec: str,
+        call: Call | None,
+        token: str,
+        due: float | None,
+        cap: int,
+    ) -> dict[str, Any]:
+        ttl = "" if due is None else self._ttl(due)
+        tid = op.target_entity_id
+        return await self._json(
+            "ADD_ZOMBIE",
+            self.lease_ms,
+            self.out_ttl_ms,
+            str(op.ecs_id),
+            (call.key or "") if call is not None else "",
+            rec,
+            op.status.value,
+            "" if tid is None else str(tid),
+            ",".join(str(t) for t in op.target_entity_ids),
+            cap,
+            "" if due is None else repr(due),
+            ttl,
+            token,
+            self.outcome_ttl_ms,
+        )
+
+    def _booked(
+        self,
+        op: ConflictResolutionOperation,
+        rec: str,
+        reply: dict[str, Any],
+        due: float | None,
+    ) -> list[ConflictResolutionOperation]:
+        if reply.get("applied"):
+            # A caller cancelled (or told "outcome unknown") while its write was on its way: the
+            # write applied and ended the record as a success; nothing is booked.
+            log.debug(
+                "operation %s ended %s after its write had applied; its record ended with it",
+                op.ecs_id,
+                op.status.value,
+            )
+            return []
+        if not reply.get("dup"):
+            self._keep(op, rec, due)
+        return self._rows(reply.get("ev"))
+
+    async def _book_later(
+        self, op: ConflictResolutionOperation, call: Call | None, due: float | None, cap: int
+    ) -> None:
+        token = self._settle_token(op, call)
+        rec = op.model_dump_json()
+        reply = await self._book(op, rec, call, token, due, cap)
+        self._pending.discard(op.ecs_id)
+        self._dirty.pop(op.ecs_id, None)  # written just now, as it stands
+        if reply.get("applied"):
+            self._booked(op, rec, reply, due)
+            return
+        if self.removed_late is not None:
+            for gone in self._rows(reply.get("ev")):
+                await self.removed_late(gone, "cap")
+
+    def _keep(self, op: ConflictResolutionOperation, sent: str, due: float | None) -> None:
+        """Remember `op` as written, so what its handler changes next is written back once."""
+        self._dirty[op.ecs_id] = (op, sent, due)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.conn.spawn, self.flush())
+
+    async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
+        """Take a record out of every index; None if it was gone (or Redis did not answer: the
+        removal is then retried, and counted when Redis says it happened)."""
+        dirty = self._dirty.pop(op_id, None)
+        pending = self._unacked.get(op_id)
+        local = dirty[0] if dirty is not None else (pending[0] if pending else None)
+        token = pending[1] if pending is not None else uuid.uuid4().hex
+        if op_id in self._pending and pending is None:
+            # its booking waits for Redis: the removal goes after it, in order
+            self._unacked[op_id] = (local, token)
+            self.conn.defer(f"remove {op_id}", lambda: self._remove_later(op_id))
+            return None
+        try:
+            reply = await self._json("REMOVE", str(op_id), token, self.outcome_ttl_ms)
+        except RedisUnavailableError:
+            if pending is None:
+                self._unacked[op_id] = (local, token)
+                self.conn.defer(f"remove {op_id}", lambda: self._remove_later(op_id))
+            return None
+        self._unacked.pop(op_id, None)
+        row = reply.get("r")
+        if row:
+            return self._row(row)
+        if reply.get("mine"):
+            return local if local is not None else _stub(str(op_id), "", "")
+        return None
+
+    async def _remove_later(self, op_id: UUID) -> None:
+        if op_id not in self._unacked:
+            return
+        gone = await self.remove(op_id)
+        if gone is not None and self.removed_late is not None:
+            await self.removed_late(gone, _reason(gone.cleanup_strategy))
+
+    # removal schedule ---------------------------------------------------------------------------
+    async def schedule(self, op_id: UUID, due: float) -> None:
+        """Book the due time and rewrite the record; its key expires `backstop_seconds` later."""
+        entry = self._dirty.pop(op_id, None)
+        op = entry[0] if entry is not None else None
+        body = op.model_dump_json() if op is not None else ""
+        if entry is not None and body == entry[1]:
+            body = ""
+            if entry[2] == due:
+                return  # booked with the zombie, in the same script
+        fresh = entry is not None and not entry[1]
+        args = [str(op_id), repr(due), body, self._ttl(due), *self._where(op if fresh else None)]
+        try:
+            await self._json("SCHEDULE", *args)
+        except RedisUnavailableError:
+            self.conn.defer(f"schedule {op_id}", lambda: self._retry("SCHEDULE", args))
+
+    def _ttl(self, due: float) -> str:
+        return str(int((max(0.0, due - self.clock()) + self.backstop_seconds) * 1000) or 1)
+
+    @staticmethod
+    def _where(op: ConflictResolutionOperation | None) -> list[str]:
+        if op is None:
+            return ["", "", ""]
+        tid = op.target_entity_id
+        targets = ",".join(str(t) for t in op.target_entity_ids)
+        return [op.status.value, "" if tid is None else str(tid), targets]
+
+    async def flush(self) -> None:
+        """Write back records a handler changed since they were written (and retained successes
+        not written yet)."""
+        self._flush_scheduled = False
+        while self._dirty:
+            op_id, (op, sent, _) = self._dirty.popitem()
+            body = op.model_dump_json()
+            if body == sent:
+                continue
+            # a record not written yet (a retained success) is created; one that was written is
+            # only updated, never brought back once another worker removed it
+            args = [str(op_id), "", body, "", *self._where(None if sent else op)]
+            try:
+                await self._json("SCHEDULE", *args)
+            except RedisUnavailableError:
+                self.conn.defer(f"write {op_id}", lambda a=args: self._retry("SCHEDULE", a))  # type: ignore[misc]
+
+    async def pop_due(self, now: float, limit: int) -> list[UUID]:
+        """Due ids, only while this worker holds the sweeper lock (one sweeper across workers).
+        They stay scheduled, claimed for a lock period, until removed: a sweep that stops half
+        way loses none."""
+        claim = now + self.sweeper_lock_ms / 1000
+        args = [self.conn.owner, self.sweeper_lock_ms, repr(now), limit, repr(claim)]
+        reply = await self._json("POP_DUE", *args)
+        return [uuid.UUID(i) for i in reply.get("ids") or ()]
+
+    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+        """Take the records due by `now` out of every index in one script. A batch whose reply
+        was lost is replayed by the next sweep (its reply waits in Redis), never dropped."""
+        token = self._sweep_token
+        if token is None:
+            token = self._sweep_token = uuid.uuid4().hex
+        args = [self.conn.owner, self.sweeper_lock_ms, repr(now), limit, token]
+        try:
+            reply = await self._json("TAKE_DUE", *args, self.outcome_ttl_ms)
+        except RedisUnavailableError:
+            if self.sweep_later is not None:
+                self.conn.defer(f"sweep {token}", self._replay_sweep)
+            raise
+        self._sweep_token = None
+        rows = reply.get("rows") or ()
+        if rows:
+            key = f"{self.conn.p}r:{token}"
+            self.conn.spawn(self.conn.command(f"DEL {key}", lambda: self.conn.client.delete(key)))
+        return self._rows(rows)
+
+    async def _replay_sweep(self) -> None:
+        if self._sweep_token is not None and self.sweep_later is not None:
+            await self.sweep_later()
+
+    async def next_due(self) -> float | None:
+        key = f"{self.conn.p}due"
+        first = await self.conn.command(
+            f"ZRANGE {key}", lambda: self.conn.client.zrange(key, 0, 0, withscores=True)
+        )
+        return float(first[0][1]) if first else None
+
+    # reads --------------------------------------------------------------------------------------
+    async def read(self, suffix: str, book: str | None = None) -> list[ConflictResolutionOperation]:
+        if book is None:
+            reply = await self._json("READ_SET", suffix, "s")
+        else:
+            reply = await self._json("READ_SET", suffix, "z", book)
+        return self._rows(reply.get("rows"))
+
+    async def zombies_all(self) -> list[ConflictResolutionOperation]:
+        return self._rows((await self._json("ZOMBIES_ALL")).get("rows"))
+
+    async def oldest(self) -> list[ConflictResolutionOperation]:
+        return self._rows((await self._json("OLDEST")).get("rows"))
+
+    async def counts_by_target(self) -> dict[UUID, int]:
+        key = f"{self.conn.p}zt"
+        raw = await self.conn.command(f"HGETALL {key}", lambda: self.conn.client.hgetall(key))
+        out: dict[UUID, int] = {}
+        for t, n in raw.items():
+            if not t:
+                continue
+            try:
+                out[uuid.UUID(str(t))] = int(n)
+            except ValueError:
+                self.conn.bad("count", f"{key} field {t!r}", f"not a target id and count ({n!r})")
+        return {t: n for t, n in out.items() if n > 0}
+
+    # parsing ------------------------------------------------------------------------------------
+    def _rows(self, rows: Sequence[Sequence[Any]] | None) -> list[ConflictResolutionOperation]:
+        out = []
+        for row in rows or ():
+            op = self._row(row)
+            if op is not None:
+                out.append(op)
+        return out
+
+    def _row(self, row: Sequence[Any]) -> ConflictResolutionOperation | None:
+        """A row {id, json, status[, target]}; a record that does not parse is reported (and,
+        from a removal, returned as a stub so its removal is still counted)."""
+        oid, j, s = str(row[0]), row[1] or "", row[2] or None
+        op = self._parse(oid, j, s)
+        if op is None and len(row) > 3:
+            return _stub(oid, s or "", str(row[3] or ""))
+        return op
+
+    def _parse(self, oid: str, j: str, s: str | None) -> ConflictResolutionOperation | None:
+        try:
+            op = ConflictResolutionOperation.model_validate_json(j)
+            if s and s != op.status.value:
+                op.__dict__["status"] = OperationStatus(s)
+        except (ValidationError, ValueError) as exc:
+            self.conn.bad("record", f"{self.conn.p}op:{oid}", f"unreadable record ({exc!s:.200})")
+            return None
+        return op
+
+    def footprint(self) -> int:
+        return len(self._dirty) + len(self._unacked) + len(self._pending)
+
+
+def _stub(oid: str, status: str, target: str) -> ConflictResolutionOperation:
+    """What is left of a record whose JSON does not parse: its id, status and target."""
+    try:
+        targets: tuple[UUID, ...] = (uuid.UUID(target),) if target else ()
+    except ValueError:
+        targets = ()
+    op = ConflictResolutionOperation._start("<unreadable record>", targets, "", 5, None, utcnow())
+    op.__dict__["ecs_id"] = uuid.UUID(oid)
+    try:
+        op.__dict__["status"] = OperationStatus(status)
+    except ValueError:
+        op.__dict__["status"] = OperationStatus.FAILED
+    return op
+
+
+def _reason(strategy: CleanupStrategy | None) -> str:
+    if strategy is CleanupStrategy.IMMEDIATE:
+        return "immediate"
+    if strategy is CleanupStrategy.CUSTOM:
+        return "custom"
+    return "manual"
+
+
+async def _quietly(fut: asyncio.Future[None]) -> None:
+    try:
+        await asyncio.shield(fut)
+    except Exception:
+        return

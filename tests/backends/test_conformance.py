@@ -1,0 +1,565 @@
+"""One behavioural suite, run against every backend (`any_runtime`: MemoryBackend, RedisBackend).
+
+Staging, OCC, cancellation, nested calls and cleanup, as a user of `@with_conflict_resolution`
+relies on them. A test here that passes on one backend and fails on the other is a bug, unless
+docs/redis.md names the difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from contend import (
+    CleanupConfig,
+    CleanupHandler,
+    CleanupHandlerRegistry,
+    CleanupStrategy,
+    ConflictResolutionOperation,
+    Entity,
+    FakeClock,
+    OCCConfig,
+    OCCConflictError,
+    OperationRejectedError,
+    OperationStatus,
+    PreECSConfig,
+    Runtime,
+    with_conflict_resolution,
+)
+
+NONE = CleanupConfig(strategy=CleanupStrategy.NONE)
+IMMEDIATE = CleanupConfig(strategy=CleanupStrategy.IMMEDIATE)
+KEEP = CleanupConfig(
+    strategy=CleanupStrategy.NONE, immediate_cleanup_priorities=[], debug_retention_priorities=[]
+)
+
+
+class Account(Entity):
+    balance: int = 0
+
+
+def _clock(rt: Runtime) -> FakeClock:
+    assert isinstance(rt.clock, FakeClock)
+    return rt.clock
+
+
+async def _written(rt: Runtime) -> None:
+    """Let a backend that writes behind (Redis: a handler's changes) catch up."""
+    flush = getattr(rt.backend, "flush", None)
+    if flush is not None:
+        await flush()
+
+
+async def _registered(rt: Runtime, *accounts: Account) -> None:
+    for a in accounts:
+        await rt.registry.register(a)
+
+
+async def _windowed_writer(
+    rt: Runtime, window_ms: int, cleanup: CleanupConfig
+) -> tuple[Any, Account]:
+    """A call staged in a timed window that returns who called it, and a registered account."""
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(staging_timeout_ms=window_ms), cleanup=cleanup, runtime=rt
+    )
+    async def write(acct: Account, who: str) -> str:
+        return who
+
+    acct = Account()
+    await _registered(rt, acct)
+    return write, acct
+
+
+async def _toucher(rt: Runtime, cleanup: CleanupConfig) -> tuple[Any, Account]:
+    """A staged call that adds 1 to the account (and says "ok"), and a registered account."""
+
+    @with_conflict_resolution(cleanup=cleanup, runtime=rt)
+    async def touch(acct: Account) -> str:
+        acct.balance += 1
+        return "ok"
+
+    acct = Account()
+    await _registered(rt, acct)
+    return touch, acct
+
+
+async def _committed(rt: Runtime, acct: Account) -> int:
+    """The committed balance as the backend holds it (Redis: read back from Redis)."""
+    found = await rt.backend.get_entity(acct.ecs_id, Account)
+    assert isinstance(found, Account)
+    return found.balance
+
+
+# staging ------------------------------------------------------------------------------------------
+async def test_gathered_calls_have_one_winner_and_the_rest_name_it(any_runtime: Runtime) -> None:
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def touch(acct: Account) -> str:
+        acct.balance += 1
+        return "ok"
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    results = await asyncio.gather(*(touch(acct) for _ in range(5)), return_exceptions=True)
+    assert results.count("ok") == 1
+    errors = [r for r in results if isinstance(r, OperationRejectedError)]
+    assert len(errors) == 4
+    assert len({e.winner_id for e in errors}) == 1
+    assert all(e.priority == 5 and e.winner_priority == 5 for e in errors)
+    assert acct.balance == 1
+    assert await _committed(any_runtime, acct) == 1
+    zombies = await any_runtime.registry.zombies(acct.ecs_id)
+    assert {z.ecs_id for z in zombies} == {e.op_id for e in errors}
+    assert {z.status for z in zombies} == {OperationStatus.REJECTED}
+
+
+async def test_highest_priority_wins_then_the_earliest(any_runtime: Runtime) -> None:
+    write, acct = await _windowed_writer(any_runtime, 40, NONE)
+    low = asyncio.ensure_future(write.with_priority(2)(acct, "low"))
+    await asyncio.sleep(0.005)
+    first = asyncio.ensure_future(write.with_priority(8)(acct, "first"))
+    await asyncio.sleep(0.005)
+    second = asyncio.ensure_future(write.with_priority(8)(acct, "second"))
+    results = await asyncio.gather(low, first, second, return_exceptions=True)
+    assert results[1] == "first"
+    assert isinstance(results[0], OperationRejectedError)
+    assert isinstance(results[2], OperationRejectedError)
+    assert results[0].winner_priority == 8
+
+
+async def test_winners_on_one_target_never_overlap_and_every_caller_is_answered(
+    any_runtime: Runtime,
+) -> None:
+    running = 0
+    most = 0
+
+    @with_conflict_resolution(cleanup=IMMEDIATE, runtime=any_runtime)
+    async def work(acct: Account) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.002)
+        acct.balance += 1
+        running -= 1
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+
+    async def caller(delay: float) -> str:
+        await asyncio.sleep(delay)
+        try:
+            await work(acct)
+        except OperationRejectedError:
+            return "rejected"
+        return "ok"
+
+    rng = random.Random(3)
+    results = await asyncio.gather(*(caller(rng.random() * 0.03) for _ in range(30)))
+    assert most == 1
+    assert len(results) == 30
+    assert results.count("ok") == acct.balance >= 2
+    assert await _committed(any_runtime, acct) == acct.balance
+
+
+async def test_winners_on_different_targets_run_at_the_same_time(any_runtime: Runtime) -> None:
+    inside = asyncio.Event()
+    count = 0
+
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def hold(acct: Account) -> None:
+        nonlocal count
+        count += 1
+        if count == 3:
+            inside.set()
+        await asyncio.wait_for(inside.wait(), 5)
+
+    accounts = [Account() for _ in range(3)]
+    await _registered(any_runtime, *accounts)
+    await asyncio.gather(*(hold(a) for a in accounts))
+    assert count == 3
+
+
+async def test_a_call_arriving_while_the_winner_runs_goes_to_the_next_window(
+    any_runtime: Runtime,
+) -> None:
+    started = asyncio.Event()
+    go = asyncio.Event()
+    order: list[str] = []
+
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def step(acct: Account, who: str) -> str:
+        order.append(who)
+        if who == "first":
+            started.set()
+            await go.wait()
+        return who
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    first = asyncio.ensure_future(step(acct, "first"))
+    await started.wait()
+    second = asyncio.ensure_future(step(acct, "second"))
+    await asyncio.sleep(0.02)
+    assert order == ["first"]
+    go.set()
+    assert await first == "first"
+    assert await second == "second"
+    assert order == ["first", "second"]
+
+
+async def test_a_full_window_rejects_with_a_reason(any_runtime: Runtime) -> None:
+    window = PreECSConfig(staging_timeout_ms=20, max_pending_per_target=2)
+
+    @with_conflict_resolution(pre_ecs=window, cleanup=NONE, runtime=any_runtime)
+    async def touch(acct: Account) -> str:
+        return "ok"
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    results = await asyncio.gather(*(touch(acct) for _ in range(4)), return_exceptions=True)
+    assert results.count("ok") == 1
+    full = [r for r in results if isinstance(r, OperationRejectedError) and "full" in r.reason]
+    assert len(full) == 2
+
+
+# OCC ----------------------------------------------------------------------------------------------
+async def test_concurrent_increments_lose_no_update(any_runtime: Runtime) -> None:
+    occ = OCCConfig(max_retries=30, base_delay_ms=0.2, max_delay_ms=5)
+
+    @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
+    async def add(acct: Account, amount: int) -> None:
+        value = acct.balance
+        await asyncio.sleep(0)
+        acct.balance = value + amount
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    results = await asyncio.gather(*(add(acct, 1) for _ in range(40)), return_exceptions=True)
+    committed = sum(r is None for r in results)
+    assert all(r is None or isinstance(r, OCCConflictError) for r in results)
+    assert committed > 0
+    assert acct.balance == committed
+    assert await _committed(any_runtime, acct) == committed
+
+
+async def test_exhausted_retries_fail_with_nothing_written(any_runtime: Runtime) -> None:
+    occ = OCCConfig(max_retries=0)
+    entered = asyncio.Event()
+    go = asyncio.Event()
+
+    @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
+    async def slow(acct: Account) -> None:
+        entered.set()
+        await go.wait()
+        acct.balance += 100
+
+    @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
+    async def quick(acct: Account) -> None:
+        acct.balance += 1
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    loser = asyncio.ensure_future(slow(acct))
+    await entered.wait()
+    await quick(acct)
+    go.set()
+    with pytest.raises(OCCConflictError) as info:
+        await loser
+    assert acct.balance == 1
+    assert await _committed(any_runtime, acct) == 1
+    failed = await any_runtime.registry.get_operation(info.value.op_id)
+    assert failed is not None
+    assert failed.status is OperationStatus.FAILED
+
+
+async def test_a_multi_target_commit_is_all_or_nothing(any_runtime: Runtime) -> None:
+    occ = OCCConfig(max_retries=0)
+    entered = asyncio.Event()
+    go = asyncio.Event()
+
+    @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
+    async def transfer(src: Account, dst: Account, amount: int) -> None:
+        entered.set()
+        await go.wait()
+        src.balance -= amount
+        dst.balance += amount
+
+    @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
+    async def deposit(acct: Account, amount: int) -> None:
+        acct.balance += amount
+
+    src, dst = Account(balance=50), Account(balance=0)
+    await _registered(any_runtime, src, dst)
+    moving = asyncio.ensure_future(transfer(src, dst, 30))
+    await entered.wait()
+    await deposit(dst, 5)
+    go.set()
+    with pytest.raises(OCCConflictError):
+        await moving
+    assert (src.balance, dst.balance) == (50, 5)
+    assert (await _committed(any_runtime, src), await _committed(any_runtime, dst)) == (50, 5)
+
+
+@pytest.mark.parametrize("occ", [True, False])
+async def test_the_callers_object_holds_the_committed_state(
+    any_runtime: Runtime, occ: bool
+) -> None:
+    @with_conflict_resolution(occ=occ, cleanup=NONE, runtime=any_runtime)
+    async def deposit(acct: Account, amount: int) -> int:
+        acct.balance += amount
+        return acct.balance
+
+    acct = Account(balance=100)
+    assert await deposit(acct, 50) == 150
+    assert (acct.balance, acct.version) == (150, 1)
+    assert await _committed(any_runtime, acct) == 150
+
+
+# cancellation -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3, 5, 8])
+async def test_a_call_cancelled_at_any_point_while_staged_never_blocks_its_target(
+    any_runtime: Runtime, ticks: int
+) -> None:
+    """The caller is cancelled `ticks` trips through the loop after it started (while its entity
+    is registered, while it is staged, while its window is being joined ...); the next call on
+    the same entity must go through."""
+    touch, acct = await _toucher(any_runtime, IMMEDIATE)
+    victim = asyncio.ensure_future(touch(acct))
+    other = asyncio.ensure_future(asyncio.sleep(0))  # keeps the loop busy in the first tick
+    for _ in range(ticks):
+        await asyncio.sleep(0)
+    victim.cancel()
+    await asyncio.gather(victim, other, return_exceptions=True)
+    assert await asyncio.wait_for(touch(acct), 5) == "ok"
+    assert await asyncio.wait_for(touch(acct), 5) == "ok"
+
+
+async def test_a_caller_cancelled_while_staged_cannot_win_its_window(any_runtime: Runtime) -> None:
+    write, acct = await _windowed_writer(any_runtime, 80, KEEP)
+    high = asyncio.ensure_future(write.with_priority(9)(acct, "high"))
+    low = asyncio.ensure_future(write.with_priority(2)(acct, "low"))
+    await asyncio.sleep(0.02)  # both are staged in the open window
+    high.cancel()
+    assert await asyncio.wait_for(low, 5) == "low"
+    with pytest.raises(asyncio.CancelledError):
+        await high
+    await _written(any_runtime)
+    cancelled = await any_runtime.registry.operations_with_status(OperationStatus.CANCELLED)
+    assert len(cancelled) == 1
+
+
+async def test_timeouts_around_gathered_calls_leave_every_entity_usable(
+    any_runtime: Runtime,
+) -> None:
+    @with_conflict_resolution(cleanup=IMMEDIATE, runtime=any_runtime)
+    async def touch(acct: Account) -> None:
+        await asyncio.sleep(0)
+        acct.balance += 1
+
+    accounts = [Account() for _ in range(12)]
+    await _registered(any_runtime, *accounts)
+    rng = random.Random(5)
+    for _ in range(25):
+        try:
+            async with asyncio.timeout(rng.random() * 0.004):
+                await asyncio.gather(*(touch(a) for a in accounts for _ in range(2)))
+        except (TimeoutError, OperationRejectedError):
+            pass
+    done = await asyncio.wait_for(
+        asyncio.gather(*(touch(a) for a in accounts), return_exceptions=True), 10
+    )
+    assert done == [None] * len(accounts)
+    for a in accounts:
+        assert await _committed(any_runtime, a) == a.balance
+
+
+async def test_a_caller_cancelled_while_executing_ends_cancelled_and_frees_the_target(
+    any_runtime: Runtime,
+) -> None:
+    entered = asyncio.Event()
+
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def hang(acct: Account) -> None:
+        entered.set()
+        await asyncio.sleep(60)
+
+    touch, acct = await _toucher(any_runtime, NONE)
+    task = asyncio.ensure_future(hang(acct))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(touch(acct), 5) == "ok"
+    await _written(any_runtime)
+    (zombie,) = await any_runtime.registry.zombies(acct.ecs_id)
+    assert zombie.status is OperationStatus.CANCELLED
+    assert await _committed(any_runtime, acct) == 1
+
+
+# nested calls -------------------------------------------------------------------------------------
+async def test_a_nested_call_on_a_held_target_runs_inside_and_commits_once(
+    any_runtime: Runtime,
+) -> None:
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=any_runtime)
+    async def inner(acct: Account) -> None:
+        acct.balance += 10
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=any_runtime)
+    async def outer(acct: Account) -> None:
+        acct.balance += 1
+        await inner(acct)
+
+    acct = Account()
+    await outer(acct)
+    assert (acct.balance, acct.version) == (11, 1)
+    assert await _committed(any_runtime, acct) == 11
+    assert await any_runtime.registry.zombies() == []
+
+
+# cleanup ------------------------------------------------------------------------------------------
+async def test_immediate_cleanup_leaves_no_zombie_and_counts_each_removal(
+    any_runtime: Runtime,
+) -> None:
+    touch, acct = await _toucher(any_runtime, IMMEDIATE)
+    await asyncio.gather(*(touch(acct) for _ in range(4)), return_exceptions=True)
+    assert await any_runtime.registry.zombies() == []
+    assert any_runtime.cleanup.removed["immediate"] == 3
+    assert any_runtime.backend.zombie_count == 0
+
+
+async def test_deferred_zombies_leave_at_their_retention(any_runtime: Runtime) -> None:
+    clock = _clock(any_runtime)
+    cfg = CleanupConfig(strategy=CleanupStrategy.DEFERRED, retention_minutes=30)
+
+    touch, acct = await _toucher(any_runtime, cfg)
+    await asyncio.gather(*(touch(acct) for _ in range(3)), return_exceptions=True)
+    any_runtime.cleanup.stop()  # this test drives the sweeps itself
+    zombies = await any_runtime.registry.zombies(acct.ecs_id)
+    assert len(zombies) == 2
+    assert all(z.cleanup_scheduled_at is not None for z in zombies)
+    clock.advance(minutes=29)
+    assert await any_runtime.cleanup.sweep() == 0
+    clock.advance(minutes=1)
+    assert await any_runtime.cleanup.sweep() == 2
+    assert await any_runtime.registry.zombies() == []
+    assert any_runtime.cleanup.removed["ttl"] == 2
+    assert any_runtime.backend.zombie_count == 0
+
+
+async def test_none_keeps_zombies_until_removed_by_hand(any_runtime: Runtime) -> None:
+    touch, acct = await _toucher(any_runtime, KEEP)
+    await asyncio.gather(*(touch(acct) for _ in range(3)), return_exceptions=True)
+    _clock(any_runtime).advance(hours=24 * 30)
+    assert await any_runtime.cleanup.sweep() == 0
+    zombies = await any_runtime.registry.zombies(acct.ecs_id)
+    assert len(zombies) == 2
+    assert await any_runtime.registry.remove(zombies[0].ecs_id)
+    assert not await any_runtime.registry.remove(zombies[0].ecs_id)
+    assert any_runtime.cleanup.removed["manual"] == 1
+    assert len(await any_runtime.registry.zombies()) == 1
+
+
+async def test_lazy_zombies_leave_on_the_query_that_meets_them(any_runtime: Runtime) -> None:
+    cfg = CleanupConfig(strategy=CleanupStrategy.LAZY, retention_minutes=5)
+
+    touch, acct = await _toucher(any_runtime, cfg)
+    await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
+    assert len(await any_runtime.registry.operations_for_target(acct.ecs_id)) == 1
+    _clock(any_runtime).advance(minutes=5)
+    assert await any_runtime.registry.operations_for_target(acct.ecs_id) == []
+    assert any_runtime.cleanup.removed["lazy"] == 1
+    assert any_runtime.backend.zombie_count == 0
+
+
+async def test_the_per_target_cap_evicts_the_oldest_and_counts_them(any_runtime: Runtime) -> None:
+    cfg = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=3)
+
+    touch, acct = await _toucher(any_runtime, cfg)
+    first: list[Any] = []
+    for _ in range(4):
+        results = await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
+        first += [r.op_id for r in results if isinstance(r, OperationRejectedError)]
+    zombies = await any_runtime.registry.zombies(acct.ecs_id)
+    assert {z.ecs_id for z in zombies} == set(first[-3:])
+    assert any_runtime.cleanup.removed["cap"] == 1
+    assert any_runtime.backend.zombie_count == 3
+
+
+async def test_a_failed_call_raises_its_error_and_becomes_a_failed_zombie(
+    any_runtime: Runtime,
+) -> None:
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def boom(acct: Account) -> None:
+        raise ValueError("no funds")
+
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def touch(acct: Account) -> str:
+        return "ok"
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    with pytest.raises(ValueError, match="no funds"):
+        await boom(acct)
+    assert await asyncio.wait_for(touch(acct), 5) == "ok"
+    (zombie,) = await any_runtime.registry.zombies(acct.ecs_id)
+    assert zombie.status is OperationStatus.FAILED
+    assert "no funds" in (zombie.error_message or "")
+
+
+class _Audit(CleanupHandler):
+    seen: list[tuple[str, str]] = []
+
+    async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+        type(self).seen.append((str(operation.ecs_id), operation.status.value))
+        await self.remove(operation)
+
+
+async def test_a_custom_handler_decides_each_zombies_fate(any_runtime: Runtime) -> None:
+    CleanupHandlerRegistry.register("conformance-audit", _Audit)
+    _Audit.seen = []
+    try:
+        cfg = CleanupConfig(
+            strategy=CleanupStrategy.CUSTOM, custom_cleanup_handler="conformance-audit"
+        )
+
+        @with_conflict_resolution(cleanup=cfg, runtime=any_runtime)
+        async def touch(acct: Account) -> None:
+            acct.balance += 1
+
+        acct = Account()
+        await _registered(any_runtime, acct)
+        results = await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
+        (rejected,) = [r for r in results if isinstance(r, OperationRejectedError)]
+        assert _Audit.seen == [(str(rejected.op_id), "rejected")]
+        assert await any_runtime.registry.zombies() == []
+        assert any_runtime.cleanup.removed["custom"] == 1
+    finally:
+        CleanupHandlerRegistry.unregister("conformance-audit")
+
+
+@pytest.mark.parametrize("staged", [True, False])
+async def test_a_retained_success_stays_until_its_retention(
+    any_runtime: Runtime, staged: bool
+) -> None:
+    cfg = CleanupConfig(
+        strategy=CleanupStrategy.DEFERRED, retention_minutes=10, retain_succeeded=True
+    )
+
+    @with_conflict_resolution(pre_ecs=staged, occ=True, cleanup=cfg, runtime=any_runtime)
+    async def deposit(acct: Account, amount: int) -> None:
+        acct.balance += amount
+
+    acct = Account()
+    await deposit(acct, 5)
+    any_runtime.cleanup.stop()
+    (kept,) = await any_runtime.registry.operations_with_status(OperationStatus.SUCCEEDED)
+    assert kept.target_entity_id == acct.ecs_id
+    assert kept.cleanup_scheduled_at is not None
+    assert await any_runtime.registry.zombies() == []
+    _clock(any_runtime).advance(minutes=10)
+    assert await any_runtime.cleanup.sweep() == 1
+    assert await any_runtime.registry.operations_with_status(OperationStatus.SUCCEEDED) == []
+    assert await _committed(any_runtime, acct) == 5
