@@ -195,7 +195,10 @@ class RedisBackend:
         return self
 
     # staging ------------------------------------------------------------------------------------
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
+    async def acquire(
+        self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
+    ) -> Lost | None:
+        """No ``supports_wait`` yet, so the decorator never passes a `deadline`."""
         return await self.staging.acquire(op, config)
 
     def release(self, op: ConflictResolutionOperation) -> None:
