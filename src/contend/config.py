@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import annotated_types
 from pydantic import (
@@ -17,10 +16,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from contend.current import current_runtime
+from contend.enums import CleanupStrategy, ConflictPolicy, ConflictResolutionMode, OperationPriority
 from contend.errors import ConfigurationError
-from contend.operations import ConflictResolutionOperation, OperationPriority
 
 if TYPE_CHECKING:
+    from contend.operations import ConflictResolutionOperation
     from contend.runtime import Runtime
 
 __all__ = [
@@ -30,47 +31,10 @@ __all__ = [
     "ConflictPolicy",
     "ConflictResolutionConfig",
     "ConflictResolutionMode",
+    "EffectiveCleanup",
     "OCCConfig",
     "PreECSConfig",
 ]
-
-
-class _NamedEnum(StrEnum):
-    """A string enum that also accepts its members' names in any case ("LAZY", "Lazy")."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> Any:
-        if isinstance(value, str):
-            return cls.__members__.get(value.upper())
-        return None
-
-
-class CleanupStrategy(_NamedEnum):
-    """Available cleanup strategies for rejected operations."""
-
-    NONE = "none"
-    IMMEDIATE = "immediate"
-    DEFERRED = "deferred"
-    LAZY = "lazy"
-    CUSTOM = "custom"
-
-
-class ConflictPolicy(_NamedEnum):
-    """What happens to a call that loses its staging window."""
-
-    REJECT = "reject"
-    """It ends REJECTED at once (the design's behaviour)."""
-    WAIT = "wait"
-    """It is carried into its target's next window, until `max_wait_ms`, then rejected."""
-
-
-class ConflictResolutionMode(_NamedEnum):
-    """Which protections a decorated call gets."""
-
-    NONE = "none"
-    PRE_ECS = "pre_ecs"
-    OCC = "occ"
-    BOTH = "both"
 
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -108,6 +72,34 @@ class _RangeChecked(BaseModel):
             allowed = " and ".join(b for b in (low, high) if b)
             raise ValueError(f"{name} must be {allowed}, got {value!r}")
         return value
+
+
+class EffectiveCleanup(NamedTuple):
+    """The cleanup that applies to one record now: a strategy, how long a deferred or lazy record
+    is kept, and, when an adaptive rule chose it, that rule ("pressure" or "force": the removal
+    reason metrics report; else the strategy's own reason).
+
+    A tuple: one is looked up per staging window on the hot path.
+    """
+
+    strategy: CleanupStrategy
+    retention_minutes: int = 0
+    trigger: str | None = None
+
+
+_AT_ONCE = EffectiveCleanup(CleanupStrategy.IMMEDIATE)
+_PRESSURE = EffectiveCleanup(CleanupStrategy.IMMEDIATE, 0, "pressure")
+_FORCE = EffectiveCleanup(CleanupStrategy.IMMEDIATE, 0, "force")
+
+
+def _get_system_memory_pressure(runtime: Runtime) -> float:
+    """Fraction of memory in use, from the runtime's (cached, replaceable) probe."""
+    return runtime.memory.pressure()
+
+
+def _get_current_zombie_count(runtime: Runtime) -> int:
+    """Zombies in the runtime, read from its counter (never a scan)."""
+    return runtime.backend.zombie_count
 
 
 MAX_RETENTION_MINUTES = 1440
@@ -311,13 +303,30 @@ class CleanupConfig(_RangeChecked):
             )
         return True
 
+    def effective(self, priority: int, pressure: float, zombies: int) -> EffectiveCleanup:
+        """The cleanup that applies to a record of `priority` when memory pressure is `pressure`
+        and the runtime holds `zombies` zombies: the first matching rule wins (immediate
+        priorities, memory pressure, force threshold, debug-retention priorities, the
+        configured strategy). The one implementation of the rules."""
+        if priority in self.immediate_cleanup_priorities:
+            return _AT_ONCE
+        if self.aggressive_on_memory_pressure and pressure > self.memory_pressure_threshold:
+            return _PRESSURE
+        if zombies > self.force_cleanup_threshold:
+            return _FORCE
+        if priority in self.debug_retention_priorities:
+            return EffectiveCleanup(CleanupStrategy.DEFERRED, self.retention_minutes)
+        return EffectiveCleanup(self.strategy, self.retention_minutes)
+
     def get_effective_cleanup_strategy(
         self, operation: ConflictResolutionOperation, runtime: Runtime | None = None
     ) -> CleanupStrategy:
-        """The strategy that applies to `operation` right now (first matching rule wins)."""
-        from contend.cleanup.policy import effective_cleanup
-
-        return effective_cleanup(self, operation, runtime).strategy
+        """The strategy that applies to `operation` right now (first matching rule wins), with
+        the memory pressure and zombie count of `runtime` (default: the current runtime)."""
+        rt = runtime if runtime is not None else current_runtime()
+        return self.effective(
+            operation.priority, _get_system_memory_pressure(rt), _get_current_zombie_count(rt)
+        ).strategy
 
     @property
     def immediate_set(self) -> frozenset[int]:
@@ -438,8 +447,3 @@ DEFAULT_CLEANUP_CONFIG = CleanupConfig(
     force_cleanup_threshold=1000,
     immediate_cleanup_priorities=[OperationPriority.CRITICAL],
 )
-
-ConflictResolutionOperation.model_rebuild(
-    _types_namespace={"CleanupConfig": CleanupConfig, "CleanupStrategy": CleanupStrategy}
-)
-ConflictResolutionOperation._FIELDS = set(ConflictResolutionOperation.model_fields)

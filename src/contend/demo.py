@@ -25,8 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TextIO
 
-from contend.cleanup.handlers import CleanupHandler
-from contend.cleanup.registry import CleanupHandlerRegistry
+from contend.cleanup.handlers import CleanupHandler, CleanupHandlerRegistry
 from contend.clock import FakeClock
 from contend.config import CleanupConfig, CleanupStrategy, OCCConfig, PreECSConfig
 from contend.decorator import with_conflict_resolution

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Protocol
 from uuid import UUID
 
 __all__ = [
@@ -38,12 +39,40 @@ class InvalidTransitionError(ContendError, RuntimeError):
         super().__init__(f"operation {op_id}: illegal status transition {current} -> {requested}")
 
 
+class _Call(Protocol):
+    """What a rejection reads of its call and of the winner (an operation record)."""
+
+    @property
+    def ecs_id(self) -> UUID: ...
+
+    target_entity_id: UUID | None
+    priority: int
+    function_name: str
+
+
+class _Named:
+    """A call described by its values (an error built by hand)."""
+
+    __slots__ = ("ecs_id", "function_name", "priority", "target_entity_id")
+
+    def __init__(
+        self, ecs_id: UUID, target_entity_id: UUID | None, priority: int, function_name: str
+    ) -> None:
+        self.ecs_id = ecs_id
+        self.target_entity_id = target_entity_id
+        self.priority = priority
+        self.function_name = function_name
+
+
 class OperationRejectedError(ContendError, RuntimeError):
     """The call lost its staging window to a higher-priority (or earlier) call.
 
-    The message names both operations and both priorities; it is built when first read, since
-    most rejections in a busy service are counted, not printed.
+    The message names both operations and both priorities. It is built when first read, and so
+    are the ids (a record makes its id when first asked): most rejections in a busy service are
+    counted, not printed.
     """
+
+    __slots__ = ("_call", "_winner", "_winner_priority")
 
     def __init__(
         self,
@@ -55,18 +84,58 @@ class OperationRejectedError(ContendError, RuntimeError):
         reason: str,
         function_name: str = "",
     ) -> None:
-        self.op_id = op_id
-        self.target_entity_id = target_entity_id
-        self.priority = priority
-        self.winner_id = winner_id
-        self.winner_priority = winner_priority
-        self.reason = reason
-        self.function_name = function_name
         super().__init__(reason)
+        self._call: _Call = _Named(op_id, target_entity_id, priority, function_name)
+        self._winner: _Call | None = (
+            None
+            if winner_id is None
+            else _Named(winner_id, target_entity_id, winner_priority or 0, "")
+        )
+        self._winner_priority = winner_priority
+
+    @classmethod
+    def lost(cls, call: _Call, winner: _Call | None, reason: str) -> OperationRejectedError:
+        """The error of `call`, which lost to `winner` (None: no winner, `reason` says why)."""
+        error = cls.__new__(cls, reason)
+        error._call = call
+        error._winner = winner
+        error._winner_priority = None if winner is None else winner.priority
+        return error
+
+    @property
+    def op_id(self) -> UUID:
+        return self._call.ecs_id
+
+    @property
+    def target_entity_id(self) -> UUID | None:
+        return self._call.target_entity_id
+
+    @property
+    def priority(self) -> int:
+        return self._call.priority
+
+    @property
+    def function_name(self) -> str:
+        return self._call.function_name
+
+    @property
+    def winner_id(self) -> UUID | None:
+        winner = self._winner
+        return None if winner is None else winner.ecs_id
+
+    @property
+    def winner_priority(self) -> int | None:
+        return self._winner_priority
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
     def __str__(self) -> str:
-        where = f" ({self.function_name})" if self.function_name else ""
-        winner = f"; winner {self.winner_id}" if self.winner_id is not None else ""
+        name = self.function_name
+        where = f" ({name})" if name else ""
+        winner_id = self.winner_id
+        winner = f"; winner {winner_id}" if winner_id is not None else ""
         return f"operation {self.op_id}{where} rejected: {self.reason}{winner}"
 
 

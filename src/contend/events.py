@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from contend.clock import utcnow
+from contend.current import current_runtime
 
 __all__ = [
     "EventBus",
@@ -152,6 +153,5 @@ class EventBus:
 
 async def emit(event: OperationEvent) -> None:
     """Publish `event` on the current runtime's bus."""
-    from contend.runtime import get_runtime
-
-    await get_runtime().events.emit(event)
+    bus: EventBus = current_runtime().events
+    await bus.emit(event)

@@ -16,7 +16,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from contend.config import CleanupStrategy
+from contend.enums import CleanupStrategy
 
 __all__ = ["AT_ONCE_REASONS", "OUTCOMES", "REMOVAL_REASONS", "CleanupMetrics"]
 
@@ -422,8 +422,7 @@ class CleanupMetrics:
 
     def zombie_passed(self, target_type: str) -> None:
         """A zombie that left in the step it appeared: its gauge series exists, at net zero."""
-        if target_type not in self.current_zombie_count_by_target._children:
-            self.current_zombie_count_by_target.labels(target_type)
+        self.current_zombie_count_by_target.labels(target_type)
 
     def removed(
         self,

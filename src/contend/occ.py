@@ -21,7 +21,7 @@ from contend.events import OperationRetriedEvent
 
 if TYPE_CHECKING:
     from contend.config import OCCConfig
-    from contend.operations import ConflictResolutionOperation
+    from contend.record import Record
     from contend.runtime import Runtime
 
 __all__ = ["run_with_occ", "working_copy"]
@@ -58,7 +58,7 @@ log = logging.getLogger("contend.occ")
 
 async def run_with_occ(
     rt: Runtime,
-    op: ConflictResolutionOperation,
+    op: Record,
     config: OCCConfig,
     fn: Callable[..., Any],
     committed: list[Entity],
@@ -99,7 +99,7 @@ async def run_with_occ(
             )
         delay = config.delay_seconds(attempt, random.random())
         attempt += 1
-        op.__dict__["retry_count"] = attempt
+        op.retried(attempt)
         metrics.occ_retries.inc()
         log.debug(
             "operation %s: entity %s at version %d, expected %d; retry %d/%d in %.1f ms",

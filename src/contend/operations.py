@@ -1,21 +1,33 @@
-"""Operation records: one per decorated call, with an explicit status machine."""
+"""The public face of an operation record: a pydantic model users can build, read and dump.
+
+contend keeps each call's record as a plain `contend.record.Record`; registry queries, cleanup
+handlers and removal sinks hand users a `ConflictResolutionOperation` view of it, kept current by
+the record (see `contend.record`). Built by hand, ``ConflictResolutionOperation(priority=...)``
+is a standalone model, for evaluating cleanup policy.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
-from contend._ids import new_id
 from contend.clock import utcnow
+from contend.config import CleanupConfig
 from contend.entity import Entity
+from contend.enums import (
+    TERMINAL_STATUSES,
+    TRANSITIONS,
+    CleanupStrategy,
+    OperationPriority,
+    OperationStatus,
+)
 from contend.errors import InvalidTransitionError
 
 if TYPE_CHECKING:
-    from contend.config import CleanupConfig, CleanupStrategy
+    from contend.record import Record
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -25,52 +37,6 @@ __all__ = [
     "OperationPriority",
     "OperationStatus",
 ]
-
-
-class OperationPriority(IntEnum):
-    """Named priorities; any int from 1 to 10 is accepted."""
-
-    BACKGROUND = 1
-    LOW = 2
-    NORMAL = 5
-    HIGH = 8
-    CRITICAL = 10
-
-
-class OperationStatus(StrEnum):
-    PENDING = "pending"
-    EXECUTING = "executing"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset(
-    {
-        OperationStatus.SUCCEEDED,
-        OperationStatus.FAILED,
-        OperationStatus.REJECTED,
-        OperationStatus.CANCELLED,
-    }
-)
-
-TRANSITIONS: dict[OperationStatus, frozenset[OperationStatus]] = {
-    OperationStatus.PENDING: frozenset(
-        {OperationStatus.EXECUTING, OperationStatus.REJECTED, OperationStatus.CANCELLED}
-    ),
-    OperationStatus.EXECUTING: frozenset(
-        {OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.CANCELLED}
-    ),
-    OperationStatus.SUCCEEDED: frozenset(),
-    OperationStatus.FAILED: frozenset(),
-    OperationStatus.REJECTED: frozenset(),
-    OperationStatus.CANCELLED: frozenset(),
-}
 
 
 class OperationEntity(Entity):
@@ -100,37 +66,14 @@ class OperationEntity(Entity):
 
     def transition(self, to: OperationStatus, at: datetime | None = None) -> None:
         """Move along one edge of the status machine; anything else raises."""
-        d = self.__dict__
-        current = d["status"]
+        current = self.status
         if to not in TRANSITIONS[current]:
             raise InvalidTransitionError(self.ecs_id, current.value, to.value)
-        d["status"] = to
-        d["started_at" if to is OperationStatus.EXECUTING else "completed_at"] = at or utcnow()
-
-
-_new = object.__new__
-_set = object.__setattr__
-_TEMPLATE: dict[str, Any] = {
-    "ecs_id": None,
-    "version": 0,
-    "last_modified": None,
-    "function_name": "",
-    "target_entity_id": None,
-    "target_entity_ids": (),
-    "target_type": "",
-    "priority": OperationPriority.NORMAL,
-    "status": OperationStatus.PENDING,
-    "created_at": None,
-    "started_at": None,
-    "completed_at": None,
-    "error_message": None,
-    "retry_count": 0,
-    "winner_id": None,
-    "cleanup_config": None,
-    "cleanup_scheduled_at": None,
-    "cleanup_handler_name": None,
-    "cleanup_strategy": None,
-}
+        self.status = to
+        if to is OperationStatus.EXECUTING:
+            self.started_at = at or utcnow()
+        else:
+            self.completed_at = at or utcnow()
 
 
 class ConflictResolutionOperation(OperationEntity):
@@ -141,43 +84,11 @@ class ConflictResolutionOperation(OperationEntity):
     cleanup_handler_name: str | None = None
     cleanup_strategy: CleanupStrategy | None = None
 
-    _FIELDS: ClassVar[set[str]] = set()
-
-    @classmethod
-    def _start(
-        cls,
-        function_name: str,
-        target_ids: tuple[UUID, ...],
-        target_type: str,
-        priority: int,
-        cleanup_config: CleanupConfig | None,
-        now: datetime,
-    ) -> ConflictResolutionOperation:
-        """Build a PENDING record from values the decorator already validated.
-
-        Pydantic validation costs several microseconds a call; every value here comes from a
-        validated config or from the registry, so the record is assembled directly.
-        """
-        op = _new(cls)
-        d = _TEMPLATE.copy()
-        d["ecs_id"] = new_id()
-        d["last_modified"] = d["created_at"] = now
-        d["function_name"] = function_name
-        d["target_entity_id"] = target_ids[0] if target_ids else None
-        d["target_entity_ids"] = target_ids
-        d["target_type"] = target_type
-        d["priority"] = priority
-        d["cleanup_config"] = cleanup_config
-        _set(op, "__dict__", d)
-        _set(op, "__pydantic_fields_set__", cls._FIELDS)
-        _set(op, "__pydantic_extra__", None)
-        _set(op, "__pydantic_private__", None)
-        return op
+    _record: Record | None = PrivateAttr(default=None)
+    """The record this is a view of (None for a model built by hand)."""
 
     def get_cleanup_config(self) -> CleanupConfig:
         """The config this record was made under, or the defaults."""
-        from contend.config import CleanupConfig
-
         return self.cleanup_config or CleanupConfig()
 
     def schedule_cleanup(
@@ -187,22 +98,29 @@ class ConflictResolutionOperation(OperationEntity):
         *,
         now: datetime | None = None,
     ) -> None:
-        """Record when (and by which strategy) this record is to be removed."""
-        from contend.config import CleanupStrategy
+        """Record when (and by which strategy) this record is to be removed.
 
-        d = self.__dict__
-        d["cleanup_strategy"] = strategy
-        if strategy is CleanupStrategy.IMMEDIATE:
-            return
+        On a view of a live record, the record changes (and so this view): a handler that calls
+        it is heard. Removal itself is scheduled by ``CleanupHandler.retain_for``.
+        """
+        due = None
         if strategy in (CleanupStrategy.DEFERRED, CleanupStrategy.LAZY):
             retention = (
                 retention_minutes
                 if retention_minutes is not None
                 else self.get_cleanup_config().retention_minutes
             )
-            base = self.completed_at or now or utcnow()
-            d["cleanup_scheduled_at"] = base + timedelta(minutes=retention)
-        d["cleanup_handler_name"] = strategy.value
+            due = (self.completed_at or now or utcnow()) + timedelta(minutes=retention)
+        record = self._record
+        if record is not None:
+            record.plan_cleanup(strategy, due)
+            return
+        self.cleanup_strategy = strategy
+        if strategy is CleanupStrategy.IMMEDIATE:
+            return
+        if due is not None:
+            self.cleanup_scheduled_at = due
+        self.cleanup_handler_name = strategy.value
 
     def is_cleanup_due(self, now: datetime | None = None) -> bool:
         """True once the scheduled removal time has come."""

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar, overload
 from uuid import UUID
 
-from contend.config import CleanupStrategy
 from contend.entity import Entity
-from contend.operations import TERMINAL_STATUSES, ConflictResolutionOperation, OperationStatus
+from contend.enums import TERMINAL_STATUSES, CleanupStrategy, OperationStatus
+from contend.operations import ConflictResolutionOperation
 
 if TYPE_CHECKING:
-    from contend.runtime import Runtime
+    from contend.backends.base import Backend
+    from contend.cleanup.manager import CleanupManager
+    from contend.record import Record
 
 __all__ = ["Registry"]
 
@@ -33,19 +36,21 @@ class Registry:
     """Lookups by id, target and status, each O(1) or O(result).
 
     Queries meet zombies; a lazy zombie that is due is removed on the spot and left out of the
-    answer (the LAZY strategy's only trigger).
+    answer (the LAZY strategy's only trigger). Records are handed out as
+    `ConflictResolutionOperation` views, kept current by the runtime.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._rt = runtime
+    def __init__(self, backend: Backend, cleanup: CleanupManager) -> None:
+        self.backend = backend
+        self.cleanup = cleanup
 
     @property
     def zombie_count(self) -> int:
-        return self._rt.backend.zombie_count
+        return self.backend.zombie_count
 
     async def register(self, entity: Entity) -> Entity:
         """Register an entity ahead of its first call; returns the committed instance."""
-        return await self._rt.backend.ensure_entity(entity)
+        return await self.backend.ensure_entity(entity)
 
     @overload
     async def get_entity(self, entity_id: UUID | str) -> Entity | None: ...
@@ -61,7 +66,7 @@ class Registry:
         fields every `Entity` has are read). An entity of another class raises TypeError.
         """
         entity_id = _uuid(entity_id, "entity_id")
-        found = await self._rt.backend.get_entity(entity_id, kind)
+        found = await self.backend.get_entity(entity_id, kind)
         if found is not None and kind is not None and not isinstance(found, kind):
             raise TypeError(
                 f"entity {entity_id} is a {type(found).__name__}, not a {kind.__name__}; "
@@ -70,36 +75,39 @@ class Registry:
         return found
 
     async def get_operation(self, op_id: UUID | str) -> ConflictResolutionOperation | None:
-        op = await self._rt.backend.get_operation(_uuid(op_id, "op_id"))
-        if op is None:
+        record = await self.backend.get_operation(_uuid(op_id, "op_id"))
+        if record is None:
             return None
-        kept = await self._rt.cleanup.remove_due_lazy([op])
-        return kept[0] if kept else None
+        kept = await self.cleanup.remove_due_lazy([record])
+        return kept[0].view() if kept else None
 
     async def operations_for_target(
         self, target_id: UUID | str
     ) -> list[ConflictResolutionOperation]:
-        ops = await self._rt.backend.operations_for_target(_uuid(target_id, "target_id"))
-        return await self._rt.cleanup.remove_due_lazy(ops)
+        return _views(await self._for_target(_uuid(target_id, "target_id")))
+
+    async def _for_target(self, target_id: UUID) -> list[Record]:
+        records = await self.backend.operations_for_target(target_id)
+        return await self.cleanup.remove_due_lazy(records)
 
     async def conflicting_operations(
         self, operation: ConflictResolutionOperation
     ) -> list[ConflictResolutionOperation]:
         """Records in flight (pending or executing) on any target of `operation`, except itself."""
-        seen: dict[UUID, ConflictResolutionOperation] = {}
+        seen: dict[UUID, Record] = {}
         for tid in operation.target_entity_ids:
-            for op in await self.operations_for_target(tid):
-                if op.ecs_id != operation.ecs_id and op.status not in TERMINAL_STATUSES:
-                    seen.setdefault(op.ecs_id, op)
-        return list(seen.values())
+            for record in await self._for_target(tid):
+                if record.status not in TERMINAL_STATUSES and record.ecs_id != operation.ecs_id:
+                    seen.setdefault(record.ecs_id, record)
+        return _views(seen.values())
 
     async def operations_with_status(
         self, status: OperationStatus
     ) -> list[ConflictResolutionOperation]:
-        ops = await self._rt.backend.operations_with_status(status)
+        records = await self.backend.operations_with_status(status)
         if status in TERMINAL_STATUSES:
-            return await self._rt.cleanup.remove_due_lazy(ops)
-        return ops
+            records = await self.cleanup.remove_due_lazy(records)
+        return _views(records)
 
     async def zombies(
         self, target_id: UUID | str | None = None
@@ -107,22 +115,26 @@ class Registry:
         """Zombies, all or those whose primary target is `target_id` (the unit zombie counts
         and per-target caps use); `operations_for_target` also finds those naming it later."""
         tid = None if target_id is None else _uuid(target_id, "target_id")
-        ops = await self._rt.backend.zombies(tid)
-        return await self._rt.cleanup.remove_due_lazy(ops)
+        records = await self.backend.zombies(tid)
+        return _views(await self.cleanup.remove_due_lazy(records))
 
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
-        return await self._rt.backend.zombie_counts_by_target()
+        return await self.backend.zombie_counts_by_target()
 
     async def remove(self, op_id: UUID | str) -> bool:
         """Remove a record by hand (counted under reason "manual"); False if it was not there."""
         op_id = _uuid(op_id, "op_id")
-        op = await self._rt.backend.get_operation(op_id)
-        if op is None:
+        record = await self.backend.get_operation(op_id)
+        if record is None:
             return False
-        if not op.is_terminal:
+        if not record.is_terminal:
             raise ValueError(
-                f"operation {op_id} is {op.status.value}; only terminal records can be removed"
+                f"operation {op_id} is {record.status.value}; only terminal records can be removed"
             )
-        return await self._rt.cleanup.remove(
-            op_id, "manual", strategy=op.cleanup_strategy or CleanupStrategy.NONE
+        return await self.cleanup.remove(
+            op_id, "manual", strategy=record.cleanup_strategy or CleanupStrategy.NONE
         )
+
+
+def _views(records: Iterable[Record]) -> list[ConflictResolutionOperation]:
+    return [r.view() for r in records]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from contend import current
+from contend.backends.base import Hooks, Store
 from contend.backends.memory import MemoryBackend
 from contend.cleanup.manager import CleanupManager
-from contend.cleanup.memory import MemoryPressureMonitor
+from contend.cleanup.pressure import MemoryPressureMonitor
 from contend.clock import Clock, SystemClock
 from contend.errors import ConfigurationError, RuntimeBindingError
 from contend.events import EventBus, OperationConflictEvent
@@ -24,26 +25,28 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from contend.backends.base import Backend
-    from contend.operations import ConflictResolutionOperation
+    from contend.record import Record
 
 __all__ = ["Runtime", "get_runtime", "reset_runtime", "set_runtime", "use_runtime"]
 
 log = logging.getLogger("contend.runtime")
 
 
-_BYPASSED = ("ensure_entity", "add_operation", "bump", "set_status", "discard", "remove")
+_STOOD_IN_FOR = ("ensure_entity", "add_operation", "bump", "set_status", "discard", "remove")
+"""The `Backend` methods a backend's synchronous `Store` stands in for on the hot path."""
 
 
-def _direct(backend: Backend) -> MemoryBackend | None:
-    """The backend, when the hot path may call it without coroutines and skip the zombie books
-    for records that leave at once: a MemoryBackend whose class overrides none of the methods
-    this bypasses (a subclass that observes those calls keeps seeing every one)."""
-    if not isinstance(backend, MemoryBackend) or not type(backend).removes_unbooked:
+def _store_of(backend: Backend) -> Store | None:
+    """The backend's synchronous store, when the hot path may use it: the backend offers one
+    (``backend.store``) and its class overrides none of the methods the store stands in for (a
+    subclass that observes those calls keeps seeing every one, through the coroutines)."""
+    store = getattr(backend, "store", None)
+    if not isinstance(store, Store) or not isinstance(backend, MemoryBackend):
         return None
     cls = type(backend)
-    if any(getattr(cls, name) is not getattr(MemoryBackend, name) for name in _BYPASSED):
+    if any(getattr(cls, name) is not getattr(MemoryBackend, name) for name in _STOOD_IN_FOR):
         return None
-    return backend
+    return store
 
 
 def _claim(backend: Backend, runtime: Runtime, name: str) -> None:
@@ -98,45 +101,80 @@ class Runtime:
             _claim(backend, self, name)
         self.name = name
         self.backend: Backend = MemoryBackend() if backend is None else backend
-        self._local = _direct(self.backend)
-        self._holding: dict[asyncio.Task[Any], tuple[UUID, ...]] = {}
+        self.store: Store | None = _store_of(self.backend)
+        """The backend's synchronous side, used on the hot path when there is one."""
+        self.holding: dict[asyncio.Task[Any], tuple[UUID, ...]] = {}
         """Tasks running a protected call, and the entities each holds (for nested calls)."""
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.events = EventBus()
         self.metrics = CleanupMetrics()
         self.memory = MemoryPressureMonitor(memory_probe, time_source=self._clock_time)
-        self.cleanup = CleanupManager(self)
-        self.registry = Registry(self)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.cleanup = CleanupManager(
+            self.backend,
+            store=self.store,
+            clock=self._clock,
+            metrics=self.metrics,
+            events=self.events,
+            pressure=self.memory,
+            name=name,
+        )
+        self.registry = Registry(self.backend, self.cleanup)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop driving this runtime (see `bind_loop`)."""
         self._bind_lock = threading.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._functions: set[str] = set()
-        coordinator = self.backend.coordinator
-        if hasattr(coordinator, "on_window"):
-            coordinator.on_window = self._on_window
+        self._attach()
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        """A test may swap the clock after the runtime is built: every part follows."""
+        self._clock = clock
+        self.cleanup.clock = clock
+        self._attach()
+
+    def _attach(self) -> None:
+        """Give the backend what it may call back into (a backend without `attach` needs
+        nothing)."""
         attach = getattr(self.backend, "attach", None)
         if attach is not None:
-            attach(self)
+            attach(
+                Hooks(
+                    clock=self._clock,
+                    observe_window=self.observe_window,
+                    bury=self._bury,
+                    count_removal=self.cleanup.count_removal,
+                    sweep=self.cleanup.sweep,
+                    metrics_registry=self.metrics.registry,
+                )
+            )
+
+    async def _bury(self, record: Record, status: Any, message: str) -> None:
+        await self.cleanup.bury(record, status, record.get_cleanup_config(), message)
 
     def _clock_time(self) -> float:
-        """The clock in force now (a test may swap `clock` after the runtime is built)."""
-        return self.clock.time()
+        """The clock in force now."""
+        return self._clock.time()
 
     def __repr__(self) -> str:
         return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
 
     def bind_loop(self) -> None:
-        """Called on every decorated call: cheap when the loop is unchanged.
+        """Bind the running loop (a decorated call does when `loop` is not the running one).
 
         The switch happens under a lock, so two threads starting at once cannot both bind. A
         loop that is not closed keeps the runtime while it runs, and also while it is paused
         with calls still staged (``run_until_complete`` in steps): moving away would strand them.
         """
         loop = asyncio.get_running_loop()
-        if loop is self._loop:
+        if loop is self.loop:
             return
         with self._bind_lock:
-            old = self._loop
+            old = self.loop
             if loop is old:
                 return
             if (
@@ -158,8 +196,8 @@ class Runtime:
             if old is not None and reset is not None:
                 reset()
             self.cleanup.stop()
-            self._holding.clear()
-            self._loop = loop
+            self.holding.clear()
+            self.loop = loop
 
     def note_function(self, name: str, strategy: str) -> None:
         """Count a decorated function once per runtime, by its cleanup strategy."""
@@ -167,21 +205,9 @@ class Runtime:
             self._functions.add(name)
             self.metrics.decorators_by_cleanup_strategy.labels(strategy).inc()
 
-    def _on_window(
-        self,
-        winner: ConflictResolutionOperation,
-        entries: list[ConflictResolutionOperation],
-        carried: Sequence[ConflictResolutionOperation] = (),
-    ) -> None:
-        if carried:
-            rejected = _rejected_ids(winner, entries, carried)
-        else:
-            rejected = (e.ecs_id for e in entries if e is not winner)
-        self.observe_window(winner, len(entries), rejected, carried=len(carried))
-
     def observe_window(
         self,
-        winner: ConflictResolutionOperation,
+        winner: Record,
         contenders: int,
         rejected_ids: Iterable[UUID],
         *,
@@ -211,57 +237,40 @@ class Runtime:
         await self.backend.close()
 
 
-def _rejected_ids(
-    winner: ConflictResolutionOperation,
-    entries: list[ConflictResolutionOperation],
-    carried: Sequence[ConflictResolutionOperation],
-) -> Iterator[UUID]:
-    """The ids of a window's rejected calls (read only when a conflict event is wanted)."""
-    waiting = {id(c) for c in carried}
-    yield from (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
+def _default() -> Runtime:
+    return Runtime(name="default")
 
 
-_default: Runtime | None = None
-_default_lock = threading.Lock()
-_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
-    "contend_runtime", default=None
-)
+current.install_default(_default)
 
 
 def get_runtime() -> Runtime:
     """The runtime in force: the one made current by `use_runtime`, else the process default."""
-    rt = _current.get()
-    if rt is not None:
-        return rt
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = Runtime(name="default")
-    return _default
+    rt: Runtime = current.current_runtime()
+    return rt
 
 
 def set_runtime(runtime: Runtime) -> Runtime | None:
     """Make `runtime` the process default; returns the previous default."""
-    global _default
-    previous, _default = _default, runtime
+    previous: Runtime | None = current.replace_default(runtime)
     return previous
 
 
 def reset_runtime() -> Runtime:
     """Replace the process default with a fresh runtime (forgets every record and entity)."""
-    global _default
-    if _default is not None:
-        _default.cleanup.stop()
-    _default = Runtime(name="default")
-    return _default
+    previous: Runtime | None = current.peek_default()
+    if previous is not None:
+        previous.cleanup.stop()
+    fresh = _default()
+    current.replace_default(fresh)
+    return fresh
 
 
 @contextlib.contextmanager
 def use_runtime(runtime: Runtime) -> Iterator[Runtime]:
     """Make `runtime` current in this context (and in tasks created inside it)."""
-    token = _current.set(runtime)
+    token = current.context.set(runtime)
     try:
         yield runtime
     finally:
-        _current.reset(token)
+        current.context.reset(token)

@@ -9,36 +9,115 @@ the whole window's tasks, records and errors to the garbage collector; so they d
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import sys
 import types
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 from uuid import UUID
 
-from contend.backends.base import Lost, Staged
+from contend._fast import current_task, loop_is_idle, yield_once
 
 if TYPE_CHECKING:
     from contend.config import PreECSConfig
-    from contend.operations import ConflictResolutionOperation
+    from contend.errors import OperationRejectedError
+    from contend.record import Record
 
-__all__ = ["LocalCoordinator", "WindowObserver"]
+__all__ = ["Coordinator", "LocalCoordinator", "Lost", "Staged", "WindowObserver"]
 
 log = logging.getLogger("contend.staging")
 
 _running_loop = asyncio.get_running_loop
 
-WindowObserver = Callable[
-    [
-        "ConflictResolutionOperation",
-        "list[ConflictResolutionOperation]",
-        "Sequence[ConflictResolutionOperation]",
-    ],
-    None,
-]
+Staged = tuple["Record", "asyncio.Task[Any] | None", int]
+"""A staged call: its record, its caller's task and that task's `cancelling()` count when the call
+was staged (a higher count means the caller has since been asked to stop)."""
+
+WindowObserver = Callable[["Record", "list[Record]", "Sequence[Record]"], None]
 """Told of every contested window: its winner, every call in it, and the losers carried into
 the target's next window (wait policy) instead of rejected."""
+
+
+class Lost:
+    """What a coordinator returns to a call that did not win its window.
+
+    A value, not an exception: most calls of a contended window lose, and raising through the
+    coordinator's frames costs more than the rest of a rejection.
+    """
+
+    __slots__ = ("errors", "losers", "reason", "winner")
+
+    def __init__(
+        self,
+        winner: Record | None,
+        reason: str | None = None,
+        losers: list[Staged] | None = None,
+    ) -> None:
+        self.winner = winner
+        self.reason = reason
+        self.losers = losers
+        """Every call that lost the window, when the coordinator shares one `Lost` among them:
+        the first of them to resume may then end them all in one pass (see `errors`)."""
+        self.errors: dict[Record, OperationRejectedError] | None = None
+        """What that pass left for each loser, by record (the decorator's business)."""
+
+    def __repr__(self) -> str:
+        winner = self.winner
+        return f"Lost(winner={winner and winner.ecs_id}, reason={self.reason!r})"
+
+
+@runtime_checkable
+class Coordinator(Protocol):
+    """Pre-ECS staging: one winner per window per target; winners on a target never overlap.
+
+    The wait conflict policy is the coordinator's: the decorator passes a `deadline` only to a
+    coordinator whose class sets ``supports_wait = True`` (and refuses the policy otherwise),
+    and only learns "won" (None) or "lost" (`Lost`). Such a coordinator must:
+
+    - carry a call that loses a window, while its deadline has not passed, into the target's
+      next window instead of returning; there it is ordered before every call staged after
+      it, and counts one priority higher (at most 10) for each window it has lost (ageing);
+    - return None once it wins, as without a deadline (it then holds the target);
+    - at the deadline, take it out of whatever window holds it and return at once a `Lost`
+      naming the call holding the target (else the last one it lost to; else a reason);
+    - when the caller is cancelled while waiting, forget the call (nobody waits on it; if it
+      had just won, release the target);
+    - report each contested window, with the losers it carried, to its window observer.
+    """
+
+    def acquire(
+        self, op: Record, config: PreECSConfig, deadline: float | None = None
+    ) -> Awaitable[Lost | None]:
+        """Awaited: None once `op` won and holds its primary target, or `Lost` if it did not.
+
+        `deadline` (the running loop's ``loop.time()``) asks for the wait policy; None rejects
+        a loser of its first window. An ``async def`` satisfies this.
+        """
+        ...
+
+    def release(self, op: Record) -> None:
+        """`op` is done with its target; hand the target to the next window."""
+        ...
+
+    def in_flight(self) -> int:
+        """Targets with a running winner or an open window."""
+        ...
+
+
+class _Won:
+    """Awaited, None at once: a call that holds its target without waiting (no frame, no trip
+    through the loop)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+_WON = cast("Awaitable[None]", _Won())
+
+
+async def _at_once(lost: Lost) -> Lost:
+    return lost
 
 
 class _Window:
@@ -48,17 +127,17 @@ class _Window:
 
     def __init__(self, fast: bool) -> None:
         self.entries: list[Staged] = []
-        self.futures: dict[int, asyncio.Future[None]] = {}
+        self.futures: dict[Record, asyncio.Future[None]] = {}
         self.closed = False
         self.fast = fast
-        self.winner: ConflictResolutionOperation | None = None
+        self.winner: Record | None = None
         self.lost: Lost | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_fired = False
 
 
 class _Waiter:
-    """A call under the wait policy while it waits for its target (one per call, by record id).
+    """A call under the wait policy while it waits for its target (one per call, by record).
 
     `window` is the open window whose entries hold it; None once it won (`won`) or its deadline
     passed (`lost`). `aged` counts the windows it lost, its priority bonus when a window is
@@ -70,59 +149,19 @@ class _Waiter:
     def __init__(self, window: _Window) -> None:
         self.window: _Window | None = window
         self.aged = 0
-        self.winner: ConflictResolutionOperation | None = None
+        self.winner: Record | None = None
         self.won = False
         self.lost: Lost | None = None
         self.timer: asyncio.TimerHandle | None = None
 
 
-@types.coroutine
-def _yield_once() -> Any:
-    """One trip through the event loop (what asyncio.sleep(0) does, minus its checks)."""
-    yield
-
-
-_tasks_by_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
-    getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
-)
-"""On 3.11 `asyncio.current_task` is Python code over this dict; from 3.12 it is C (and later
-versions keep the current task elsewhere), so the dict is read directly on 3.11 only."""
-
-
-def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-    """`asyncio.current_task()` without its Python-level overhead on 3.11."""
-    if _tasks_by_loop is not None:
-        return _tasks_by_loop.get(loop)
-    return asyncio.current_task(loop)
-
-
-_eager_tasks: set[asyncio.Task[Any]] | None = getattr(asyncio.tasks, "_eager_tasks", None)
-"""From 3.12, the tasks running their first step eagerly (`eager_task_factory`), as they are
-created; absent before."""
-
-
-def _loop_is_idle(loop: asyncio.AbstractEventLoop) -> bool:
-    """True when nothing else is ready to run in this tick of a CPython event loop.
-
-    A zero-length window holds the calls submitted in the same tick; when no other callback is
-    queued, no other call can join, so the window may close without a trip through the loop.
-    Loops without the `_ready` queue (uvloop) always take the trip, and so does a call made in
-    a task's eager first step (3.12's `eager_task_factory`): the task that created it is still
-    running and may create more calls in this tick.
-    """
-    ready = getattr(loop, "_ready", None)
-    if type(ready) is not collections.deque or ready:
-        return False
-    return not _eager_tasks or current_task(loop) not in _eager_tasks
-
-
-def _pick_winner(entries: list[Staged]) -> ConflictResolutionOperation:
+def _pick_winner(entries: list[Staged]) -> Record:
     """Highest priority, ties to the earliest; a call whose caller is being cancelled cannot win.
 
     A cancellation requested in the tick the window closes has not reached its caller yet; letting
     that call win would reject everyone else in favour of a call that never runs.
     """
-    best: ConflictResolutionOperation | None = None
+    best: Record | None = None
     for candidate, task, baseline in entries:
         if task is not None and task.cancelling() > baseline:
             continue
@@ -136,17 +175,17 @@ def _pick_winner(entries: list[Staged]) -> ConflictResolutionOperation:
     return best
 
 
-def _pick_aged(entries: list[Staged], waiting: dict[int, _Waiter]) -> ConflictResolutionOperation:
+def _pick_aged(entries: list[Staged], waiting: dict[Record, _Waiter]) -> Record:
     """`_pick_winner` where a waiting call counts one priority higher for each window it lost,
     up to CRITICAL (10): a steady stream of higher priorities overtakes a waiter at most
     ``10 - priority`` times, after which only calls staged before it can still win first."""
-    best: ConflictResolutionOperation | None = None
+    best: Record | None = None
     best_priority = 0
     for skip_cancelling in (True, False):
         for candidate, task, baseline in entries:
             if skip_cancelling and task is not None and task.cancelling() > baseline:
                 continue
-            waiter = waiting.get(candidate.ecs_id.int)
+            waiter = waiting.get(candidate)
             priority = candidate.priority
             if waiter is not None:
                 priority += waiter.aged
@@ -166,15 +205,18 @@ class LocalCoordinator:
     ``staging_timeout_ms=0`` it closes at the end of the current event-loop tick, otherwise on a
     timer. While a winner runs, new calls form the next window, which closes no earlier than that
     winner's release. Nothing polls: windows close on a timer, a tick or a release.
+
+    The records of staged and running calls live here, not in the store, until they end: the
+    memory backend's queries ask `records_for` and `records_in_flight` for them.
     """
 
     supports_wait = True
     """`acquire` takes a deadline: the wait conflict policy (see `acquire`)."""
 
     def __init__(self, on_window: WindowObserver | None = None) -> None:
-        self._running: dict[int, ConflictResolutionOperation] = {}
+        self._running: dict[int, Record] = {}
         self._windows: dict[int, _Window] = {}
-        self._waiting: dict[int, _Waiter] = {}
+        self._waiting: dict[Record, _Waiter] = {}
         self.on_window = on_window
 
     def in_flight(self) -> int:
@@ -194,72 +236,109 @@ class LocalCoordinator:
         self._windows.clear()
         self._waiting.clear()
 
-    def running(self, target_id: UUID) -> ConflictResolutionOperation | None:
+    # what is staged ------------------------------------------------------------------------------
+    def running(self, target_id: UUID) -> Record | None:
         return self._running.get(target_id.int)
 
-    def pending(self, target_id: UUID) -> list[ConflictResolutionOperation]:
+    def pending(self, target_id: UUID) -> list[Record]:
         w = self._windows.get(target_id.int)
         return [e[0] for e in w.entries] if w is not None else []
 
-    async def acquire(
-        self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
-    ) -> Lost | None:
-        """None once `op` won its window and holds its target; `Lost` if it did not win.
+    def records_for(self, target_id: UUID) -> list[Record]:
+        """The records staged under `target_id`: the one holding it, then those waiting."""
+        running = self._running.get(target_id.int)
+        pending = self.pending(target_id)
+        return pending if running is None else [running, *pending]
 
-        With a `deadline` (the loop's clock, ``loop.time()``), a call that loses a window is
-        carried into the target's next window instead, ahead of later calls of equal priority,
-        one priority higher for each window it lost; at the deadline it leaves whatever window
-        it waits in and gets `Lost` naming the call holding the target.
+    def records_in_flight(self) -> list[Record]:
+        """Every record staged or holding its target."""
+        found = list(self._running.values())
+        for w in self._windows.values():
+            found += [e[0] for e in w.entries]
+        return found
+
+    def find(self, op_id: UUID) -> Record | None:
+        """The staged record with id `op_id` (O(calls staged); only a record whose id has been
+        read can be asked for)."""
+        for record in self.records_in_flight():
+            if record.has_id and record.ecs_id == op_id:
+                return record
+        return None
+
+    # staging -------------------------------------------------------------------------------------
+    def acquire(
+        self, op: Record, config: PreECSConfig, deadline: float | None = None
+    ) -> Awaitable[Lost | None]:
+        """Stage `op`; awaited, None once it won its window and holds its target, else `Lost`.
+
+        A lone call on an idle loop holds its target at once (nothing to await). With a
+        `deadline` (the loop's clock, ``loop.time()``), a call that loses a window is carried
+        into the target's next window instead, ahead of later calls of equal priority, one
+        priority higher for each window it lost; at the deadline it leaves whatever window it
+        waits in and gets `Lost` naming the call holding the target.
         """
         target = op.target_entity_id
         if target is None:
-            return None
+            return _WON
         tid = target.int
         loop = _running_loop()
         w = self._windows.get(tid)
         if w is None:
             timeout_ms = config.staging_timeout_ms
             if timeout_ms == 0 and tid not in self._running:
-                if _loop_is_idle(loop):
+                if loop_is_idle(loop):
                     self._running[tid] = op
-                    return None
+                    return _WON
                 w = self._windows[tid] = _Window(fast=True)
             else:
                 w = self._windows[tid] = _Window(fast=False)
                 if timeout_ms > 0:
                     w.timer = loop.call_later(timeout_ms / 1000.0, self._on_timer, tid, w)
         if len(w.entries) >= config.max_pending_per_target:
-            return Lost(
-                None,
-                f"staging window for target {target} is full "
-                f"(max_pending_per_target={config.max_pending_per_target})",
+            return _at_once(
+                Lost(
+                    None,
+                    f"staging window for target {target} is full "
+                    f"(max_pending_per_target={config.max_pending_per_target})",
+                )
             )
         task = current_task(loop)
         w.entries.append((op, task, task.cancelling() if task is not None else 0))
         if deadline is not None:
-            del w, task  # no cycle: see the module docstring
-            return await self._wait(tid, op, deadline, loop)
+            return self._wait(tid, op, deadline, loop)
         if w.fast:
-            try:
-                await _yield_once()
-            except BaseException:
-                self._abandon(tid, w, op)
-                del w, task  # no cycle: see the module docstring
-                raise
-            if not w.closed:
-                self._close(tid, w)
-        else:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            w.futures[op.ecs_id.int] = fut
-            try:
-                await fut
-            except BaseException:
-                self._abandon(tid, w, op)
-                del w, task, fut  # no cycle: see the module docstring
-                raise
+            return self._after_tick(tid, w, op)
+        return self._until_closed(tid, w, op, loop)
+
+    @types.coroutine
+    def _after_tick(self, tid: int, w: _Window, op: Record) -> Generator[None, None, Lost | None]:
+        """Wait one trip through the loop (`_fast.yield_once`'s bare yield, in this one frame),
+        then close the window if no one has yet: every call of the tick is in it."""
+        try:
+            yield
+        except BaseException:
+            self._abandon(tid, w, op)
+            del w  # no cycle: see the module docstring
+            raise
+        if not w.closed:
+            self._close(tid, w)
         return None if w.winner is op else w.lost
 
-    def release(self, op: ConflictResolutionOperation) -> None:
+    async def _until_closed(
+        self, tid: int, w: _Window, op: Record, loop: asyncio.AbstractEventLoop
+    ) -> Lost | None:
+        """Wait for a timed window (or the next window behind a running winner) to close."""
+        fut: asyncio.Future[None] = loop.create_future()
+        w.futures[op] = fut
+        try:
+            await fut
+        except BaseException:
+            self._abandon(tid, w, op)
+            del w, fut  # no cycle: see the module docstring
+            raise
+        return None if w.winner is op else w.lost
+
+    def release(self, op: Record) -> None:
         target = op.target_entity_id
         if target is None:
             return
@@ -286,7 +365,7 @@ class LocalCoordinator:
         entries = w.entries
         if not entries:
             return
-        carried: Sequence[ConflictResolutionOperation] = ()
+        carried: Sequence[Record] = ()
         if self._waiting:
             best, carried = self._decide_waiting(tid, w)
         else:
@@ -303,9 +382,7 @@ class LocalCoordinator:
             except Exception:
                 log.exception("window observer failed for target %s", best.target_entity_id)
 
-    def _decide_waiting(
-        self, tid: int, w: _Window
-    ) -> tuple[ConflictResolutionOperation, list[ConflictResolutionOperation]]:
+    def _decide_waiting(self, tid: int, w: _Window) -> tuple[Record, list[Record]]:
         """`_close`'s decision when calls wait: aged priorities pick the winner, the waiting
         losers are carried, the others lose; returns the winner and the calls carried."""
         entries = w.entries
@@ -316,7 +393,7 @@ class LocalCoordinator:
             losers, carried = self._carry(tid, w, best, [e for e in entries if e[0] is not best])
             if losers:
                 w.lost = Lost(best, losers=losers)
-        waiter = waiting.pop(best.ecs_id.int, None)
+        waiter = waiting.pop(best, None)
         if waiter is not None:
             waiter.won = True
             waiter.window = None
@@ -325,7 +402,7 @@ class LocalCoordinator:
         return best, [e[0] for e in carried]
 
     def _carry(
-        self, tid: int, w: _Window, best: ConflictResolutionOperation, losers: list[Staged]
+        self, tid: int, w: _Window, best: Record, losers: list[Staged]
     ) -> tuple[list[Staged], list[Staged]]:
         """Move the waiting losers of `w` into the target's next window, in their order (so
         ahead of any later call), with the futures they sleep on: they are not woken for a
@@ -335,8 +412,8 @@ class LocalCoordinator:
         carried: list[Staged] = []
         nxt: _Window | None = None
         for e in losers:
-            oid = e[0].ecs_id.int
-            waiter = waiting.get(oid)
+            record = e[0]
+            waiter = waiting.get(record)
             if waiter is None:
                 left.append(e)
                 continue
@@ -345,9 +422,9 @@ class LocalCoordinator:
                 if nxt is None:
                     nxt = self._windows[tid] = _Window(fast=False)
             carried.append(e)
-            fut = w.futures.pop(oid, None)
+            fut = w.futures.pop(record, None)
             if fut is not None:
-                nxt.futures[oid] = fut
+                nxt.futures[record] = fut
             waiter.window = nxt
             waiter.aged += 1
             waiter.winner = best
@@ -358,29 +435,28 @@ class LocalCoordinator:
     async def _wait(
         self,
         tid: int,
-        op: ConflictResolutionOperation,
+        op: Record,
         deadline: float,
         loop: asyncio.AbstractEventLoop,
     ) -> Lost | None:
         """`acquire` for a call under the wait policy, just staged in the target's window."""
-        oid = op.ecs_id.int
         w = self._windows[tid]
-        waiter = self._waiting[oid] = _Waiter(w)
+        waiter = self._waiting[op] = _Waiter(w)
         waiter.timer = loop.call_at(deadline, self._expire, tid, op)
         current: _Window | None = None
         fut: asyncio.Future[None] | None = None
         try:
             if w.fast:
-                await _yield_once()
+                await yield_once()
                 if not w.closed and waiter.lost is None:
                     self._close(tid, w)
             while not waiter.won and waiter.lost is None:
                 current = waiter.window
                 if current is None:
                     raise RuntimeError(f"staging lost track of operation {op.ecs_id}")
-                fut = current.futures.get(oid)
+                fut = current.futures.get(op)
                 if fut is None or fut.done():
-                    fut = current.futures[oid] = loop.create_future()
+                    fut = current.futures[op] = loop.create_future()
                 await fut
         except BaseException:
             self._drop(tid, op, waiter)
@@ -388,9 +464,9 @@ class LocalCoordinator:
             raise
         return waiter.lost
 
-    def _expire(self, tid: int, op: ConflictResolutionOperation) -> None:
+    def _expire(self, tid: int, op: Record) -> None:
         """A waiting call's deadline: it leaves its window and loses to whoever holds the target."""
-        waiter = self._waiting.pop(op.ecs_id.int, None)
+        waiter = self._waiting.pop(op, None)
         if waiter is None or waiter.window is None:
             return
         fut = self._leave(tid, waiter.window, op)
@@ -406,12 +482,10 @@ class LocalCoordinator:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def _leave(
-        self, tid: int, w: _Window, op: ConflictResolutionOperation
-    ) -> asyncio.Future[None] | None:
+    def _leave(self, tid: int, w: _Window, op: Record) -> asyncio.Future[None] | None:
         """Take `op` out of the open window `w` (dropping `w` once empty); returns its future."""
         w.entries = [e for e in w.entries if e[0] is not op]
-        fut = w.futures.pop(op.ecs_id.int, None)
+        fut = w.futures.pop(op, None)
         if not w.entries and self._windows.get(tid) is w:
             if w.timer is not None:
                 w.timer.cancel()
@@ -419,9 +493,9 @@ class LocalCoordinator:
             del self._windows[tid]
         return fut
 
-    def _drop(self, tid: int, op: ConflictResolutionOperation, waiter: _Waiter) -> None:
+    def _drop(self, tid: int, op: Record, waiter: _Waiter) -> None:
         """The caller of a waiting `op` was cancelled: nobody may be left waiting on it."""
-        self._waiting.pop(op.ecs_id.int, None)
+        self._waiting.pop(op, None)
         if waiter.timer is not None:
             waiter.timer.cancel()
         if waiter.won:
@@ -430,11 +504,11 @@ class LocalCoordinator:
             self._leave(tid, waiter.window, op)
             waiter.window = None
 
-    def _abandon(self, tid: int, w: _Window, op: ConflictResolutionOperation) -> None:
+    def _abandon(self, tid: int, w: _Window, op: Record) -> None:
         """The caller of `op` was cancelled while staged: nobody may be left waiting on it."""
         if not w.closed:
             w.entries = [e for e in w.entries if e[0] is not op]
-            w.futures.pop(op.ecs_id.int, None)
+            w.futures.pop(op, None)
             if not w.entries:
                 if w.timer is not None:
                     w.timer.cancel()

@@ -66,12 +66,12 @@ class TestCleanupConfiguration:
         operation = ConflictResolutionOperation(priority=OperationPriority.NORMAL)
 
         # Normal conditions - should use deferred strategy
-        with mock.patch("contend.cleanup.policy._get_system_memory_pressure", return_value=0.5):
+        with mock.patch("contend.config._get_system_memory_pressure", return_value=0.5):
             strategy = config.get_effective_cleanup_strategy(operation)
             assert strategy == CleanupStrategy.DEFERRED
 
         # High memory pressure - should switch to immediate
-        with mock.patch("contend.cleanup.policy._get_system_memory_pressure", return_value=0.9):
+        with mock.patch("contend.config._get_system_memory_pressure", return_value=0.9):
             strategy = config.get_effective_cleanup_strategy(operation)
             assert strategy == CleanupStrategy.IMMEDIATE
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,20 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.record import Record
 
 
 class Item(Entity):
     n: int = 0
+
+
+def _record(**fields: Any) -> Record:
+    """A record as a call makes it, from the fields of its public model."""
+    return Record.from_operation(ConflictResolutionOperation(**fields))
+
+
+def views(records: Sequence[Record]) -> list[ConflictResolutionOperation]:
+    return [r.view() for r in records]
 
 
 def deferred(minutes: int = 1, *, retain_succeeded: bool = False) -> CleanupConfig:
@@ -40,9 +51,9 @@ async def bury(
     targets: tuple[uuid.UUID, ...],
     status: OperationStatus = OperationStatus.REJECTED,
     target_type: str = "Item",
-) -> ConflictResolutionOperation:
+) -> Record:
     """A zombie made the way a rejected (or failed) call makes one, without the call."""
-    op = ConflictResolutionOperation(
+    op = _record(
         function_name="batch",
         target_entity_id=targets[0] if targets else None,
         target_entity_ids=targets,
@@ -84,7 +95,7 @@ async def test_a_record_rescheduled_is_swept_at_its_latest_due_time_only(clock: 
     assert await rt.cleanup.sweep() == 1
     clock.advance(60)
     assert await rt.cleanup.sweep() == 0, "the first filing of `later` is stale"
-    assert await rt.registry.zombies(target) == [later]
+    assert await rt.registry.zombies(target) == [later.view()]
     clock.advance(600)
     assert await rt.cleanup.sweep() == 1
     assert rt.cleanup.removed == {"ttl": 2}
@@ -103,8 +114,8 @@ async def test_within_one_second_a_sweep_takes_only_what_is_due(clock: FakeClock
 
     clock.advance(100.5)
     assert await rt.cleanup.sweep() == 2
-    assert [await rt.registry.get_operation(op.ecs_id) for op in ops] == [ops[0], None, None]
-    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == [ops[0]]
+    assert [await rt.registry.get_operation(op.ecs_id) for op in ops] == [ops[0].view(), None, None]
+    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == [ops[0].view()]
     assert rt.backend.scheduled_count() == 1  # type: ignore[attr-defined]
     assert await rt.backend.next_due() == start + 100.8
     clock.advance(0.3)
@@ -144,12 +155,12 @@ async def test_sweeping_multi_target_and_targetless_records_clears_every_index(
 
     clock.advance(minutes=1)
     assert await rt.cleanup.sweep() == 3
-    assert await rt.registry.operations_for_target(a) == [kept]
+    assert await rt.registry.operations_for_target(a) == [kept.view()]
     assert await rt.registry.operations_for_target(b) == []
     assert await rt.registry.operations_for_target(c) == []
-    assert await rt.registry.zombies() == [kept]
+    assert await rt.registry.zombies() == [kept.view()]
     assert await rt.registry.zombie_counts_by_target() == {a: 1}
-    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == [kept]
+    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == [kept.view()]
     assert await rt.registry.operations_with_status(OperationStatus.FAILED) == []
     assert await rt.registry.get_operation(both.ecs_id) is None
     assert rt.registry.zombie_count == 1
@@ -194,7 +205,7 @@ async def test_a_sweep_observes_each_records_reclaim_lag_once(clock: FakeClock) 
         clock.advance(wait)
     # due in 10 minutes by its record, but handed to the sweeper for now: lag 0, not negative
     ahead = await bury(rt, CleanupConfig(strategy=CleanupStrategy.NONE), (uuid.uuid4(),))
-    ahead.schedule_cleanup(CleanupStrategy.DEFERRED, 10)
+    ahead.view().schedule_cleanup(CleanupStrategy.DEFERRED, 10)
     await rt.cleanup.schedule(ahead, clock.time())
     cleaned: list[OperationCleanedEvent] = []
     rt.events.subscribe(OperationCleanedEvent, cleaned.append)
@@ -215,11 +226,11 @@ async def test_a_target_lists_its_records_whatever_their_state(clock: FakeClock)
     rt = runtime(clock)
     a, b = uuid.uuid4(), uuid.uuid4()
     keep = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=2)
-    pending = ConflictResolutionOperation(
+    pending = _record(
         function_name="f", target_entity_id=a, target_entity_ids=(a,), target_type="Item"
     )
     await rt.backend.add_operation(pending)
-    success = ConflictResolutionOperation(
+    success = _record(
         function_name="f", target_entity_id=a, target_entity_ids=(a,), target_type="Item"
     )
     await rt.backend.add_operation(success)
@@ -229,7 +240,7 @@ async def test_a_target_lists_its_records_whatever_their_state(clock: FakeClock)
     pair = await bury(rt, keep, (a, b))
     other = await bury(rt, deferred(1), (b, a))
 
-    def ids(records: list[ConflictResolutionOperation]) -> set[uuid.UUID]:
+    def ids(records: Sequence[Record | ConflictResolutionOperation]) -> set[uuid.UUID]:
         return {r.ecs_id for r in records}
 
     listed = ids([pending, success, oldest, pair, other])
@@ -238,7 +249,7 @@ async def test_a_target_lists_its_records_whatever_their_state(clock: FakeClock)
     probe = ConflictResolutionOperation(
         function_name="g", target_entity_id=a, target_entity_ids=(a,), target_type="Item"
     )
-    assert await rt.registry.conflicting_operations(probe) == [pending]
+    assert await rt.registry.conflicting_operations(probe) == [pending.view()]
 
     newest = await bury(rt, keep, (a,))  # a cap of 2 zombies on `a` evicts `oldest`
     assert ids(await rt.registry.operations_for_target(a)) == listed - {oldest.ecs_id} | {
@@ -250,15 +261,13 @@ async def test_a_target_lists_its_records_whatever_their_state(clock: FakeClock)
     assert await rt.cleanup.sweep() == 2
     assert ids(await rt.registry.operations_for_target(a)) == ids([pending, newest])
     assert await rt.registry.operations_for_target(b) == []
-    assert await rt.registry.zombies(a) == [newest]
+    assert await rt.registry.zombies(a) == [newest.view()]
 
 
 async def test_a_schedule_set_in_flight_holds_once_the_call_ends(clock: FakeClock) -> None:
     rt = runtime(clock)
     target = uuid.uuid4()
-    op = ConflictResolutionOperation(
-        function_name="f", target_entity_id=target, target_entity_ids=(target,)
-    )
+    op = _record(function_name="f", target_entity_id=target, target_entity_ids=(target,))
     await rt.backend.add_operation(op)
     await rt.cleanup.schedule(op, clock.time() + 30)
     rt.cleanup.stop()
@@ -287,8 +296,8 @@ async def test_a_vetoed_sweep_keeps_its_batch_listed_and_scheduled(clock: FakeCl
     clock.advance(minutes=1)
     assert await rt.cleanup.sweep() == 0
     assert seen == [3]
-    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == ops
-    assert await rt.registry.zombies(targets[0]) == ops
+    assert await rt.registry.operations_with_status(OperationStatus.REJECTED) == views(ops)
+    assert await rt.registry.zombies(targets[0]) == views(ops)
     assert rt.backend.scheduled_count() == 3  # type: ignore[attr-defined]
     detach()
     clock.advance(59)

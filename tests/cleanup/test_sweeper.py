@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -20,10 +21,20 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.record import Record
 
 
 class Item(Entity):
     n: int = 0
+
+
+def _record(**fields: Any) -> Record:
+    """A record as a call makes it, from the fields of its public model."""
+    return Record.from_operation(ConflictResolutionOperation(**fields))
+
+
+def views(records: Sequence[Record]) -> list[ConflictResolutionOperation]:
+    return [r.view() for r in records]
 
 
 class CountingBackend(MemoryBackend):
@@ -31,11 +42,11 @@ class CountingBackend(MemoryBackend):
 
     removes = 0
 
-    async def remove(self, op_id: Any) -> ConflictResolutionOperation | None:
+    async def remove(self, op_id: Any) -> Record | None:
         self.removes += 1
         return await super().remove(op_id)
 
-    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+    async def take_due(self, now: float, limit: int) -> list[Record]:
         taken = await super().take_due(now, limit)
         self.removes += len(taken)
         return taken
@@ -52,12 +63,12 @@ def sweepers() -> list[asyncio.Task[Any]]:
 
 async def bury(
     rt: Runtime, config: CleanupConfig, count: int, targets: list[uuid.UUID]
-) -> list[ConflictResolutionOperation]:
+) -> list[Record]:
     """Zombies made the way a rejected call makes them, without the call around them."""
     ops = []
     for i in range(count):
         tid = targets[i % len(targets)]
-        op = ConflictResolutionOperation(
+        op = _record(
             function_name="batch",
             target_entity_id=tid,
             target_entity_ids=(tid,),

@@ -230,7 +230,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         }
         if op_id is not None:
             got = await self.rt.registry.get_operation(op_id)
-            assert got is None or got is self.backend.seen[op_id]
+            assert got is None or got is self.backend.seen[op_id].view()
 
     # invariants ---------------------------------------------------------------------------------
     @invariant()

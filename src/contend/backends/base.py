@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from uuid import UUID
 
 from contend.entity import Entity
-from contend.operations import ConflictResolutionOperation, OperationStatus
+from contend.enums import OperationStatus
+from contend.record import Record
+from contend.staging import Coordinator, Lost, Staged
 
 if TYPE_CHECKING:
-    import asyncio
+    from prometheus_client import CollectorRegistry
 
-    from contend.config import PreECSConfig
-    from contend.errors import OperationRejectedError
+    from contend.clock import Clock
 
-__all__ = ["Backend", "Coordinator", "Lost", "Staged", "VersionConflict", "Write"]
+__all__ = [
+    "Backend",
+    "Coordinator",
+    "Hooks",
+    "Lost",
+    "Staged",
+    "Store",
+    "VersionConflict",
+    "Write",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,80 +48,85 @@ class Write:
     expected: int
 
 
-Staged = tuple[ConflictResolutionOperation, "asyncio.Task[Any] | None", int]
-"""A staged call: its record, its caller's task and that task's `cancelling()` count when the call
-was staged (a higher count means the caller has since been asked to stop)."""
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What a backend may call back into the runtime that owns it, and nothing more.
 
-
-class Lost:
-    """Internal: what a coordinator returns to a call that did not win its window.
-
-    A value, not an exception: most calls of a contended window lose, and raising through the
-    coordinator's frames costs more than the rest of a rejection.
+    Given by the runtime (`Backend.attach`, when the backend has it), again whenever the runtime's
+    clock is replaced.
     """
 
-    __slots__ = ("errors", "losers", "reason", "winner")
-
-    def __init__(
-        self,
-        winner: ConflictResolutionOperation | None,
-        reason: str | None = None,
-        losers: list[Staged] | None = None,
-    ) -> None:
-        self.winner = winner
-        self.reason = reason
-        self.losers = losers
-        """Every call that lost the window, when the coordinator shares one `Lost` among them:
-        the first of them to resume may then end them all in one pass (see `errors`)."""
-        self.errors: dict[int, OperationRejectedError] | None = None
-        """What that pass left for each loser, by record id (the decorator's business)."""
-
-    def __repr__(self) -> str:
-        return f"Lost(winner={self.winner and self.winner.ecs_id}, reason={self.reason!r})"
+    clock: Clock
+    """Dates records and due times."""
+    observe_window: Callable[..., None]
+    """``(winner, contenders, rejected_ids, *, carried=0)``: a contested window's metrics and
+    conflict event, reported once across workers by the winner's worker."""
+    bury: Callable[[Record, OperationStatus, str], Awaitable[object]]
+    """End a record as a zombie with a message (an orphan of a dead worker) and apply its
+    cleanup."""
+    count_removal: Callable[[Record, str | None], Awaitable[None]]
+    """Count a removal learnt after the call that made it returned, once, under a reason (None:
+    the record's strategy's own)."""
+    sweep: Callable[[], Awaitable[int]]
+    """Run a sweep now (to replay a sweep whose reply was lost)."""
+    metrics_registry: CollectorRegistry
+    """Where a backend registers metrics of its own."""
 
 
 @runtime_checkable
-class Coordinator(Protocol):
-    """Pre-ECS staging: one winner per window per target; winners on a target never overlap.
+class Store(Protocol):
+    """The synchronous side of a backend whose state is in this process (the memory backend).
 
-    The wait conflict policy is the coordinator's: the decorator passes a `deadline` only to a
-    coordinator whose class sets ``supports_wait = True`` (and refuses the policy otherwise),
-    and only learns "won" (None) or "lost" (`Lost`). Such a coordinator must:
-
-    - carry a call that loses a window, while its deadline has not passed, into the target's
-      next window instead of returning; there it is ordered before every call staged after
-      it, and counts one priority higher (at most 10) for each window it has lost (ageing);
-    - return None once it wins, as without a deadline (it then holds the target);
-    - at the deadline, take it out of whatever window holds it and return at once a `Lost`
-      naming the call holding the target (else the last one it lost to; else a reason);
-    - when the caller is cancelled while waiting, forget the call (nobody waits on it; if it
-      had just won, release the target);
-    - report each contested window, with the losers it carried, to the runtime
-      (``Runtime.observe_window(..., carried=n)``).
+    The runtime calls it instead of the `Backend` coroutines on the hot path: nothing there can
+    suspend, so awaiting would only cost a coroutine per step. A backend offers one through its
+    ``store`` attribute. Records of staged calls stay with the coordinator until they end (see
+    `LocalCoordinator`); `add_operation` is for calls that are not staged.
     """
 
-    async def acquire(
-        self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
-    ) -> Lost | None:
-        """Return None once `op` won and holds its primary target, or `Lost` if it did not win.
+    @property
+    def zombie_count(self) -> int: ...
 
-        `deadline` (the running loop's ``loop.time()``) asks for the wait policy; None rejects
-        a loser of its first window.
-        """
+    def ensure_entity(self, entity: Entity) -> Entity:
+        """Register `entity` on first use; return the committed instance for its id."""
         ...
 
-    def release(self, op: ConflictResolutionOperation) -> None:
-        """`op` is done with its target; hand the target to the next window."""
+    def bump(self, entities: Sequence[Entity], now: datetime) -> None:
+        """Record an unguarded write (OCC off): version + 1 on each."""
         ...
 
-    def in_flight(self) -> int:
-        """Targets with a running winner or an open window."""
+    def add_operation(self, op: Record) -> None:
+        """Index a record of a call in flight."""
+        ...
+
+    def set_status(self, op: Record, status: OperationStatus, at: datetime) -> None:
+        """Move `op` along the status machine and keep the status index in step."""
+        ...
+
+    def end(self, ops: Iterable[Record], status: OperationStatus, at: datetime) -> None:
+        """Give each record its terminal `status` and forget it at once (a success that is not
+        kept, a zombie cleaned immediately): nothing can observe it in between, so the zombie
+        books are never touched."""
+        ...
+
+    def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
+        """Book a terminal record; returns the oldest zombies of its target evicted past `cap`."""
         ...
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Committed entity state, operation records and the zombie books, indexed for O(result)."""
+    """Committed entity state, operation records and the zombie books, indexed for O(result).
+
+    Optional parts a backend may add, found by the runtime with ``getattr``: ``store`` (a `Store`,
+    the synchronous hot path), ``attach(hooks: Hooks)`` (called once the runtime owns it, and
+    again when the runtime's clock changes), ``reset()`` (the runtime moved to a new event loop),
+    ``health_issues()``, ``refresh_zombie_count()``, ``top_zombie_targets(n)``.
+
+    A call's steps map onto it so that a remote backend can fuse them: a winner's write
+    (`commit` or `bump`), its `Coordinator.release` and the end of its record (`discard` or
+    `add_zombie`) come one after the other with nothing awaited in between but the write itself,
+    so a backend may send them as one request (the Redis backend does).
+    """
 
     name: str
 
@@ -144,41 +159,35 @@ class Backend(Protocol):
         ...
 
     # operation records
-    async def add_operation(self, op: ConflictResolutionOperation) -> None: ...
+    async def add_operation(self, op: Record) -> None: ...
 
-    def set_status(
-        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
-    ) -> None:
+    def set_status(self, op: Record, status: OperationStatus, at: datetime | None = None) -> None:
         """Move `op` along the status machine and keep the status index in step."""
         ...
 
-    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None: ...
+    async def get_operation(self, op_id: UUID) -> Record | None: ...
 
-    async def discard(self, op: ConflictResolutionOperation) -> None:
+    async def discard(self, op: Record) -> None:
         """A succeeded record leaves (not a zombie, not a cleanup)."""
         ...
 
-    async def add_zombie(
-        self, op: ConflictResolutionOperation, due: float | None, cap: int
-    ) -> list[ConflictResolutionOperation]:
+    async def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
         """Book a terminal record; returns the oldest zombies of its target evicted past `cap`."""
         ...
 
-    async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    async def remove(self, op_id: UUID) -> Record | None:
         """Take a record out of every index; None if it was already gone."""
         ...
 
-    async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]: ...
+    async def operations_for_target(self, target_id: UUID) -> list[Record]: ...
 
-    async def operations_with_status(
-        self, status: OperationStatus
-    ) -> list[ConflictResolutionOperation]: ...
+    async def operations_with_status(self, status: OperationStatus) -> list[Record]: ...
 
-    async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]: ...
+    async def zombies(self, target_id: UUID | None = None) -> list[Record]: ...
 
     async def zombie_counts_by_target(self) -> dict[UUID, int]: ...
 
-    async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
+    async def oldest_zombies(self) -> list[Record]:
         """The oldest zombie of each target, for the health check."""
         ...
 
@@ -190,7 +199,7 @@ class Backend(Protocol):
         """Ids whose scheduled removal is at or before `now`, earliest first, at most `limit`."""
         ...
 
-    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+    async def take_due(self, now: float, limit: int) -> list[Record]:
         """Take the records due by `now` out of every index in one step (a sweep)."""
         ...
 

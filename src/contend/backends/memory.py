@@ -10,29 +10,30 @@ import heapq
 import math
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator, KeysView, Sequence
+from collections.abc import Callable, Iterable, Iterator, KeysView, Sequence
 from datetime import datetime
 from itertools import compress, repeat
 from operator import attrgetter, is_not, itemgetter
 from typing import Any, cast
 from uuid import UUID
 
-from contend.backends.base import VersionConflict, Write
+from contend.backends.base import Hooks, VersionConflict, Write
+from contend.clock import utcnow
 from contend.entity import Entity
-from contend.operations import TERMINAL_STATUSES, ConflictResolutionOperation, OperationStatus
+from contend.enums import TERMINAL_STATUSES, OperationStatus
+from contend.record import Record
 from contend.staging import LocalCoordinator
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "MemoryStore"]
 
 _TERMINAL = TERMINAL_STATUSES
 _SUCCEEDED = OperationStatus.SUCCEEDED
 _EMPTY: dict[int, Any] = {}
 """What a missing index bucket reads as; only ever popped with a default, never written."""
-_DICT = attrgetter("__dict__")
 _INT = attrgetter("int")
-_TARGETS = itemgetter("target_entity_ids")
-_TARGET = itemgetter("target_entity_id")
-_STATUS = itemgetter("status")
+_TARGETS = attrgetter("target_entity_ids")
+_TARGET = attrgetter("target_entity_id")
+_STATUS = attrgetter("status")
 _FIRST = itemgetter(0)
 _POP = cast("Callable[[dict[int, Any], int, object], Any]", dict.pop)
 _GET = cast("Callable[[dict[int, Any], int], Any]", dict.get)
@@ -41,8 +42,9 @@ _NO_REF: Any = type(None)
 """Called like a dead weak reference: returns None."""
 
 
-class MemoryBackend:
-    """Entities and operation records in dicts, zombie removals on a due-time heap.
+class MemoryStore:
+    """Entities and operation records in dicts, zombie removals on a due-time heap (the memory
+    backend's `Store`: every method is synchronous).
 
     Records in flight (pending, executing) share one index, so starting a call touches no status
     index; a status query for them is O(calls in flight), for terminal statuses O(result). A
@@ -51,14 +53,9 @@ class MemoryBackend:
     target index: removing it (a sweep removes thousands) then walks one per-target index, not two.
     """
 
-    name = "memory"
-    removes_unbooked = True
-    """An immediate removal may skip the zombie books: nothing else runs in between."""
-
     def __init__(self) -> None:
-        self._coordinator = LocalCoordinator()
         self._entities: dict[int, weakref.KeyedRef[int, Entity]] = {}
-        """Committed entities by id, held weakly: see `ensure_entity_now`."""
+        """Committed entities by id, held weakly: see `ensure_entity`."""
         entities = self._entities
 
         def forget(ref: weakref.KeyedRef[int, Entity]) -> None:
@@ -66,7 +63,7 @@ class MemoryBackend:
                 del entities[ref.key]
 
         self._forget = forget
-        self._ops: dict[int, ConflictResolutionOperation] = {}
+        self._ops: dict[int, Record] = {}
         self._by_target: dict[int, dict[int, None]] = {}
         self._inflight: dict[int, float | None] = {}
         self._by_status: dict[OperationStatus, dict[int, float | None]] = {s: {} for s in _TERMINAL}
@@ -82,19 +79,12 @@ class MemoryBackend:
         }
 
     @property
-    def coordinator(self) -> LocalCoordinator:
-        return self._coordinator
-
-    @property
     def zombie_count(self) -> int:
         return self._zombie_count
 
     # entities ---------------------------------------------------------------------------------
-    async def ensure_entity(self, entity: Entity) -> Entity:
-        return self.ensure_entity_now(entity)
-
-    def ensure_entity_now(self, entity: Entity) -> Entity:
-        """`ensure_entity` without a coroutine, for the decorator's hot path.
+    def ensure_entity(self, entity: Entity) -> Entity:
+        """Register `entity` on first use; return the committed instance for its id.
 
         The registry holds an entity weakly: no longer than the application does, or a call
         in flight on it (its frame holds it). Memory is the only place an in-memory entity's
@@ -108,7 +98,7 @@ class MemoryBackend:
         self._entities[key] = weakref.KeyedRef(entity, self._forget, key)
         return entity
 
-    async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
+    def get_entity(self, entity_id: UUID) -> Entity | None:
         ref = self._entities.get(entity_id.int)
         return ref() if ref is not None else None
 
@@ -119,7 +109,7 @@ class MemoryBackend:
     def forget_entity(self, entity_id: UUID) -> bool:
         return self._entities.pop(entity_id.int, None) is not None
 
-    async def commit(self, writes: Sequence[Write], now: datetime) -> VersionConflict | None:
+    def commit(self, writes: Sequence[Write], now: datetime) -> VersionConflict | None:
         for w in writes:
             if w.committed.version != w.expected:
                 return VersionConflict(w.committed.ecs_id, w.expected, w.committed.version)
@@ -130,20 +120,14 @@ class MemoryBackend:
             d["last_modified"] = now
         return None
 
-    async def bump(self, entities: Sequence[Entity], now: datetime) -> None:
-        self.bump_now(entities, now)
-
-    def bump_now(self, entities: Sequence[Entity], now: datetime) -> None:
+    def bump(self, entities: Sequence[Entity], now: datetime) -> None:
         for e in entities:
             d = e.__dict__
             d["version"] += 1
             d["last_modified"] = now
 
     # operation records ------------------------------------------------------------------------
-    async def add_operation(self, op: ConflictResolutionOperation) -> None:
-        self.add_operation_now(op)
-
-    def add_operation_now(self, op: ConflictResolutionOperation) -> None:
+    def add_operation(self, op: Record) -> None:
         oid = op.ecs_id.int
         self._ops[oid] = op
         by_target = self._by_target
@@ -156,47 +140,49 @@ class MemoryBackend:
                 bucket[oid] = None
         self._inflight[oid] = None
 
-    def set_status(
-        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
-    ) -> None:
+    def set_status(self, op: Record, status: OperationStatus, at: datetime) -> None:
+        """Move `op` along the status machine. A record that ends and stays (a zombie, a
+        retained success) is indexed from then on, if its coordinator held it so far."""
         op.transition(status, at)
         if status in _TERMINAL:
             oid = op.ecs_id.int
             due = self._inflight.pop(oid, _ABSENT)
             if due is not _ABSENT:
                 self._by_status[status][oid] = due
+            elif oid not in self._ops:
+                self.add_operation(op)
+                self._inflight.pop(oid, None)
+                self._by_status[status][oid] = None
 
-    def end_unbooked(
-        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime
-    ) -> bool:
-        """Give an in-flight record its terminal status and drop it from every index in one step.
+    def adopt(self, ops: Iterable[Record]) -> None:
+        """Index the records of calls in flight that are not indexed yet (a query met them in
+        their coordinator)."""
+        registry = self._ops
+        for op in ops:
+            if op.ecs_id.int not in registry:
+                self.add_operation(op)
+
+    def end(self, ops: Iterable[Record], status: OperationStatus, at: datetime) -> None:
+        """Give each record its terminal status and drop it from every index in one step.
 
         For records that leave the moment they end (succeeded, or IMMEDIATE cleanup): nothing
-        runs in between, so the status index and zombie books are skipped. False if the record
-        was not in the registry.
+        runs in between, so the status index and zombie books are skipped. A record of a staged
+        call was never indexed (its coordinator held it); one whose id nobody read cannot be.
         """
-        return bool(self.end_all_unbooked((op,), status, at))
-
-    def end_all_unbooked(
-        self, ops: Sequence[ConflictResolutionOperation], status: OperationStatus, at: datetime
-    ) -> list[ConflictResolutionOperation]:
-        """`end_unbooked` for a batch (a staging window's losers); returns the records that
-        were registered, so removed."""
         registry = self._ops
         inflight = self._inflight
         by_target = self._by_target
-        removed = []
         unscheduled = 0
         for op in ops:
             op.transition(status, at)
-            d = op.__dict__
-            oid = d["ecs_id"].int
+            if not op.has_id:
+                continue
+            oid = op.ecs_id.int
             if registry.pop(oid, None) is None:
                 continue
-            removed.append(op)
             if inflight.pop(oid, None) is not None:
                 unscheduled += 1
-            for t in d["target_entity_ids"]:
+            for t in op.target_entity_ids:
                 tid = t.int
                 bucket = by_target.get(tid)
                 if bucket is not None:
@@ -206,17 +192,16 @@ class MemoryBackend:
         if unscheduled:
             self._scheduled -= unscheduled
             self._maybe_compact()
-        return removed
 
-    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    def get_operation(self, op_id: UUID) -> Record | None:
         return self._ops.get(op_id.int)
 
-    async def discard(self, op: ConflictResolutionOperation) -> None:
-        self._unindex(op.ecs_id.int)
+    def discard(self, op: Record) -> None:
+        if op.has_id:
+            self._unindex(op.ecs_id.int)
 
-    async def add_zombie(
-        self, op: ConflictResolutionOperation, due: float | None, cap: int
-    ) -> list[ConflictResolutionOperation]:
+    def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
+        """Book a terminal record; returns the oldest zombies of its target evicted past `cap`."""
         oid = op.ecs_id.int
         if oid not in self._ops:
             return []
@@ -231,28 +216,27 @@ class MemoryBackend:
             del self._by_target[tid]
         if due is not None:
             self._push_due(op, oid, due)
-        evicted: list[ConflictResolutionOperation] = []
+        evicted: list[Record] = []
         while len(bucket) > cap:
             gone = self._unindex(next(iter(bucket)))
             if gone is not None:
                 evicted.append(gone)
         return evicted
 
-    async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    def remove(self, op_id: UUID) -> Record | None:
         return self._unindex(op_id.int)
 
-    def _unindex(self, oid: int) -> ConflictResolutionOperation | None:
+    def _unindex(self, oid: int) -> Record | None:
         """Take a record out of every index."""
         op = self._ops.pop(oid, None)
         if op is None:
             return None
-        d = op.__dict__
-        status = d["status"]
+        status = op.status
         due = self._status_index[status].pop(oid, None)
         booked = None
         zombies = self._zombies_by_target
         if zombies and status is not _SUCCEEDED:
-            target = d["target_entity_id"]
+            target = op.target_entity_id
             tkey = target.int if target is not None else -1
             zb = zombies.get(tkey)
             if zb is not None and zb.pop(oid, 0) is None:
@@ -261,7 +245,7 @@ class MemoryBackend:
                 if not zb:
                     del zombies[tkey]
         by_target = self._by_target
-        for t in d["target_entity_ids"]:
+        for t in op.target_entity_ids:
             tid = t.int
             if tid == booked:
                 continue
@@ -275,9 +259,7 @@ class MemoryBackend:
             self._maybe_compact()
         return op
 
-    def _unindex_taken(
-        self, oids: list[int], ops: list[ConflictResolutionOperation]
-    ) -> list[ConflictResolutionOperation]:
+    def _unindex_taken(self, oids: list[int], ops: list[Record]) -> list[Record]:
         """`_unindex` for the rest of a batch `_take` took out of the registry and status index.
 
         A sweep removes thousands of records; walking each index once for the whole batch, with
@@ -285,9 +267,8 @@ class MemoryBackend:
         """
         if not ops:
             return ops
-        dicts = list(map(_DICT, ops))
-        targets = list(map(_TARGETS, dicts))
-        primaries = list(map(_TARGET, dicts))
+        targets = list(map(_TARGETS, ops))
+        primaries = list(map(_TARGET, ops))
         simple = set(map(len, targets)) == {1} and primaries == list(map(_FIRST, targets))
         if simple:
             keys = list(map(_INT, primaries))
@@ -319,7 +300,7 @@ class MemoryBackend:
         _drain(map(dict.pop, map(by_target.get, tids, repeat(_EMPTY)), oids, repeat(None)))
         _drop_empty(by_target, tids)
 
-    async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
+    def operations_for_target(self, target_id: UUID) -> list[Record]:
         ops = self._ops
         tid = target_id.int
         found = [ops[i] for i in self._by_target.get(tid, ())]
@@ -328,21 +309,19 @@ class MemoryBackend:
             found += [ops[i] for i in zombies]
         return found
 
-    async def operations_with_status(
-        self, status: OperationStatus
-    ) -> list[ConflictResolutionOperation]:
+    def operations_with_status(self, status: OperationStatus) -> list[Record]:
         ops = self._ops
         if status in _TERMINAL:
             return [ops[i] for i in self._by_status[status]]
         return [op for op in (ops[i] for i in self._inflight) if op.status is status]
 
-    async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
+    def zombies(self, target_id: UUID | None = None) -> list[Record]:
         ops = self._ops
         if target_id is not None:
             return [ops[i] for i in self._zombies_by_target.get(target_id.int, ())]
         return [ops[i] for bucket in self._zombies_by_target.values() for i in bucket]
 
-    async def zombie_counts_by_target(self) -> dict[UUID, int]:
+    def zombie_counts_by_target(self) -> dict[UUID, int]:
         return {UUID(int=t): len(b) for t, b in self._zombies_by_target.items() if t >= 0}
 
     def top_zombie_targets(self, n: int) -> tuple[dict[UUID, int], int]:
@@ -351,7 +330,7 @@ class MemoryBackend:
         top = heapq.nlargest(n, ((len(b), t) for t, b in buckets.items() if t >= 0 and b))
         return {UUID(int=t): c for c, t in top}, len(buckets) - (-1 in buckets)
 
-    async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
+    def oldest_zombies(self) -> list[Record]:
         """The oldest zombie of each target (the overall oldest is among them)."""
         ops = self._ops
         return [ops[next(iter(b))] for b in self._zombies_by_target.values() if b]
@@ -366,8 +345,8 @@ class MemoryBackend:
     # only once it is due. A bucket holds ids only; a record's one current due time is the value
     # of its entry in the status index, which a removal takes out anyway, so an entry whose record
     # left, or was rescheduled into another second, is stale and dropped when its bucket comes up.
-    def _push_due(self, op: ConflictResolutionOperation, oid: int, due: float) -> None:
-        index = self._status_index[op.__dict__["status"]]
+    def _push_due(self, op: Record, oid: int, due: float) -> None:
+        index = self._status_index[op.status]
         if index.get(oid) is None:
             self._scheduled += 1
         index[oid] = due
@@ -386,13 +365,13 @@ class MemoryBackend:
         ops = self._ops
         found = list(map(ops.get, entries))
         if all(map(is_not, found, repeat(None))):
-            records = cast("list[ConflictResolutionOperation]", found)
-            indexes = map(self._status_index.__getitem__, map(_STATUS, map(_DICT, records)))
+            records = cast("list[Record]", found)
+            indexes = map(self._status_index.__getitem__, map(_STATUS, records))
             times = list(map(_GET, indexes, entries))
         else:
             index_of = self._status_index
             times = [
-                None if op is None else index_of[op.__dict__["status"]].get(oid)
+                None if op is None else index_of[op.status].get(oid)
                 for oid, op in zip(entries, found, strict=True)
             ]
         if None in times or min(times) < second or max(times) >= second + 1:
@@ -414,24 +393,24 @@ class MemoryBackend:
             heapq.heapify(self._seconds)
             self._filed = filed
 
-    async def schedule(self, op_id: UUID, due: float) -> None:
+    def schedule(self, op_id: UUID, due: float) -> None:
         oid = op_id.int
         op = self._ops.get(oid)
         if op is not None:
             self._push_due(op, oid, due)
 
-    async def pop_due(self, now: float, limit: int) -> list[UUID]:
+    def pop_due(self, now: float, limit: int) -> list[UUID]:
         oids, ops = self._take(now, limit)
         index = self._status_index
         for oid, op in zip(oids, ops, strict=True):
             self._ops[oid] = op
-            index[op.__dict__["status"]][oid] = None
+            index[op.status][oid] = None
         return [op.ecs_id for op in ops]
 
-    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+    def take_due(self, now: float, limit: int) -> list[Record]:
         return self._unindex_taken(*self._take(now, limit))
 
-    def _take(self, now: float, limit: int) -> tuple[list[int], list[ConflictResolutionOperation]]:
+    def _take(self, now: float, limit: int) -> tuple[list[int], list[Record]]:
         """Take up to `limit` records due by `now` out of the registry and their status index.
 
         The record and its due time come out in one pass each over a bucket; the rare entries
@@ -444,7 +423,7 @@ class MemoryBackend:
             self._status_index,
         )
         out: list[int] = []
-        taken: list[ConflictResolutionOperation] = []
+        taken: list[Record] = []
         while seconds and seconds[0] <= now and len(out) < limit:
             second = seconds[0]
             bucket = buckets[second]
@@ -453,13 +432,11 @@ class MemoryBackend:
             found = list(map(ops.pop, take, repeat(None)))
             present = all(map(is_not, found, repeat(None)))
             if present:
-                records = cast("list[ConflictResolutionOperation]", found)
-                indexes = list(map(index_of.__getitem__, map(_STATUS, map(_DICT, records))))
+                records = cast("list[Record]", found)
+                indexes = list(map(index_of.__getitem__, map(_STATUS, records)))
                 times = list(map(_POP, indexes, take, repeat(None)))
             else:
-                indexes = [
-                    _EMPTY if op is None else index_of[op.__dict__["status"]] for op in found
-                ]
+                indexes = [_EMPTY if op is None else index_of[op.status] for op in found]
                 times = list(map(_POP, indexes, take, repeat(None)))
             later: list[int] = []
             before = len(out)
@@ -490,7 +467,7 @@ class MemoryBackend:
                 heapq.heappop(seconds)
         return out, taken
 
-    async def next_due(self) -> float | None:
+    def next_due(self) -> float | None:
         seconds, buckets = self._seconds, self._buckets
         while seconds:
             second = seconds[0]
@@ -507,9 +484,6 @@ class MemoryBackend:
     def scheduled_count(self) -> int:
         return self._scheduled
 
-    async def close(self) -> None:
-        return None
-
     # ordered reads (the console's paged zombie browser) ------------------------------------------
     def zombie_keys(
         self, status: OperationStatus | None = None, target_id: UUID | None = None
@@ -523,9 +497,157 @@ class MemoryBackend:
         statuses = [status] if status is not None else [s for s in _TERMINAL if s is not _SUCCEEDED]
         return [self._by_status[s].keys() for s in sorted(statuses)]
 
-    def operation_at(self, key: int) -> ConflictResolutionOperation | None:
+    def operation_at(self, key: int) -> Record | None:
         """The record whose id's ``uuid.int`` is `key`, if registered."""
         return self._ops.get(key)
+
+
+class MemoryBackend:
+    """The embedded backend: a `MemoryStore` behind the `Backend` coroutines, and a
+    `LocalCoordinator` for staging.
+
+    Records of staged calls stay with the coordinator until they end or something looks at
+    them: a query that meets them has the store adopt them first, so from then on they are
+    indexed like any other. Subclass it to observe calls: the runtime then calls these
+    coroutines instead of the store (see `Runtime.store`).
+    """
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self._coordinator = LocalCoordinator()
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend({self.store.operation_count()} records)"
+
+    @property
+    def coordinator(self) -> LocalCoordinator:
+        return self._coordinator
+
+    @property
+    def zombie_count(self) -> int:
+        return self.store.zombie_count
+
+    def attach(self, hooks: Hooks) -> None:
+        """The runtime's window observer hears of every contested window."""
+        observe = hooks.observe_window
+
+        def on_window(winner: Record, entries: list[Record], carried: Sequence[Record]) -> None:
+            if carried:
+                waiting = {id(c) for c in carried}
+                rejected = (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
+            else:
+                rejected = (e.ecs_id for e in entries if e is not winner)
+            observe(winner, len(entries), rejected, carried=len(carried))
+
+        self._coordinator.on_window = on_window
+
+    def reset(self) -> None:
+        """The runtime moved to a new event loop: staging of the old one is dropped."""
+        self._coordinator.reset()
+
+    # entities -------------------------------------------------------------------------------------
+    async def ensure_entity(self, entity: Entity) -> Entity:
+        return self.store.ensure_entity(entity)
+
+    async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
+        return self.store.get_entity(entity_id)
+
+    def entity_count(self) -> int:
+        """Entities registered and still alive."""
+        return self.store.entity_count()
+
+    def forget_entity(self, entity_id: UUID) -> bool:
+        return self.store.forget_entity(entity_id)
+
+    async def commit(self, writes: Sequence[Write], now: datetime) -> VersionConflict | None:
+        return self.store.commit(writes, now)
+
+    async def bump(self, entities: Sequence[Entity], now: datetime) -> None:
+        self.store.bump(entities, now)
+
+    # operation records ----------------------------------------------------------------------------
+    async def add_operation(self, op: Record) -> None:
+        self.store.add_operation(op)
+
+    def set_status(self, op: Record, status: OperationStatus, at: datetime | None = None) -> None:
+        self.store.set_status(op, status, at or utcnow())
+
+    async def get_operation(self, op_id: UUID) -> Record | None:
+        found = self.store.get_operation(op_id)
+        if found is None:
+            found = self._coordinator.find(op_id)
+            if found is not None:
+                self.store.adopt((found,))
+        return found
+
+    async def discard(self, op: Record) -> None:
+        self.store.discard(op)
+
+    async def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
+        return self.store.add_zombie(op, due, cap)
+
+    async def remove(self, op_id: UUID) -> Record | None:
+        return self.store.remove(op_id)
+
+    async def operations_for_target(self, target_id: UUID) -> list[Record]:
+        staged = self._coordinator.records_for(target_id)
+        if staged:
+            self.store.adopt(staged)
+        return self.store.operations_for_target(target_id)
+
+    async def operations_with_status(self, status: OperationStatus) -> list[Record]:
+        if status not in _TERMINAL:
+            self.store.adopt(self._coordinator.records_in_flight())
+        return self.store.operations_with_status(status)
+
+    async def zombies(self, target_id: UUID | None = None) -> list[Record]:
+        return self.store.zombies(target_id)
+
+    async def zombie_counts_by_target(self) -> dict[UUID, int]:
+        return self.store.zombie_counts_by_target()
+
+    def top_zombie_targets(self, n: int) -> tuple[dict[UUID, int], int]:
+        """The `n` targets with the most zombies, and how many targets have any."""
+        return self.store.top_zombie_targets(n)
+
+    async def oldest_zombies(self) -> list[Record]:
+        return self.store.oldest_zombies()
+
+    def operation_count(self) -> int:
+        """Records in the store (not counting calls staged or running)."""
+        return self.store.operation_count()
+
+    # deferred removal -----------------------------------------------------------------------------
+    async def schedule(self, op_id: UUID, due: float) -> None:
+        self.store.schedule(op_id, due)
+
+    async def pop_due(self, now: float, limit: int) -> list[UUID]:
+        return self.store.pop_due(now, limit)
+
+    async def take_due(self, now: float, limit: int) -> list[Record]:
+        return self.store.take_due(now, limit)
+
+    async def next_due(self) -> float | None:
+        return self.store.next_due()
+
+    def scheduled_count(self) -> int:
+        return self.store.scheduled_count()
+
+    async def close(self) -> None:
+        return None
+
+    # ordered reads (the console's paged zombie browser) -------------------------------------------
+    def zombie_keys(
+        self, status: OperationStatus | None = None, target_id: UUID | None = None
+    ) -> list[KeysView[int]]:
+        """See `MemoryStore.zombie_keys`."""
+        return self.store.zombie_keys(status, target_id)
+
+    def operation_at(self, key: int) -> Record | None:
+        """The record whose id's ``uuid.int`` is `key`, if in the store."""
+        return self.store.operation_at(key)
 
 
 def _drain(it: Iterator[object]) -> None:
@@ -543,7 +665,7 @@ def _within(due: float | None, second: int) -> bool:
     return due is not None and second <= due < second + 1
 
 
-def _tkey(op: ConflictResolutionOperation) -> int:
+def _tkey(op: Record) -> int:
     """Zombie bucket key: the primary target, or -1 for calls without one."""
     t = op.target_entity_id
     return t.int if t is not None else -1

@@ -1,4 +1,5 @@
-"""Cleanup of zombie operation records: strategies, handlers, policy, sweeper."""
+"""Cleanup of zombie operation records: strategies and their handlers, removal accounting, sinks,
+the sweeper, the manager that puts them together, memory pressure and the archive."""
 
 from contend.cleanup.archive import (
     ArchiveCleanupHandler,
@@ -9,16 +10,17 @@ from contend.cleanup.archive import (
 )
 from contend.cleanup.handlers import (
     CleanupHandler,
+    CleanupHandlerRegistry,
     CustomCleanupHandler,
     DeferredCleanupHandler,
     ImmediateCleanupHandler,
     LazyCleanupHandler,
     NoOpCleanupHandler,
 )
-from contend.cleanup.manager import CleanupManager, Removal, RemovalSink
-from contend.cleanup.memory import MemoryPressureMonitor, read_memory_pressure
-from contend.cleanup.policy import EffectiveCleanup, effective_cleanup
-from contend.cleanup.registry import CleanupHandlerRegistry
+from contend.cleanup.manager import CleanupManager
+from contend.cleanup.pressure import MemoryPressureMonitor, read_memory_pressure
+from contend.cleanup.sinks import Removal, RemovalSink
+from contend.config import EffectiveCleanup
 
 __all__ = [
     "ArchiveCleanupHandler",
@@ -37,7 +39,6 @@ __all__ = [
     "NoOpCleanupHandler",
     "Removal",
     "RemovalSink",
-    "effective_cleanup",
     "install_archive",
     "read_memory_pressure",
 ]

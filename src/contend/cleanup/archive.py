@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from uuid import UUID
 
-from contend.cleanup.handlers import CleanupHandler
-from contend.cleanup.registry import CleanupHandlerRegistry
+from contend.cleanup.handlers import CleanupHandler, CleanupHandlerRegistry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from contend.cleanup.manager import Removal
+    from contend.cleanup.manager import CleanupManager
+    from contend.cleanup.sinks import Removal
     from contend.operations import ConflictResolutionOperation
     from contend.runtime import Runtime
 
@@ -313,11 +313,29 @@ def install_archive(
     A runtime has one archive: calling again returns the installed sink (a different `path` is an
     error). Without a path: ``$CONTEND_ARCHIVE_PATH``, else ``./contend-archive.sqlite3``.
     """
-    for sink in runtime.cleanup.removal_sinks:
+    return _install(
+        runtime.cleanup,
+        path,
+        synchronous=synchronous,
+        inline_max_rows=inline_max_rows,
+        busy_timeout_seconds=busy_timeout_seconds,
+    )
+
+
+def _install(
+    cleanup: CleanupManager,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    synchronous: Synchronous = "NORMAL",
+    inline_max_rows: int = 0,
+    busy_timeout_seconds: float = 5.0,
+) -> ArchiveSink:
+    """`install_archive` on the cleanup manager of a runtime."""
+    for sink in cleanup.removal_sinks:
         if isinstance(sink, ArchiveSink):
             if path is not None and Path(path).resolve() != sink.path.resolve():
                 raise ValueError(
-                    f"install_archive: runtime {runtime.name!r} already archives to "
+                    f"install_archive: runtime {cleanup.name!r} already archives to "
                     f"{str(sink.path)!r}, not {os.fspath(path)!r}"
                 )
             return sink
@@ -328,7 +346,7 @@ def install_archive(
         inline_max_rows=inline_max_rows,
         busy_timeout_seconds=busy_timeout_seconds,
     )
-    sink._detach = runtime.cleanup.add_removal_sink(sink)
+    sink._detach = cleanup.add_removal_sink(sink)
     return sink
 
 
@@ -353,13 +371,13 @@ class ArchiveCleanupHandler(CleanupHandler):
         self.retention_minutes = retention_minutes
         self.sink: ArchiveSink | None = None
 
-    def bind(self, runtime: Runtime) -> None:
-        super().bind(runtime)
+    def bind(self, cleanup: CleanupManager) -> None:
+        super().bind(cleanup)
         self.sink = None
 
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         if self.sink is None:
-            self.sink = install_archive(self._rt(), self.path)
+            self.sink = _install(self._manager(), self.path)
         minutes = self.retention_minutes
         if minutes is None:
             minutes = operation.get_cleanup_config().retention_minutes

@@ -18,14 +18,15 @@ from collections.abc import Iterator, KeysView, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
 from contend.backends.base import Backend
 from contend.backends.memory import MemoryBackend
 from contend.config import CleanupStrategy
-from contend.operations import ConflictResolutionOperation, OperationStatus
+from contend.enums import OperationStatus
+from contend.record import Record
 
 __all__ = [
     "ZOMBIE_STATUSES",
@@ -43,8 +44,7 @@ __all__ = [
 
 log = logging.getLogger("contend.console")
 
-_DICT = attrgetter("__dict__")
-_STRATEGY = itemgetter("cleanup_strategy")
+_STRATEGY = attrgetter("cleanup_strategy")
 
 ZOMBIE_STATUSES = (OperationStatus.CANCELLED, OperationStatus.FAILED, OperationStatus.REJECTED)
 _ZOMBIE = frozenset(ZOMBIE_STATUSES)
@@ -70,18 +70,17 @@ class ZombieFilter:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_needle", self.function.lower() if self.function else None)
 
-    def matches(self, op: ConflictResolutionOperation) -> bool:
-        d = op.__dict__
-        if self.target_id is not None and d["target_entity_id"] != self.target_id:
+    def matches(self, op: Record) -> bool:
+        if self.target_id is not None and op.target_entity_id != self.target_id:
             return False
-        if self.status is not None and d["status"] is not self.status:
+        if self.status is not None and op.status is not self.status:
             return False
-        if self.priority is not None and d["priority"] != self.priority:
+        if self.priority is not None and op.priority != self.priority:
             return False
         needle = self._needle
-        if needle is not None and needle not in d["function_name"].lower():
+        if needle is not None and needle not in op.function_name.lower():
             return False
-        done = d["completed_at"]
+        done = op.completed_at
         if self.completed_before is not None and (done is None or done > self.completed_before):
             return False
         return self.completed_after is None or (done is not None and done >= self.completed_after)
@@ -91,7 +90,7 @@ class Page(NamedTuple):
     """One page: its records (oldest first), the cursor of the next one (None at the end), how
     many records were examined to fill it, and the size of the set filtered (None: unknown)."""
 
-    records: list[ConflictResolutionOperation]
+    records: list[Record]
     cursor: str | None
     scanned: int
     total: int | None
@@ -120,7 +119,7 @@ class PagedZombies(Protocol):
         cursor: str | None,
         limit: int,
         scan_limit: int,
-    ) -> tuple[list[ConflictResolutionOperation], str | None, int, int | None]: ...
+    ) -> tuple[list[Record], str | None, int, int | None]: ...
 
 
 class ZombieReader(Protocol):
@@ -139,7 +138,7 @@ class _Source:
     keys: KeysView[int]
     start: int
     it: Iterator[int] = field(init=False)
-    head: ConflictResolutionOperation | None = None
+    head: Record | None = None
     head_key: int = 0
     taken: int = 0
     last_key: int = 0
@@ -175,7 +174,7 @@ class MemoryZombies:
             start, examined = self._resume(view, *pos, scan_limit)
             sources.append(_Source(view, start, last_key=pos[1], last_ms=pos[3]))
             scanned += examined
-        records: list[ConflictResolutionOperation] = []
+        records: list[Record] = []
         too_young = filt.completed_before
         heap: list[tuple[datetime, int, int]] = []
         for i, s in enumerate(sources):
@@ -189,7 +188,7 @@ class MemoryZombies:
             s.head = None
             if op is None:
                 continue
-            done = op.__dict__["completed_at"]
+            done = op.completed_at
             if too_young is not None and done is not None and done > too_young:
                 s.done = True  # completion order: all after it is younger still; resume here
                 continue
@@ -227,7 +226,7 @@ class MemoryZombies:
                     break
                 position += len(keys)
                 found = [op for op in map(at, keys) if op is not None]
-                part.update(map(_STRATEGY, map(_DICT, found)))
+                part.update(map(_STRATEGY, found))
                 await asyncio.sleep(0)
             read += position
             scale = size / position if 0 < position < size else 1.0
@@ -242,7 +241,7 @@ class MemoryZombies:
         for key in s.it:
             examined += 1
             op = at(key)
-            if op is None or op.__dict__["status"] not in _ZOMBIE:
+            if op is None or op.status not in _ZOMBIE:
                 s.taken += 1
                 continue
             s.head, s.head_key = op, key
@@ -283,8 +282,8 @@ class MemoryZombies:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _when(op: ConflictResolutionOperation) -> datetime:
-    done: datetime | None = op.__dict__["completed_at"]
+def _when(op: Record) -> datetime:
+    done: datetime | None = op.completed_at
     return done if done is not None else _EPOCH
 
 
@@ -336,7 +335,7 @@ class ListedZombies:
             offset = int(cursor or 0)
         except ValueError:
             raise CursorError(f"not a cursor of this browser: {str(cursor)[:80]!r}") from None
-        page: list[ConflictResolutionOperation] = []
+        page: list[Record] = []
         for i in range(offset, len(ops)):
             if filt.matches(ops[i]):
                 if len(page) == limit:

@@ -26,11 +26,11 @@ from contend.errors import ConfigurationError
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from contend.backends.base import Lost, VersionConflict, Write
+    from contend.backends.base import Hooks, Lost, VersionConflict, Write
     from contend.config import PreECSConfig
     from contend.entity import Entity
-    from contend.operations import ConflictResolutionOperation, OperationStatus
-    from contend.runtime import Runtime
+    from contend.enums import OperationStatus
+    from contend.record import Record
 
 __all__ = ["ENV_VAR", "RedisBackend", "backend_from_env"]
 
@@ -120,7 +120,7 @@ class RedisBackend:
             out_ttl_ms=out_ttl,
             min_window_ms=self.min_window_ms,
         )
-        self._rt: Runtime | None = None
+        self._hooks: Hooks | None = None
 
     @classmethod
     def from_url(
@@ -164,27 +164,23 @@ class RedisBackend:
             **kwargs,
         )
 
-    def attach(self, runtime: Runtime) -> None:
+    def attach(self, hooks: Hooks) -> None:
         """Called by the runtime: its clock dates records, its cleanup ends orphans and counts
         removals learnt late, its metrics registry gets the bad-key counter."""
-        self._rt = runtime
-        self.staging.runtime = runtime
-        self.orphans.runtime = runtime
-        self.records.clock = runtime.clock.time
-        self.records.removed_late = self._removed_late
-        self.records.sweep_later = runtime.cleanup.sweep
-        self.conn.bad_key_metric = Counter(
-            "contend_redis_bad_keys_total",
-            "Keys in Redis contend could not read (each counted once per worker), by kind",
-            ["kind"],
-            registry=runtime.metrics.registry,
-        )
-
-    async def _removed_late(self, op: ConflictResolutionOperation, reason: str) -> None:
-        """A removal this worker learnt of after the call that made it returned (a lost reply,
-        or a booking written once Redis answered): counted now, once, like any other."""
-        if self._rt is not None:
-            await self._rt.cleanup._count(op, reason, op.cleanup_strategy)
+        first = self._hooks is None
+        self._hooks = hooks
+        self.staging.observe_window = hooks.observe_window
+        self.orphans.bury = hooks.bury
+        self.records.clock = hooks.clock.time
+        self.records.removed_late = hooks.count_removal
+        self.records.sweep_later = hooks.sweep
+        if first:
+            self.conn.bad_key_metric = Counter(
+                "contend_redis_bad_keys_total",
+                "Keys in Redis contend could not read (each counted once per worker), by kind",
+                ["kind"],
+                registry=hooks.metrics_registry,
+            )
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.description}, prefix={self.prefix!r})"
@@ -196,12 +192,12 @@ class RedisBackend:
 
     # staging ------------------------------------------------------------------------------------
     async def acquire(
-        self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
+        self, op: Record, config: PreECSConfig, deadline: float | None = None
     ) -> Lost | None:
         """No ``supports_wait`` yet, so the decorator never passes a `deadline`."""
         return await self.staging.acquire(op, config)
 
-    def release(self, op: ConflictResolutionOperation) -> None:
+    def release(self, op: Record) -> None:
         self.staging.release(op)
 
     def in_flight(self) -> int:
@@ -235,37 +231,31 @@ class RedisBackend:
         await self.entities.bump(entities, now)
 
     # operation records --------------------------------------------------------------------------
-    async def add_operation(self, op: ConflictResolutionOperation) -> None:
+    async def add_operation(self, op: Record) -> None:
         self.records.add_operation(op)
 
-    def set_status(
-        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
-    ) -> None:
+    def set_status(self, op: Record, status: OperationStatus, at: datetime | None = None) -> None:
         self.records.set_status(op, status, at)
 
-    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    async def get_operation(self, op_id: UUID) -> Record | None:
         return await self.records.get_operation(op_id)
 
-    async def discard(self, op: ConflictResolutionOperation) -> None:
+    async def discard(self, op: Record) -> None:
         await self.records.discard(op)
 
-    async def add_zombie(
-        self, op: ConflictResolutionOperation, due: float | None, cap: int
-    ) -> list[ConflictResolutionOperation]:
+    async def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
         return await self.records.add_zombie(op, due, cap)
 
-    async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    async def remove(self, op_id: UUID) -> Record | None:
         return await self.records.remove(op_id)
 
-    async def operations_for_target(self, target_id: UUID) -> list[ConflictResolutionOperation]:
+    async def operations_for_target(self, target_id: UUID) -> list[Record]:
         return await self.records.read(f"ot:{target_id}")
 
-    async def operations_with_status(
-        self, status: OperationStatus
-    ) -> list[ConflictResolutionOperation]:
+    async def operations_with_status(self, status: OperationStatus) -> list[Record]:
         return await self.records.read(f"os:{status.value}")
 
-    async def zombies(self, target_id: UUID | None = None) -> list[ConflictResolutionOperation]:
+    async def zombies(self, target_id: UUID | None = None) -> list[Record]:
         if target_id is None:
             return await self.records.zombies_all()
         return await self.records.read(f"zb:{target_id}", str(target_id))
@@ -273,7 +263,7 @@ class RedisBackend:
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
         return await self.records.counts_by_target()
 
-    async def oldest_zombies(self) -> list[ConflictResolutionOperation]:
+    async def oldest_zombies(self) -> list[Record]:
         return await self.records.oldest()
 
     # deferred removal ---------------------------------------------------------------------------
@@ -284,7 +274,7 @@ class RedisBackend:
         await self.orphans.reap_now()
         return await self.records.pop_due(now, limit)
 
-    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+    async def take_due(self, now: float, limit: int) -> list[Record]:
         await self.orphans.reap_now()
         return await self.records.take_due(now, limit)
 

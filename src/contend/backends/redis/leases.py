@@ -21,7 +21,7 @@ from contend.config import CleanupStrategy
 
 if TYPE_CHECKING:
     from contend.backends.redis.connection import Connection
-    from contend.operations import ConflictResolutionOperation
+    from contend.record import Record
 
 __all__ = ["Call", "Calls"]
 
@@ -49,7 +49,7 @@ class Call:
         "unsettled",
     )
 
-    def __init__(self, op: ConflictResolutionOperation) -> None:
+    def __init__(self, op: Record) -> None:
         self.op = op
         self.oid = str(op.ecs_id)
         self.key: str | None = None
@@ -98,7 +98,7 @@ class Calls:
         self._renewer: asyncio.Task[None] | None = None
 
     # calls --------------------------------------------------------------------------------------
-    def begin(self, op: ConflictResolutionOperation) -> Call:
+    def begin(self, op: Record) -> Call:
         call = self.calls.get(op.ecs_id)
         if call is None:
             call = self.calls[op.ecs_id] = Call(op)

@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from contend.backends.redis.errors import RedisDataError, RedisUnavailableError
-from contend.operations import OperationStatus
+from contend.enums import OperationStatus
 
 if TYPE_CHECKING:
     from contend.backends.redis.connection import Connection
     from contend.backends.redis.leases import Calls
     from contend.backends.redis.records import Records
-    from contend.runtime import Runtime
+    from contend.record import Record
 
 __all__ = ["Orphans"]
 
@@ -44,7 +45,8 @@ class Orphans:
         self.records = records
         self.lease_ms = lease_ms
         self.out_ttl_ms = out_ttl_ms
-        self.runtime: Runtime | None = None
+        self.bury: Callable[[Record, OperationStatus, str], Awaitable[object]] | None = None
+        """Ends a claimed record through the runtime's cleanup (see `Hooks.bury`)."""
         self.reaped = 0
 
     def claimed(self, ids: list[str]) -> None:
@@ -61,13 +63,13 @@ class Orphans:
         return len(claimed)
 
     async def reap(self, ids: list[str]) -> None:
-        rt = self.runtime
+        bury = self.bury
         for oid in ids:
             if oid in self.calls.inflight:
                 continue  # ours, alive: its deadline is renewed by the next renewal
             try:
                 op = await self.records.get_operation(uuid.UUID(oid))
-                if op is None or op.is_terminal or rt is None:
+                if op is None or op.is_terminal or bury is None:
                     await self.conn.run("DISCARD", self.lease_ms, self.out_ttl_ms, oid, "", "")
                     continue
                 status = _TERMINAL_FOR[op.status]
@@ -82,10 +84,9 @@ class Orphans:
                     status.value,
                 )
                 self.reaped += 1
-                await rt.cleanup.bury(
+                await bury(
                     op,
                     status,
-                    op.get_cleanup_config(),
                     f"orphaned: its worker stopped renewing its lease ({self.lease_ms} ms); "
                     "nothing it was writing was applied",
                 )

@@ -24,7 +24,8 @@ from pydantic import ValidationError
 from contend.backends.redis.errors import RedisUnavailableError
 from contend.clock import utcnow
 from contend.config import CleanupStrategy
-from contend.operations import ConflictResolutionOperation, OperationStatus
+from contend.enums import OperationStatus
+from contend.record import Record
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -42,7 +43,7 @@ IMMEDIATE_GRACE_SECONDS = 60.0
 SETTLE_MARGIN_SECONDS = 5.0
 """A write is settled by its outcome key only while the key is sure to be there still."""
 
-Removed = Callable[[ConflictResolutionOperation, str], Awaitable[None]]
+Removed = Callable[[Record, str | None], Awaitable[None]]
 
 
 class Records:
@@ -75,12 +76,12 @@ class Records:
         """Runs a sweep (the runtime's), to replay a sweep batch whose reply was lost."""
         self._zombie_count = 0
         self._zombie_seq = 0
-        self._dirty: dict[UUID, tuple[ConflictResolutionOperation, str, float | None]] = {}
+        self._dirty: dict[UUID, tuple[Record, str, float | None]] = {}
         """Records a handler may still change: the record, its JSON as written, its due time as
         booked. Written back (when changed) by `flush`, or by `schedule`; then forgotten."""
         self._flush_scheduled = False
         self._sweep_token: str | None = None
-        self._unacked: dict[UUID, tuple[ConflictResolutionOperation | None, str]] = {}
+        self._unacked: dict[UUID, tuple[Record | None, str]] = {}
         """Removals whose reply was lost, with their token (retried, then counted once)."""
         self._pending: set[UUID] = set()
         """Records whose booking waits for Redis to answer."""
@@ -116,13 +117,11 @@ class Records:
         return reply
 
     # records in flight ----------------------------------------------------------------------------
-    def add_operation(self, op: ConflictResolutionOperation) -> None:
+    def add_operation(self, op: Record) -> None:
         """Kept in this worker until the call stages (the join writes it) or ends."""
         self.calls.begin(op)
 
-    def set_status(
-        self, op: ConflictResolutionOperation, status: OperationStatus, at: datetime | None = None
-    ) -> None:
+    def set_status(self, op: Record, status: OperationStatus, at: datetime | None = None) -> None:
         op.transition(status, at)
         if status is OperationStatus.SUCCEEDED:
             call = self.calls.get(op.ecs_id)
@@ -132,7 +131,7 @@ class Records:
                 self.calls.finish(op.ecs_id)
                 self._keep(op, "", None)
 
-    async def get_operation(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    async def get_operation(self, op_id: UUID) -> Record | None:
         call = self.calls.get(op_id)
         if call is not None:
             return call.op
@@ -150,7 +149,7 @@ class Records:
             raise self.conn.bad("record", key, "unreadable record JSON")
         return op
 
-    async def discard(self, op: ConflictResolutionOperation) -> None:
+    async def discard(self, op: Record) -> None:
         """A succeeded record leaves (its commit usually ended it in Redis already)."""
         call = self.calls.finish(op.ecs_id)
         if call is None or call.key is None or call.ended:
@@ -165,9 +164,7 @@ class Records:
         await self._json(script, *args)
 
     # zombies ------------------------------------------------------------------------------------
-    async def add_zombie(
-        self, op: ConflictResolutionOperation, due: float | None, cap: int
-    ) -> list[ConflictResolutionOperation]:
+    async def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
         call = self.calls.finish(op.ecs_id)
         if call is not None and call.joined is not None and not call.joined.done():
             # A join carrying this call is on its way: end the record after it, or the join
@@ -177,7 +174,7 @@ class Records:
             self.entities.mark_stale(op.target_entity_ids)
         due = self._due(op, due)
         token = self._settle_token(op, call)
-        rec = op.model_dump_json()
+        rec = op.to_json()
         try:
             reply = await self._book(op, rec, call, token, due, cap)
         except RedisUnavailableError:
@@ -186,13 +183,14 @@ class Records:
             return []
         return self._booked(op, rec, reply, due)
 
-    def _due(self, op: ConflictResolutionOperation, due: float | None) -> float | None:
+    def _due(self, op: Record, due: float | None) -> float | None:
         """The due time booked with the zombie: what the stock handlers will schedule."""
         if due is not None:
             return due
         strategy = op.cleanup_strategy
         if strategy is CleanupStrategy.DEFERRED:
-            op.schedule_cleanup(CleanupStrategy.DEFERRED, op.get_cleanup_config().retention_minutes)
+            minutes = op.get_cleanup_config().retention_minutes
+            op.plan_cleanup(CleanupStrategy.DEFERRED, op.due_after(minutes, utcnow()))
             at = op.cleanup_scheduled_at
             return at.timestamp() if at is not None else None
         if strategy is CleanupStrategy.IMMEDIATE and op.completed_at is not None:
@@ -201,7 +199,7 @@ class Records:
             return op.completed_at.timestamp() + IMMEDIATE_GRACE_SECONDS
         return None
 
-    def _settle_token(self, op: ConflictResolutionOperation, call: Call | None) -> str:
+    def _settle_token(self, op: Record, call: Call | None) -> str:
         """The token of a write of this call whose outcome is not known here ('' if none): the
         booking settles it first, while Redis is sure to still know it."""
         if call is None or not call.unsettled:
@@ -210,12 +208,12 @@ class Records:
         if age < self.outcome_ttl_ms / 1000 - SETTLE_MARGIN_SECONDS:
             return call.oid
         if "outcome unknown" not in (op.error_message or ""):
-            op.__dict__["error_message"] = f"{op.error_message}; outcome unknown"
+            op.add_note("outcome unknown")
         return ""
 
     async def _book(
         self,
-        op: ConflictResolutionOperation,
+        op: Record,
         rec: str,
         call: Call | None,
         token: str,
@@ -243,11 +241,11 @@ class Records:
 
     def _booked(
         self,
-        op: ConflictResolutionOperation,
+        op: Record,
         rec: str,
         reply: dict[str, Any],
         due: float | None,
-    ) -> list[ConflictResolutionOperation]:
+    ) -> list[Record]:
         if reply.get("applied"):
             # A caller cancelled (or told "outcome unknown") while its write was on its way: the
             # write applied and ended the record as a success; nothing is booked.
@@ -261,11 +259,9 @@ class Records:
             self._keep(op, rec, due)
         return self._rows(reply.get("ev"))
 
-    async def _book_later(
-        self, op: ConflictResolutionOperation, call: Call | None, due: float | None, cap: int
-    ) -> None:
+    async def _book_later(self, op: Record, call: Call | None, due: float | None, cap: int) -> None:
         token = self._settle_token(op, call)
-        rec = op.model_dump_json()
+        rec = op.to_json()
         reply = await self._book(op, rec, call, token, due, cap)
         self._pending.discard(op.ecs_id)
         self._dirty.pop(op.ecs_id, None)  # written just now, as it stands
@@ -276,14 +272,14 @@ class Records:
             for gone in self._rows(reply.get("ev")):
                 await self.removed_late(gone, "cap")
 
-    def _keep(self, op: ConflictResolutionOperation, sent: str, due: float | None) -> None:
+    def _keep(self, op: Record, sent: str, due: float | None) -> None:
         """Remember `op` as written, so what its handler changes next is written back once."""
         self._dirty[op.ecs_id] = (op, sent, due)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.conn.spawn, self.flush())
 
-    async def remove(self, op_id: UUID) -> ConflictResolutionOperation | None:
+    async def remove(self, op_id: UUID) -> Record | None:
         """Take a record out of every index; None if it was gone (or Redis did not answer: the
         removal is then retried, and counted when Redis says it happened)."""
         dirty = self._dirty.pop(op_id, None)
@@ -322,7 +318,7 @@ class Records:
         """Book the due time and rewrite the record; its key expires `backstop_seconds` later."""
         entry = self._dirty.pop(op_id, None)
         op = entry[0] if entry is not None else None
-        body = op.model_dump_json() if op is not None else ""
+        body = op.to_json() if op is not None else ""
         if entry is not None and body == entry[1]:
             body = ""
             if entry[2] == due:
@@ -338,7 +334,7 @@ class Records:
         return str(int((max(0.0, due - self.clock()) + self.backstop_seconds) * 1000) or 1)
 
     @staticmethod
-    def _where(op: ConflictResolutionOperation | None) -> list[str]:
+    def _where(op: Record | None) -> list[str]:
         if op is None:
             return ["", "", ""]
         tid = op.target_entity_id
@@ -351,7 +347,7 @@ class Records:
         self._flush_scheduled = False
         while self._dirty:
             op_id, (op, sent, _) = self._dirty.popitem()
-            body = op.model_dump_json()
+            body = op.to_json()
             if body == sent:
                 continue
             # a record not written yet (a retained success) is created; one that was written is
@@ -371,7 +367,7 @@ class Records:
         reply = await self._json("POP_DUE", *args)
         return [uuid.UUID(i) for i in reply.get("ids") or ()]
 
-    async def take_due(self, now: float, limit: int) -> list[ConflictResolutionOperation]:
+    async def take_due(self, now: float, limit: int) -> list[Record]:
         """Take the records due by `now` out of every index in one script. A batch whose reply
         was lost is replayed by the next sweep (its reply waits in Redis), never dropped."""
         token = self._sweep_token
@@ -403,17 +399,17 @@ class Records:
         return float(first[0][1]) if first else None
 
     # reads --------------------------------------------------------------------------------------
-    async def read(self, suffix: str, book: str | None = None) -> list[ConflictResolutionOperation]:
+    async def read(self, suffix: str, book: str | None = None) -> list[Record]:
         if book is None:
             reply = await self._json("READ_SET", suffix, "s")
         else:
             reply = await self._json("READ_SET", suffix, "z", book)
         return self._rows(reply.get("rows"))
 
-    async def zombies_all(self) -> list[ConflictResolutionOperation]:
+    async def zombies_all(self) -> list[Record]:
         return self._rows((await self._json("ZOMBIES_ALL")).get("rows"))
 
-    async def oldest(self) -> list[ConflictResolutionOperation]:
+    async def oldest(self) -> list[Record]:
         return self._rows((await self._json("OLDEST")).get("rows"))
 
     async def counts_by_target(self) -> dict[UUID, int]:
@@ -430,7 +426,7 @@ class Records:
         return {t: n for t, n in out.items() if n > 0}
 
     # parsing ------------------------------------------------------------------------------------
-    def _rows(self, rows: Sequence[Sequence[Any]] | None) -> list[ConflictResolutionOperation]:
+    def _rows(self, rows: Sequence[Sequence[Any]] | None) -> list[Record]:
         out = []
         for row in rows or ():
             op = self._row(row)
@@ -438,7 +434,7 @@ class Records:
                 out.append(op)
         return out
 
-    def _row(self, row: Sequence[Any]) -> ConflictResolutionOperation | None:
+    def _row(self, row: Sequence[Any]) -> Record | None:
         """A row {id, json, status[, target]}; a record that does not parse is reported (and,
         from a removal, returned as a stub so its removal is still counted)."""
         oid, j, s = str(row[0]), row[1] or "", row[2] or None
@@ -447,11 +443,9 @@ class Records:
             return _stub(oid, s or "", str(row[3] or ""))
         return op
 
-    def _parse(self, oid: str, j: str, s: str | None) -> ConflictResolutionOperation | None:
+    def _parse(self, oid: str, j: str, s: str | None) -> Record | None:
         try:
-            op = ConflictResolutionOperation.model_validate_json(j)
-            if s and s != op.status.value:
-                op.__dict__["status"] = OperationStatus(s)
+            op = Record.from_json(j, OperationStatus(s) if s else None)
         except (ValidationError, ValueError) as exc:
             self.conn.bad("record", f"{self.conn.p}op:{oid}", f"unreadable record ({exc!s:.200})")
             return None
@@ -461,18 +455,17 @@ class Records:
         return len(self._dirty) + len(self._unacked) + len(self._pending)
 
 
-def _stub(oid: str, status: str, target: str) -> ConflictResolutionOperation:
+def _stub(oid: str, status: str, target: str) -> Record:
     """What is left of a record whose JSON does not parse: its id, status and target."""
     try:
         targets: tuple[UUID, ...] = (uuid.UUID(target),) if target else ()
     except ValueError:
         targets = ()
-    op = ConflictResolutionOperation._start("<unreadable record>", targets, "", 5, None, utcnow())
-    op.__dict__["ecs_id"] = uuid.UUID(oid)
+    op = Record("<unreadable record>", targets, "", 5, None, utcnow(), uuid.UUID(oid))
     try:
-        op.__dict__["status"] = OperationStatus(status)
+        op.set_status(OperationStatus(status))
     except ValueError:
-        op.__dict__["status"] = OperationStatus.FAILED
+        op.set_status(OperationStatus.FAILED)
     return op
 
 

@@ -18,11 +18,13 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from contend._fast import current_task, loop_is_idle, yield_once
 from contend.backends.base import Lost
-from contend.operations import ConflictResolutionOperation, OperationStatus
-from contend.staging import _loop_is_idle, _yield_once, current_task
+from contend.enums import OperationStatus
+from contend.record import Record
 
 if TYPE_CHECKING:
     from contend.backends.redis.connection import Connection
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from contend.backends.redis.orphans import Orphans
     from contend.backends.redis.wakeups import Wakeups
     from contend.config import PreECSConfig
-    from contend.runtime import Runtime
 
 __all__ = ["Staging"]
 
@@ -92,14 +93,15 @@ class Staging:
         self.lease_ms = lease_ms
         self.out_ttl_ms = out_ttl_ms
         self.min_window_ms = min_window_ms
-        self.runtime: Runtime | None = None
+        self.observe_window: Callable[..., None] | None = None
+        """The runtime's window observer (see `Hooks.observe_window`)."""
         self._batches: dict[str, _Batch] = {}
         self._joining: dict[str, asyncio.Future[None]] = {}
 
     def in_flight(self) -> int:
         return len(set(self.calls.inflight.values()) | self._batches.keys())
 
-    async def acquire(self, op: ConflictResolutionOperation, config: PreECSConfig) -> Lost | None:
+    async def acquire(self, op: Record, config: PreECSConfig) -> Lost | None:
         """Join the cross-worker window of the primary target; None once `op` won it.
 
         Calls of this worker in the same tick go to Redis together (one round trip); the window
@@ -156,7 +158,7 @@ class Staging:
         if self._joining.get(key) is fut:
             del self._joining[key]
 
-    def release(self, op: ConflictResolutionOperation) -> None:
+    def release(self, op: Record) -> None:
         """Sync by protocol: the release rides on the record's end (a commit, a discard or a
         zombie booking), which follows at once; the lease is no longer renewed."""
         call = self.calls.get(op.ecs_id)
@@ -164,24 +166,22 @@ class Staging:
             call.released = True
             self.calls.drop(call)
 
-    def _contested(self, winner: ConflictResolutionOperation, outcome: str) -> None:
+    def _contested(self, winner: Record, outcome: str) -> None:
         """Report a window `winner` won against others (outcome ``W|contenders|loser ids``).
 
         Whichever worker resolved the window, the winner's worker reads this outcome once, so
         each contested window is reported once across workers, there.
         """
-        if self.runtime is None:
+        if self.observe_window is None:
             return
         _, contenders, losers = outcome.split("|", 2)
-        self.runtime.observe_window(
-            winner, int(contenders), (uuid.UUID(i) for i in losers.split(",") if i)
-        )
+        self.observe_window(winner, int(contenders), (uuid.UUID(i) for i in losers.split(",") if i))
 
     async def _stage(self, key: str, batch: _Batch) -> dict[str, str]:
         try:
             try:
-                if not _loop_is_idle(asyncio.get_running_loop()):
-                    await _yield_once()  # the calls gathered in this tick join the same batch
+                if not loop_is_idle(asyncio.get_running_loop()):
+                    await yield_once()  # the calls gathered in this tick join the same batch
             finally:
                 if self._batches.get(key) is batch:
                     del self._batches[key]
@@ -205,7 +205,7 @@ class Staging:
             self.calls.staged(call, key)
             targets = ",".join(str(t) for t in op.target_entity_ids)
             seq = "" if call.seq is None else call.seq
-            args += [call.oid, op.priority, op.model_dump_json(), targets, seq]
+            args += [call.oid, op.priority, op.to_json(), targets, seq]
         args += ents
         await self.wakeups.ready()
         if batch.after is not None and not batch.after.done():
@@ -283,18 +283,16 @@ def _targets(calls: list[Call]) -> list[uuid.UUID]:
     return list(seen)
 
 
-def _stub(
-    winner_id: str, priority: int, like: ConflictResolutionOperation
-) -> ConflictResolutionOperation:
+def _stub(winner_id: str, priority: int, like: Record) -> Record:
     """The winner of another worker, as far as a loser needs it (id and priority)."""
-    op = ConflictResolutionOperation._start(
+    op = Record(
         like.function_name,
         like.target_entity_ids,
         like.target_type,
         priority,
         None,
         like.created_at,
+        uuid.UUID(winner_id),
     )
-    op.__dict__["ecs_id"] = uuid.UUID(winner_id)
-    op.__dict__["status"] = OperationStatus.EXECUTING
+    op.set_status(OperationStatus.EXECUTING)
     return op
