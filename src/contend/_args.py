@@ -12,6 +12,8 @@ from contend.entity import Entity
 __all__ = ["find_entities", "substitute"]
 
 _CONTAINERS = (list, tuple, set, frozenset, dict, deque)
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+"""Types whose values hold no entity (the common second argument: an amount, a name)."""
 
 
 def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]:
@@ -19,7 +21,7 @@ def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]
     their subclasses included), first occurrence of each id, in order."""
     if not kwargs and len(args) <= 2:
         first = args[0] if args else None
-        if isinstance(first, Entity) and (len(args) == 1 or _plain(args[1])):
+        if isinstance(first, Entity) and (len(args) == 1 or type(args[1]) in _PLAIN):
             return [first]
     found: dict[int, Entity] = {}
     for a in args:
@@ -34,14 +36,6 @@ def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]
             elif isinstance(a, _CONTAINERS):
                 _collect(a, found)
     return list(found.values())
-
-
-_PLAIN = (int, float, str, bytes, bool, type(None))
-
-
-def _plain(obj: Any) -> bool:
-    """A value that can hold no entity (the common second argument: an amount, a name)."""
-    return type(obj) in _PLAIN
 
 
 def _collect(obj: Any, found: dict[int, Entity]) -> None:

@@ -116,6 +116,13 @@ def rejection_text(priority: int, winner_priority: int) -> str:
     return _REJECTED_TEXT[priority][winner_priority]
 
 
+# -- dicts ---------------------------------------------------------------------------------------
+# CPython 3.11+ keeps a plain object's attributes in "inline values", which attribute reads are
+# specialised for; reading `obj.__dict__` once turns them into a real dict for good, and every
+# later read of that object's attributes takes a slower path. Objects of the hot path (the
+# runtime, the protected function, the coordinator) never have their `__dict__` read.
+
+
 # -- models without validation ---------------------------------------------------------------------
 # pydantic's `model_construct` still walks every field and its defaults (tens of microseconds for an
 # operation record). A view of a record needs none of that: its values were validated when they

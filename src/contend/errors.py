@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 __all__ = [
     "ConfigurationError",
@@ -39,40 +39,44 @@ class InvalidTransitionError(ContendError, RuntimeError):
         super().__init__(f"operation {op_id}: illegal status transition {current} -> {requested}")
 
 
-class _Call(Protocol):
-    """What a rejection reads of its call and of the winner (an operation record)."""
+class _Winner(Protocol):
+    """What a rejection reads of the call that won (an operation record)."""
 
     @property
     def ecs_id(self) -> UUID: ...
 
+    priority: int
+
+
+class _Lost(Protocol):
+    """What a rejection reads of the call that lost (an operation record)."""
+
+    made_id: UUID | None
     target_entity_id: UUID | None
     priority: int
     function_name: str
 
 
 class _Named:
-    """A call described by its values (an error built by hand)."""
+    """A winner known by its id (an error built by hand)."""
 
-    __slots__ = ("ecs_id", "function_name", "priority", "target_entity_id")
+    __slots__ = ("ecs_id", "priority")
 
-    def __init__(
-        self, ecs_id: UUID, target_entity_id: UUID | None, priority: int, function_name: str
-    ) -> None:
+    def __init__(self, ecs_id: UUID, priority: int) -> None:
         self.ecs_id = ecs_id
-        self.target_entity_id = target_entity_id
         self.priority = priority
-        self.function_name = function_name
 
 
 class OperationRejectedError(ContendError, RuntimeError):
     """The call lost its staging window to a higher-priority (or earlier) call.
 
     The message names both operations and both priorities. It is built when first read, and so
-    are the ids (a record makes its id when first asked): most rejections in a busy service are
-    counted, not printed.
+    are the ids: most rejections in a busy service are counted, not printed, and a record whose
+    id nobody read has none yet (the error then makes it; nothing else can know it). The error
+    keeps the winner's record, not the loser's, so a loser that left at once is freed at once.
     """
 
-    __slots__ = ("_call", "_winner", "_winner_priority")
+    __slots__ = ("_function", "_op_id", "_priority", "_target", "_winner", "_winner_priority")
 
     def __init__(
         self,
@@ -85,38 +89,45 @@ class OperationRejectedError(ContendError, RuntimeError):
         function_name: str = "",
     ) -> None:
         super().__init__(reason)
-        self._call: _Call = _Named(op_id, target_entity_id, priority, function_name)
-        self._winner: _Call | None = (
-            None
-            if winner_id is None
-            else _Named(winner_id, target_entity_id, winner_priority or 0, "")
+        self._op_id: UUID | None = op_id
+        self._target = target_entity_id
+        self._priority = priority
+        self._function = function_name
+        self._winner: _Winner | None = (
+            None if winner_id is None else _Named(winner_id, winner_priority or 0)
         )
         self._winner_priority = winner_priority
 
     @classmethod
-    def lost(cls, call: _Call, winner: _Call | None, reason: str) -> OperationRejectedError:
+    def lost(cls, call: _Lost, winner: _Winner | None, reason: str) -> OperationRejectedError:
         """The error of `call`, which lost to `winner` (None: no winner, `reason` says why)."""
         error = cls.__new__(cls, reason)
-        error._call = call
+        error._op_id = call.made_id
+        error._target = call.target_entity_id
+        error._priority = call.priority
+        error._function = call.function_name
         error._winner = winner
         error._winner_priority = None if winner is None else winner.priority
         return error
 
     @property
     def op_id(self) -> UUID:
-        return self._call.ecs_id
+        op_id = self._op_id
+        if op_id is None:
+            op_id = self._op_id = uuid4()
+        return op_id
 
     @property
     def target_entity_id(self) -> UUID | None:
-        return self._call.target_entity_id
+        return self._target
 
     @property
     def priority(self) -> int:
-        return self._call.priority
+        return self._priority
 
     @property
     def function_name(self) -> str:
-        return self._call.function_name
+        return self._function
 
     @property
     def winner_id(self) -> UUID | None:

@@ -6,10 +6,12 @@ steps are plain methods: only what may suspend is awaited (the staging window, t
 remote backend, a cleanup handler). On a runtime with a synchronous store (the memory backend)
 an uncontended call, and a window's losers, await nothing of contend's at all.
 
-A rejected caller's traceback keeps `run`'s frame: nothing in it may point back at the error (a
-reference cycle only the garbage collector frees), so the error and the window's outcome (which
-lists the callers' tasks) are dropped from the frame's locals as it is raised, and the task is
-never kept in one.
+A rejected caller's traceback keeps `run`'s frame, and with it the frame's locals: nothing in
+them may point back at the error (a reference cycle only the garbage collector frees), so the
+error and the window's outcome (which lists the callers' tasks) are dropped as it is raised, and
+the task is never kept in one. The call's record, entities and arguments are dropped too: a
+gather of thousands of rejected calls keeps every error until it returns, and the garbage
+collector walks whatever they keep on each of its passes.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class Protected(Generic[P, R]):
             # the task is not kept in a local: see the module docstring
             held = holding.get(current_task(loop))  # type: ignore[arg-type]
             if held is not None:
-                if all(e.ecs_id in held for e in passed):
+                if _holds_all(held, passed):
                     return await self._run_joined(rt, priority, passed, args, kwargs)
                 _refuse_partly_held(self.name, held, passed)
         store = rt.store
@@ -110,20 +112,24 @@ class Protected(Generic[P, R]):
         if staged:
             try:
                 if wait is None:
-                    lost = await backend.coordinator.acquire(record, self.pre_ecs)
+                    lost = await rt.coordinator.acquire(record, self.pre_ecs)
                 else:
                     lost = await self._acquire_waiting(rt, record, wait)
             except BaseException as exc:
                 await self._end(rt, record, exc)
                 raise
             if lost is not None:
-                error = _settled(rt, record, lost)
+                errors = lost.errors
+                if errors is None and lost.losers is not None and store is not None:
+                    errors = lost.errors = _reject_together(rt, lost)
+                error = errors.pop(record, None) if errors is not None else None
                 if error is None:
                     error = await self._rejected(rt, record, lost, wait)
                 try:
                     raise error
                 finally:
-                    del error, lost  # no cycle: see the module docstring
+                    # no cycle, and little kept: see the module docstring
+                    del error, errors, lost, record, passed, committed, args, kwargs
         return await self._execute(rt, record, staged, committed, passed, args, kwargs)
 
     async def _execute(
@@ -177,12 +183,12 @@ class Protected(Generic[P, R]):
             _let_go(holding, task, outer)
             task = None  # this frame goes into exc's traceback; it must not point at exc's task
             if staged:
-                rt.backend.coordinator.release(record)
+                rt.coordinator.release(record)
             await self._end(rt, record, exc)
             raise
         _let_go(holding, task, outer)
         if staged:
-            rt.backend.coordinator.release(record)
+            rt.coordinator.release(record)
         cleanup = rt.cleanup
         if cleanup.leaves_at_once(self.cleanup):
             cleanup.end_success(record, end or clock.now())
@@ -236,11 +242,10 @@ class Protected(Generic[P, R]):
         """The call's PENDING record, under its targets (none for a call without entities)."""
         if not committed:
             return Record(self.name, (), "", priority, self.cleanup, rt.clock.now())
+        first = committed[0]
         if len(committed) == 1:
-            first = committed[0]
             ids: tuple[UUID, ...] = (first.ecs_id,)
         else:
-            first = committed[0]
             ids = tuple([c.ecs_id for c in committed])
             if not self.occ and not self.warned_unguarded:
                 self.warned_unguarded = True
@@ -260,7 +265,7 @@ class Protected(Generic[P, R]):
         start = loop.time()
         outcome = "error"
         try:
-            lost = await rt.backend.coordinator.acquire(
+            lost = await rt.coordinator.acquire(
                 record, self.pre_ecs, deadline=start + wait / 1000.0
             )
             outcome = "won" if lost is None else "rejected"
@@ -368,65 +373,59 @@ class Protected(Generic[P, R]):
             )
 
 
-def _settled(rt: Runtime, record: Record, lost: Lost) -> OperationRejectedError | None:
-    """`record`'s error, if the pass that rejects a window's losers together has dealt with
-    it; the first loser to resume runs that pass for all of them (`_reject_together`)."""
-    if lost.losers is None or rt.store is None:
-        return None
-    errors = lost.errors
-    if errors is None:
-        errors = lost.errors = _reject_together(rt, lost)
-    return errors.pop(record, None)
-
-
 def _reject_together(rt: Runtime, lost: Lost) -> dict[Record, OperationRejectedError]:
     """Reject a window's losers in one pass; their errors, by record.
 
     Only what needs nothing awaited is done here: losers whose effective strategy is IMMEDIATE,
     with no removal sink and nobody subscribed to rejections or removals. Their records end and
     leave together, counted in one step per metric; the cleanup that applies is worked out once
-    per config and priority, not per loser. Any other loser is left out and takes the
-    one-at-a-time path (`Protected._rejected`) when it resumes; so is one whose caller has been
-    asked to stop since it was staged, whose record then ends CANCELLED.
+    per config and priority, not per loser, and the winner's id is made only if someone reads
+    it. Any other loser is left out and takes the one-at-a-time path (`Protected._rejected`)
+    when it resumes; so is one whose caller has been asked to stop since it was staged, whose
+    record then ends CANCELLED. The first loser to resume runs it, for all of them
+    (`Lost.errors`).
     """
     settled: dict[Record, OperationRejectedError] = {}
     winner = lost.winner
     cleanup = rt.cleanup
     if winner is None or not cleanup.can_pass_through() or rt.events.wants(OperationRejectedEvent):
         return settled
-    effectives: dict[tuple[int, int], EffectiveCleanup] = {}
+    effectives: dict[int, EffectiveCleanup] = {}
+    known: object = None
     batch: list[Record] = []
-    texts: list[str] = []
     effective = None
     winner_priority = winner.priority
+    now = rt.clock.now()
     debug = log.isEnabledFor(logging.DEBUG)
     for record, task, cancelling in lost.losers or ():
         config = record.cleanup_config
         if (
-            config is None
+            record is winner
+            or config is None
             or record.status is not _PENDING
             or (task is not None and task.cancelling() > cancelling)
         ):
             continue
+        if config is not known:
+            effectives, known = {}, config
         priority = record.priority
-        key = (id(config), priority)
-        this = effectives.get(key)
+        this = effectives.get(priority)
         if this is None:
-            this = effectives[key] = cleanup.effective(config, priority)
+            this = effectives[priority] = cleanup.effective(config, priority)
         if this.strategy is not _IMMEDIATE:
             continue
         if effective is not None and this != effective:
-            cleanup.pass_through(batch, _REJECTED, texts, winner.ecs_id, effective)
-            batch, texts = [], []
+            cleanup.passed(batch, _REJECTED, effective)
+            batch = []
         effective = this
         text = rejection_text(priority, winner_priority)
+        record.end(_REJECTED, now, text, winner, _IMMEDIATE)
         batch.append(record)
-        texts.append(text)
-        settled[record] = OperationRejectedError.lost(record, winner, text)
         if debug:
-            _log_rejection(record, winner, this)
+            _log_rejection(record, winner, this)  # (makes the id first: the error takes it)
+        settled[record] = OperationRejectedError.lost(record, winner, text)
     if effective is not None:
-        cleanup.pass_through(batch, _REJECTED, texts, winner.ecs_id, effective)
+        cleanup.passed(batch, _REJECTED, effective)
     return settled
 
 
@@ -441,6 +440,12 @@ def _log_rejection(record: Record, winner: Record | None, effective: EffectiveCl
         winner and winner.priority,
         effective.strategy,
     )
+
+
+def _holds_all(held: tuple[UUID, ...], passed: list[Entity]) -> bool:
+    """Every entity of a call is held already (a function of its own: a generator expression in
+    `Protected.run` would give its frame a cell, made on every call)."""
+    return all(e.ecs_id in held for e in passed)
 
 
 def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: list[Entity]) -> None:
@@ -481,8 +486,7 @@ def _show_committed(passed: list[Entity], committed: list[Entity]) -> None:
 
 def _check_waits(rt: Runtime) -> None:
     """The wait policy needs a coordinator that carries losers between windows."""
-    coordinator = rt.backend.coordinator
-    if not getattr(coordinator, "supports_wait", False):
+    if not getattr(rt.coordinator, "supports_wait", False):
         raise ConfigurationError(
             "pre_ecs.conflict_policy",
             f"the {rt.backend.name} backend's staging coordinator does not support the 'wait' "

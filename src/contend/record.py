@@ -33,6 +33,9 @@ __all__ = ["Record", "record_of"]
 
 _PENDING = OperationStatus.PENDING
 _EXECUTING = OperationStatus.EXECUTING
+_IMMEDIATE = CleanupStrategy.IMMEDIATE
+_NAME = {s: s.value for s in CleanupStrategy}
+"""A strategy's name as a plain string (an enum member's ``.value`` is a property: slow)."""
 _FIELDS = (
     "function_name",
     "target_entity_id",
@@ -45,7 +48,6 @@ _FIELDS = (
     "completed_at",
     "error_message",
     "retry_count",
-    "winner_id",
     "cleanup_config",
     "cleanup_scheduled_at",
     "cleanup_handler_name",
@@ -60,7 +62,7 @@ class Record:
     what cleanup decided for it. Field names and meanings are those of
     `ConflictResolutionOperation`."""
 
-    __slots__ = (*_FIELDS, "_id", "_view")
+    __slots__ = (*_FIELDS, "made_id", "_winner", "_view")
 
     function_name: str
     target_entity_id: UUID | None
@@ -73,12 +75,13 @@ class Record:
     completed_at: datetime | None
     error_message: str | None
     retry_count: int
-    winner_id: UUID | None
     cleanup_config: CleanupConfig | None
     cleanup_scheduled_at: datetime | None
     cleanup_handler_name: str | None
     cleanup_strategy: CleanupStrategy | None
-    _id: UUID | None
+    made_id: UUID | None
+    """The id, once made (read); None before."""
+    _winner: Record | UUID | None
     _view: ConflictResolutionOperation | None
 
     def __init__(
@@ -93,7 +96,7 @@ class Record:
     ) -> None:
         """A PENDING record, from values already validated (a decorator's config, the entities
         found in the call)."""
-        self._id = ecs_id
+        self.made_id = ecs_id
         self._view = None
         self.function_name = function_name
         self.target_entity_id = target_ids[0] if target_ids else None
@@ -106,7 +109,7 @@ class Record:
         self.completed_at = None
         self.error_message = None
         self.retry_count = 0
-        self.winner_id = None
+        self._winner = None
         self.cleanup_config = cleanup_config
         self.cleanup_scheduled_at = None
         self.cleanup_handler_name = None
@@ -119,15 +122,19 @@ class Record:
     @property
     def ecs_id(self) -> UUID:
         """The record's id, made when first read."""
-        oid = self._id
+        oid = self.made_id
         if oid is None:
-            oid = self._id = new_id()
+            oid = self.made_id = new_id()
         return oid
 
     @property
-    def has_id(self) -> bool:
-        """Whether anyone has read (so may know) this record's id."""
-        return self._id is not None
+    def winner_id(self) -> UUID | None:
+        """The id of the call this one lost to (kept as that call's record until read: a
+        window's losers that leave at once never make their winner's id)."""
+        winner = self._winner
+        if winner is None or isinstance(winner, UUID):
+            return winner
+        return winner.ecs_id
 
     @property
     def is_terminal(self) -> bool:
@@ -173,7 +180,8 @@ class Record:
         d = op.__dict__
         for name in _FIELDS:
             _set(record, name, d[name])
-        record._id = op.ecs_id
+        record.made_id = op.ecs_id
+        record._winner = d["winner_id"]
         record._view = None
         return record
 
@@ -202,9 +210,31 @@ class Record:
         """What ended the call (its message and the winner it lost to) and the cleanup strategy
         that applies to it."""
         self.error_message = message
-        self.winner_id = winner_id
+        self._winner = winner_id
         self.cleanup_strategy = strategy
-        self.cleanup_handler_name = strategy.value
+        self.cleanup_handler_name = _NAME[strategy]
+        if self._view is not None:
+            self._refresh()
+
+    def end(
+        self,
+        status: OperationStatus,
+        at: datetime,
+        message: str | None,
+        winner: Record | UUID | None,
+        strategy: CleanupStrategy,
+    ) -> None:
+        """`transition` to the terminal `status`, then `mark`, in one step (a window's losers
+        end this way, many at a time); `winner` may be the winner's record."""
+        current = self.status
+        if status not in TRANSITIONS[current]:
+            raise InvalidTransitionError(self.ecs_id, current.value, status.value)
+        self.status = status
+        self.completed_at = at
+        self.error_message = message
+        self._winner = winner
+        self.cleanup_strategy = strategy
+        self.cleanup_handler_name = _NAME[strategy]
         if self._view is not None:
             self._refresh()
 
@@ -212,10 +242,10 @@ class Record:
         """The design's ``schedule_cleanup``: the strategy, and when a deferred or lazy record
         becomes due (None for the others)."""
         self.cleanup_strategy = strategy
-        if strategy is not CleanupStrategy.IMMEDIATE:
+        if strategy is not _IMMEDIATE:
             if due is not None:
                 self.cleanup_scheduled_at = due
-            self.cleanup_handler_name = strategy.value
+            self.cleanup_handler_name = _NAME[strategy]
         if self._view is not None:
             self._refresh()
 
@@ -268,6 +298,7 @@ class Record:
 
 def _fields(record: Record) -> dict[str, Any]:
     d = {name: getattr(record, name) for name in _FIELDS}
+    d["winner_id"] = record.winner_id
     d["ecs_id"] = record.ecs_id
     d["version"] = 0
     d["last_modified"] = record.created_at

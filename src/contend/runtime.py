@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from contend import current
-from contend.backends.base import Hooks, Store
+from contend.backends.base import Coordinator, Hooks, Store
 from contend.backends.memory import MemoryBackend
 from contend.cleanup.manager import CleanupManager
 from contend.cleanup.pressure import MemoryPressureMonitor
@@ -103,16 +103,19 @@ class Runtime:
         self.backend: Backend = MemoryBackend() if backend is None else backend
         self.store: Store | None = _store_of(self.backend)
         """The backend's synchronous side, used on the hot path when there is one."""
+        self.coordinator: Coordinator = self.backend.coordinator
+        """The backend's staging coordinator."""
         self.holding: dict[asyncio.Task[Any], tuple[UUID, ...]] = {}
         """Tasks running a protected call, and the entities each holds (for nested calls)."""
-        self._clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        """Where every part of the runtime reads time (replaceable, see `__setattr__`)."""
         self.events = EventBus()
         self.metrics = CleanupMetrics()
         self.memory = MemoryPressureMonitor(memory_probe, time_source=self._clock_time)
         self.cleanup = CleanupManager(
             self.backend,
             store=self.store,
-            clock=self._clock,
+            clock=self.clock,
             metrics=self.metrics,
             events=self.events,
             pressure=self.memory,
@@ -126,16 +129,15 @@ class Runtime:
         self._functions: set[str] = set()
         self._attach()
 
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
-    @clock.setter
-    def clock(self, clock: Clock) -> None:
-        """A test may swap the clock after the runtime is built: every part follows."""
-        self._clock = clock
-        self.cleanup.clock = clock
-        self._attach()
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A test may swap the clock after the runtime is built: every part follows. (A plain
+        attribute, not a property: every call reads it.)"""
+        object.__setattr__(self, name, value)
+        if name == "clock":
+            cleanup = getattr(self, "cleanup", None)  # (not self.__dict__: see _fast, "dicts")
+            if cleanup is not None:
+                cleanup.clock = value
+                self._attach()
 
     def _attach(self) -> None:
         """Give the backend what it may call back into (a backend without `attach` needs
@@ -144,7 +146,7 @@ class Runtime:
         if attach is not None:
             attach(
                 Hooks(
-                    clock=self._clock,
+                    clock=self.clock,
                     observe_window=self.observe_window,
                     bury=self._bury,
                     count_removal=self.cleanup.count_removal,
@@ -158,7 +160,7 @@ class Runtime:
 
     def _clock_time(self) -> float:
         """The clock in force now."""
-        return self._clock.time()
+        return self.clock.time()
 
     def __repr__(self) -> str:
         return f"Runtime(name={self.name!r}, backend={self.backend.name!r}, clock={self.clock!r})"
@@ -180,7 +182,7 @@ class Runtime:
             if (
                 old is not None
                 and not old.is_closed()
-                and (old.is_running() or self.backend.coordinator.in_flight())
+                and (old.is_running() or self.coordinator.in_flight())
             ):
                 state = (
                     "running event loop"
@@ -192,7 +194,7 @@ class Runtime:
                     f"(thread {threading.current_thread().name!r} tried to use it); "
                     "create a Runtime per event loop or thread"
                 )
-            reset = getattr(self.backend.coordinator, "reset", None)
+            reset = getattr(self.coordinator, "reset", None)
             if old is not None and reset is not None:
                 reset()
             self.cleanup.stop()
@@ -210,7 +212,6 @@ class Runtime:
         winner: Record,
         contenders: int,
         rejected_ids: Iterable[UUID],
-        *,
         carried: int = 0,
     ) -> None:
         """A staging window held `contenders` calls: its size metric and one conflict event;

@@ -32,9 +32,9 @@ Staged = tuple["Record", "asyncio.Task[Any] | None", int]
 """A staged call: its record, its caller's task and that task's `cancelling()` count when the call
 was staged (a higher count means the caller has since been asked to stop)."""
 
-WindowObserver = Callable[["Record", "list[Record]", "Sequence[Record]"], None]
-"""Told of every contested window: its winner, every call in it, and the losers carried into
-the target's next window (wait policy) instead of rejected."""
+WindowObserver = Callable[["Record", "list[Staged]", "Sequence[Record]"], None]
+"""Told of every contested window: its winner, every call staged in it, and the losers carried
+into the target's next window (wait policy) instead of rejected."""
 
 
 class Lost:
@@ -55,8 +55,9 @@ class Lost:
         self.winner = winner
         self.reason = reason
         self.losers = losers
-        """Every call that lost the window, when the coordinator shares one `Lost` among them:
-        the first of them to resume may then end them all in one pass (see `errors`)."""
+        """The calls of the window, when the coordinator shares one `Lost` among its losers
+        (the winner may be among them: skip it): the first loser to resume may then end them all
+        in one pass (see `errors`)."""
         self.errors: dict[Record, OperationRejectedError] | None = None
         """What that pass left for each loser, by record (the decorator's business)."""
 
@@ -217,6 +218,9 @@ class LocalCoordinator:
         self._running: dict[int, Record] = {}
         self._windows: dict[int, _Window] = {}
         self._waiting: dict[Record, _Waiter] = {}
+        self._settings: dict[int, tuple[PreECSConfig, float, int]] = {}
+        """Per staging config (by identity): its window length and window size limit, read once
+        (a pydantic model's attribute read costs ten times a plain one)."""
         self.on_window = on_window
 
     def in_flight(self) -> int:
@@ -261,7 +265,7 @@ class LocalCoordinator:
         """The staged record with id `op_id` (O(calls staged); only a record whose id has been
         read can be asked for)."""
         for record in self.records_in_flight():
-            if record.has_id and record.ecs_id == op_id:
+            if record.made_id == op_id:
                 return record
         return None
 
@@ -282,9 +286,16 @@ class LocalCoordinator:
             return _WON
         tid = target.int
         loop = _running_loop()
+        settings = self._settings.get(id(config))
+        if settings is None or settings[0] is not config:
+            settings = self._settings[id(config)] = (
+                config,
+                config.staging_timeout_ms,
+                config.max_pending_per_target,
+            )
         w = self._windows.get(tid)
         if w is None:
-            timeout_ms = config.staging_timeout_ms
+            timeout_ms = settings[1]
             if timeout_ms == 0 and tid not in self._running:
                 if loop_is_idle(loop):
                     self._running[tid] = op
@@ -294,7 +305,7 @@ class LocalCoordinator:
                 w = self._windows[tid] = _Window(fast=False)
                 if timeout_ms > 0:
                     w.timer = loop.call_later(timeout_ms / 1000.0, self._on_timer, tid, w)
-        if len(w.entries) >= config.max_pending_per_target:
+        if len(w.entries) >= settings[2]:
             return _at_once(
                 Lost(
                     None,
@@ -371,14 +382,14 @@ class LocalCoordinator:
         else:
             best = w.winner = _pick_winner(entries)
             if len(entries) > 1:
-                w.lost = Lost(best, losers=[e for e in entries if e[0] is not best])
+                w.lost = Lost(best, losers=entries)
         self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():
                 fut.set_result(None)
         if len(entries) > 1 and self.on_window is not None:
             try:
-                self.on_window(best, [e[0] for e in entries], carried)
+                self.on_window(best, entries, carried)
             except Exception:
                 log.exception("window observer failed for target %s", best.target_entity_id)
 

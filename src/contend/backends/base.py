@@ -59,8 +59,9 @@ class Hooks:
     clock: Clock
     """Dates records and due times."""
     observe_window: Callable[..., None]
-    """``(winner, contenders, rejected_ids, *, carried=0)``: a contested window's metrics and
-    conflict event, reported once across workers by the winner's worker."""
+    """``(winner, contenders, rejected_ids, carried=0)``: a contested window's metrics and
+    conflict event, reported once across workers by the winner's worker; `rejected_ids` is read
+    only when someone subscribes to conflict events."""
     bury: Callable[[Record, OperationStatus, str], Awaitable[object]]
     """End a record as a zombie with a message (an orphan of a dead worker) and apply its
     cleanup."""
@@ -102,10 +103,14 @@ class Store(Protocol):
         """Move `op` along the status machine and keep the status index in step."""
         ...
 
-    def end(self, ops: Iterable[Record], status: OperationStatus, at: datetime) -> None:
+    def end(self, ops: Sequence[Record], status: OperationStatus, at: datetime) -> None:
         """Give each record its terminal `status` and forget it at once (a success that is not
         kept, a zombie cleaned immediately): nothing can observe it in between, so the zombie
         books are never touched."""
+        ...
+
+    def forget(self, ops: Iterable[Record]) -> None:
+        """`end` for records already given their terminal status (`Record.end`)."""
         ...
 
     def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:

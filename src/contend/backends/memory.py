@@ -22,7 +22,7 @@ from contend.clock import utcnow
 from contend.entity import Entity
 from contend.enums import TERMINAL_STATUSES, OperationStatus
 from contend.record import Record
-from contend.staging import LocalCoordinator
+from contend.staging import LocalCoordinator, Staged
 
 __all__ = ["MemoryBackend", "MemoryStore"]
 
@@ -162,20 +162,25 @@ class MemoryStore:
             if op.ecs_id.int not in registry:
                 self.add_operation(op)
 
-    def end(self, ops: Iterable[Record], status: OperationStatus, at: datetime) -> None:
+    def end(self, ops: Sequence[Record], status: OperationStatus, at: datetime) -> None:
         """Give each record its terminal status and drop it from every index in one step.
 
         For records that leave the moment they end (succeeded, or IMMEDIATE cleanup): nothing
         runs in between, so the status index and zombie books are skipped. A record of a staged
         call was never indexed (its coordinator held it); one whose id nobody read cannot be.
         """
+        for op in ops:
+            op.transition(status, at)
+        self.forget(ops)
+
+    def forget(self, ops: Iterable[Record]) -> None:
+        """Drop records that just ended from every index (see `end`)."""
         registry = self._ops
         inflight = self._inflight
         by_target = self._by_target
         unscheduled = 0
         for op in ops:
-            op.transition(status, at)
-            if not op.has_id:
+            if op.made_id is None:
                 continue
             oid = op.ecs_id.int
             if registry.pop(oid, None) is None:
@@ -197,7 +202,7 @@ class MemoryStore:
         return self._ops.get(op_id.int)
 
     def discard(self, op: Record) -> None:
-        if op.has_id:
+        if op.made_id is not None:
             self._unindex(op.ecs_id.int)
 
     def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
@@ -533,13 +538,8 @@ class MemoryBackend:
         """The runtime's window observer hears of every contested window."""
         observe = hooks.observe_window
 
-        def on_window(winner: Record, entries: list[Record], carried: Sequence[Record]) -> None:
-            if carried:
-                waiting = {id(c) for c in carried}
-                rejected = (e.ecs_id for e in entries if e is not winner and id(e) not in waiting)
-            else:
-                rejected = (e.ecs_id for e in entries if e is not winner)
-            observe(winner, len(entries), rejected, carried=len(carried))
+        def on_window(winner: Record, entries: list[Staged], carried: Sequence[Record]) -> None:
+            observe(winner, len(entries), _rejected_ids(winner, entries, carried), len(carried))
 
         self._coordinator.on_window = on_window
 
@@ -648,6 +648,17 @@ class MemoryBackend:
     def operation_at(self, key: int) -> Record | None:
         """The record whose id's ``uuid.int`` is `key`, if in the store."""
         return self.store.operation_at(key)
+
+
+def _rejected_ids(
+    winner: Record, entries: list[Staged], carried: Sequence[Record]
+) -> Iterator[UUID]:
+    """The ids of a window's rejected calls (read only when a conflict event is wanted)."""
+    waiting = {id(c) for c in carried}
+    for e in entries:
+        record = e[0]
+        if record is not winner and id(record) not in waiting:
+            yield record.ecs_id
 
 
 def _drain(it: Iterator[object]) -> None:

@@ -135,7 +135,7 @@ class CleanupManager:
         """End `record` as a zombie (rejected, failed, cancelled) and apply its cleanup strategy."""
         effective = self.effective(config, record.priority)
         if effective.strategy is _IMMEDIATE and self.store is not None and not self.sinks:
-            self.pass_through((record,), status, (message,), winner_id, effective)
+            self.pass_through(record, status, message, winner_id, effective)
             if self.events.wants(OperationCleanedEvent):
                 await self.removals.announce(record, effective.trigger or "immediate", _IMMEDIATE)
         else:
@@ -170,29 +170,33 @@ class CleanupManager:
 
     def pass_through(
         self,
-        records: Sequence[Record],
+        record: Record,
         status: OperationStatus,
-        messages: Sequence[str],
+        message: str,
         winner_id: UUID | None,
         effective: EffectiveCleanup,
     ) -> None:
-        """End each of `records` (with its message) and remove it at once, without booking it.
+        """End `record` and remove it at once, without booking it (`passed`)."""
+        record.end(status, self._clock.now(), message, winner_id, effective.strategy)
+        self.passed((record,), status, effective)
+
+    def passed(
+        self, records: Sequence[Record], status: OperationStatus, effective: EffectiveCleanup
+    ) -> None:
+        """`records` ended (`Record.end`) and leave at once, never booked.
 
         Nothing can observe a zombie that leaves in the same step, so it never enters the zombie
         books (and the zombie gauge never moves); each removal is counted like any other. Only
-        for an IMMEDIATE `effective`, with a synchronous store and no removal sink; announcing
-        the removals is the caller's. A batch (a window's losers) is counted in one step per
-        metric.
+        for an IMMEDIATE `effective`, with a synchronous store and no removal sink (see
+        `can_pass_through`); announcing the removals is the caller's. A batch (a window's
+        losers) is counted in one step per metric.
         """
         store = self.store
         if store is None:
-            raise RuntimeError("pass_through needs the runtime's synchronous store")
-        strategy = effective.strategy
-        store.end(records, status, self._clock.now())
-        for record, message in zip(records, messages, strict=True):
-            record.mark(message, winner_id, strategy)
+            raise RuntimeError("passed needs the runtime's synchronous store")
+        store.forget(records)
         self._count_outcomes(status, len(records), effective)
-        self.removals.tally_passed(records, effective.trigger or "immediate", strategy)
+        self.removals.tally_passed(records, effective.trigger or "immediate", effective.strategy)
 
     def _count_outcomes(self, status: OperationStatus, n: int, effective: EffectiveCleanup) -> None:
         metrics = self.metrics
