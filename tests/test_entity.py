@@ -71,7 +71,7 @@ def test_find_entities_looks_inside_containers_in_order_without_duplicates() -> 
 
 
 def test_find_entities_with_nothing_to_find() -> None:
-    assert find_entities((1, "a", [2, 3], {"k": None}), {}) == []
+    assert find_entities((1, "a", [2, 3], {"k": None}), {}) == ()
 
 
 def test_substitute_rebuilds_only_what_changed() -> None:

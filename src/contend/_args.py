@@ -16,13 +16,14 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 """Types whose values hold no entity (the common second argument: an amount, a name)."""
 
 
-def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]:
+def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Entity, ...]:
     """Every Entity in the arguments (also inside lists, tuples, sets, deques and dict values,
-    their subclasses included), first occurrence of each id, in order."""
+    their subclasses included), first occurrence of each id, in order (a tuple: most calls pass
+    one entity, and a one-item tuple comes from CPython's free list)."""
     if not kwargs and len(args) <= 2:
         first = args[0] if args else None
         if isinstance(first, Entity) and (len(args) == 1 or type(args[1]) in _PLAIN):
-            return [first]
+            return (first,)
     found: dict[int, Entity] = {}
     for a in args:
         if isinstance(a, Entity):
@@ -35,7 +36,7 @@ def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Entity]
                 found.setdefault(a.ecs_id.int, a)
             elif isinstance(a, _CONTAINERS):
                 _collect(a, found)
-    return list(found.values())
+    return tuple(found.values())
 
 
 def _collect(obj: Any, found: dict[int, Entity]) -> None:

@@ -14,11 +14,12 @@ import os
 import random
 import sys
 import types
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 from uuid import UUID, SafeUUID
 
 __all__ = [
+    "REJECTED_TEXT",
     "construct_model",
     "current_task",
     "loop_is_idle",
@@ -52,19 +53,18 @@ def new_id() -> UUID:
 
 
 # -- the current task ------------------------------------------------------------------------------
-# On 3.11 `asyncio.current_task()` is Python code over a dict of the running task per loop; reading
-# the dict is one lookup. From 3.12 it is C and the dict is gone, so the function is used.
+# On 3.11 `asyncio.current_task()` is Python code over a dict of the running task per loop; that
+# dict's own `get` gives the same answer for a loop without a Python call. From 3.12 it is C (and
+# the dict is gone), so it is used as it is.
 
 _tasks_by_loop: dict[asyncio.AbstractEventLoop, asyncio.Task[Any]] | None = (
     getattr(asyncio.tasks, "_current_tasks", None) if sys.version_info < (3, 12) else None
 )
 
-
-def current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
-    """`asyncio.current_task(loop)`, one dict lookup on 3.11."""
-    if _tasks_by_loop is not None:
-        return _tasks_by_loop.get(loop)
-    return asyncio.current_task(loop)
+current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _tasks_by_loop.get if _tasks_by_loop is not None else asyncio.current_task
+)
+"""`asyncio.current_task(loop)`, with no Python frame on any version."""
 
 
 # -- an idle loop ----------------------------------------------------------------------------------
@@ -100,9 +100,9 @@ def yield_once() -> Generator[None, None, None]:
 # -- rejection messages ----------------------------------------------------------------------------
 # The design's message for a lost window names both priorities. There are only 100 pairs: built
 # once, a zombie record shares its message string instead of holding a copy of its own, and a
-# rejection formats nothing.
+# rejection formats nothing (``REJECTED_TEXT[priority][winner_priority]``, or `rejection_text`).
 
-_REJECTED_TEXT: tuple[tuple[str, ...], ...] = tuple(
+REJECTED_TEXT: tuple[tuple[str, ...], ...] = tuple(
     tuple(
         f"Lost Pre-ECS priority conflict (priority {p} vs winner {w})" if p and w else ""
         for w in range(11)
@@ -113,7 +113,7 @@ _REJECTED_TEXT: tuple[tuple[str, ...], ...] = tuple(
 
 def rejection_text(priority: int, winner_priority: int) -> str:
     """The design's message for a call of `priority` that lost to `winner_priority` (1..10)."""
-    return _REJECTED_TEXT[priority][winner_priority]
+    return REJECTED_TEXT[priority][winner_priority]
 
 
 # -- dicts ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -61,8 +61,8 @@ async def run_with_occ(
     op: Record,
     config: OCCConfig,
     fn: Callable[..., Any],
-    committed: list[Entity],
-    passed: list[Entity],
+    committed: Sequence[Entity],
+    passed: Sequence[Entity],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:

@@ -20,12 +20,12 @@ import asyncio
 import inspect
 import logging
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from contend._args import find_entities, substitute_call
-from contend._fast import current_task, rejection_text
+from contend._fast import REJECTED_TEXT, current_task, rejection_text
 from contend.config import MAX_WAIT_MS, ConflictResolutionConfig, EffectiveCleanup
 from contend.enums import CleanupStrategy, OperationStatus
 from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
@@ -137,8 +137,8 @@ class Protected(Generic[P, R]):
         rt: Runtime,
         record: Record,
         staged: bool,
-        committed: list[Entity],
-        passed: list[Entity],
+        committed: Sequence[Entity],
+        passed: Sequence[Entity],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
@@ -202,7 +202,7 @@ class Protected(Generic[P, R]):
         rt.note_function(self.name, self.cleanup.strategy)
         self._noted = weakref.ref(rt)
 
-    def _registered(self, store: Store, passed: list[Entity]) -> list[Entity]:
+    def _registered(self, store: Store, passed: Sequence[Entity]) -> Sequence[Entity]:
         """The committed instance of each entity passed, registered on first use: `passed`
         itself when the caller passed the committed instances (the usual case)."""
         committed = passed
@@ -212,7 +212,9 @@ class Protected(Generic[P, R]):
                 committed = self._swap(committed, passed, i, c)
         return committed
 
-    async def _registered_remotely(self, backend: Backend, passed: list[Entity]) -> list[Entity]:
+    async def _registered_remotely(
+        self, backend: Backend, passed: Sequence[Entity]
+    ) -> Sequence[Entity]:
         """`_registered` through the backend's coroutines."""
         committed = passed
         for i, e in enumerate(passed):
@@ -222,7 +224,7 @@ class Protected(Generic[P, R]):
         return committed
 
     def _swap(
-        self, committed: list[Entity], passed: list[Entity], i: int, c: Entity
+        self, committed: Sequence[Entity], passed: Sequence[Entity], i: int, c: Entity
     ) -> list[Entity]:
         """`committed` with its `i`-th entity replaced by the committed instance `c` (a copy of
         `passed` the first time)."""
@@ -233,12 +235,11 @@ class Protected(Generic[P, R]):
                 f"{type(e).__name__} with that ecs_id was passed; an ecs_id names one entity of "
                 "one type"
             )
-        if committed is passed:
-            committed = list(passed)
-        committed[i] = c
-        return committed
+        swapped = list(passed) if committed is passed else cast("list[Entity]", committed)
+        swapped[i] = c
+        return swapped
 
-    def _record(self, rt: Runtime, priority: int, committed: list[Entity]) -> Record:
+    def _record(self, rt: Runtime, priority: int, committed: Sequence[Entity]) -> Record:
         """The call's PENDING record, under its targets (none for a call without entities)."""
         if not committed:
             return Record(self.name, (), "", priority, self.cleanup, rt.clock.now())
@@ -320,7 +321,7 @@ class Protected(Generic[P, R]):
         self,
         rt: Runtime,
         priority: int,
-        passed: list[Entity],
+        passed: Sequence[Entity],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
@@ -418,7 +419,7 @@ def _reject_together(rt: Runtime, lost: Lost) -> dict[Record, OperationRejectedE
             cleanup.passed(batch, _REJECTED, effective)
             batch = []
         effective = this
-        text = rejection_text(priority, winner_priority)
+        text = REJECTED_TEXT[priority][winner_priority]
         record.end(_REJECTED, now, text, winner, _IMMEDIATE)
         batch.append(record)
         if debug:
@@ -442,13 +443,13 @@ def _log_rejection(record: Record, winner: Record | None, effective: EffectiveCl
     )
 
 
-def _holds_all(held: tuple[UUID, ...], passed: list[Entity]) -> bool:
+def _holds_all(held: tuple[UUID, ...], passed: Sequence[Entity]) -> bool:
     """Every entity of a call is held already (a function of its own: a generator expression in
     `Protected.run` would give its frame a cell, made on every call)."""
     return all(e.ecs_id in held for e in passed)
 
 
-def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: list[Entity]) -> None:
+def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: Sequence[Entity]) -> None:
     """A nested call sharing some entities with the enclosing call cannot be run safely."""
     shared = [e.ecs_id for e in passed if e.ecs_id in held]
     if shared:
@@ -477,7 +478,7 @@ def _let_go(
         holding[task] = outer
 
 
-def _show_committed(passed: list[Entity], committed: list[Entity]) -> None:
+def _show_committed(passed: Sequence[Entity], committed: Sequence[Entity]) -> None:
     """The objects the caller passed hold the committed state (they were stale copies)."""
     for p, c in zip(passed, committed, strict=True):
         if p is not c:

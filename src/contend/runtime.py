@@ -211,10 +211,11 @@ class Runtime:
         self,
         winner: Record,
         contenders: int,
-        rejected_ids: Iterable[UUID],
+        rejected_ids: Callable[[], Iterable[UUID]],
         carried: int = 0,
     ) -> None:
-        """A staging window held `contenders` calls: its size metric and one conflict event;
+        """A staging window held `contenders` calls: its size metric and one conflict event
+        (`rejected_ids` returns the ids of those rejected; called only for the event);
         `carried` of its losers wait for the next window (wait policy) instead of being
         rejected."""
         self.metrics.staging_window_size.observe(contenders)
@@ -226,7 +227,7 @@ class Runtime:
                 target_entity_id=winner.target_entity_id,
                 contenders=contenders,
                 winner_priority=winner.priority,
-                rejected_ids=tuple(rejected_ids),
+                rejected_ids=tuple(rejected_ids()),
             )
             task = asyncio.get_running_loop().create_task(self.events.emit(event))
             self._background.add(task)

@@ -121,17 +121,25 @@ async def _at_once(lost: Lost) -> Lost:
     return lost
 
 
-class _Window:
-    """Calls collected for one target; closed once, then every entry knows whether it won."""
+class _Window(Lost):
+    """Calls collected for one target; closed once, then every entry knows whether it won.
 
-    __slots__ = ("closed", "entries", "fast", "futures", "lost", "timer", "timer_fired", "winner")
+    A window closed with no call waiting (no wait policy) is itself the `Lost` its losers get,
+    with every entry as `losers` (one object fewer per contested window); one where calls wait
+    hands its losers `lost`.
+    """
+
+    __slots__ = ("closed", "entries", "fast", "futures", "lost", "timer", "timer_fired")
 
     def __init__(self, fast: bool) -> None:
+        self.winner: Record | None = None
+        self.reason = None
+        self.losers = None
+        self.errors = None
         self.entries: list[Staged] = []
         self.futures: dict[Record, asyncio.Future[None]] = {}
         self.closed = False
         self.fast = fast
-        self.winner: Record | None = None
         self.lost: Lost | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.timer_fired = False
@@ -333,7 +341,7 @@ class LocalCoordinator:
             raise
         if not w.closed:
             self._close(tid, w)
-        return None if w.winner is op else w.lost
+        return None if w.winner is op else (w.lost or w)
 
     async def _until_closed(
         self, tid: int, w: _Window, op: Record, loop: asyncio.AbstractEventLoop
@@ -347,7 +355,7 @@ class LocalCoordinator:
             self._abandon(tid, w, op)
             del w, fut  # no cycle: see the module docstring
             raise
-        return None if w.winner is op else w.lost
+        return None if w.winner is op else (w.lost or w)
 
     def release(self, op: Record) -> None:
         target = op.target_entity_id
@@ -382,7 +390,7 @@ class LocalCoordinator:
         else:
             best = w.winner = _pick_winner(entries)
             if len(entries) > 1:
-                w.lost = Lost(best, losers=entries)
+                w.losers = entries
         self._running[tid] = best
         for fut in w.futures.values():
             if not fut.done():

@@ -12,6 +12,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, KeysView, Sequence
 from datetime import datetime
+from functools import partial
 from itertools import compress, repeat
 from operator import attrgetter, is_not, itemgetter
 from typing import Any, cast
@@ -539,7 +540,9 @@ class MemoryBackend:
         observe = hooks.observe_window
 
         def on_window(winner: Record, entries: list[Staged], carried: Sequence[Record]) -> None:
-            observe(winner, len(entries), _rejected_ids(winner, entries, carried), len(carried))
+            observe(
+                winner, len(entries), partial(_rejected_ids, winner, entries, carried), len(carried)
+            )
 
         self._coordinator.on_window = on_window
 

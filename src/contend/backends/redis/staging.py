@@ -175,7 +175,9 @@ class Staging:
         if self.observe_window is None:
             return
         _, contenders, losers = outcome.split("|", 2)
-        self.observe_window(winner, int(contenders), (uuid.UUID(i) for i in losers.split(",") if i))
+        self.observe_window(
+            winner, int(contenders), lambda: [uuid.UUID(i) for i in losers.split(",") if i]
+        )
 
     async def _stage(self, key: str, batch: _Batch) -> dict[str, str]:
         try:
