@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from contend import FakeClock, Runtime, use_runtime
+from contend.testing import make_runtime
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def runtime(clock: FakeClock) -> Iterator[Runtime]:
     """A fresh runtime on a fake clock with no memory pressure, made current for the test."""
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     with use_runtime(rt):
         yield rt
     rt.cleanup.stop()

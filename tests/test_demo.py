@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contend import FakeClock, Runtime
+from contend import Runtime
 from contend.demo import (
     STRATEGIES,
     TABLE_COLUMNS,
@@ -20,6 +20,7 @@ from contend.demo import (
     table_rows,
     write_plot,
 )
+from contend.testing import make_runtime
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -110,7 +111,7 @@ def test_isolated_run_returns_results_from_the_child_process() -> None:
 
 
 async def test_simulate_runs_on_a_given_runtime() -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     cfg = DemoConfig(duration=0.1, accounts=3, clients=4, isolate=False)
     result = await simulate(rt, "none", cfg)
     assert result.money_ok

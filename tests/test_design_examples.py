@@ -16,10 +16,10 @@ from contend import (
     DEFAULT_CLEANUP_CONFIG,
     CleanupHandlerRegistry,
     CleanupStrategy,
-    FakeClock,
     Runtime,
     use_runtime,
 )
+from contend.testing import make_runtime
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -40,7 +40,7 @@ def load(name: str) -> ModuleType:
 @pytest.fixture
 def rt() -> Iterator[Runtime]:
     """The examples use the runtime in force; give each a fresh one with no memory pressure."""
-    runtime = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    runtime = make_runtime()
     with use_runtime(runtime):
         yield runtime
     runtime.cleanup.stop()
@@ -96,7 +96,7 @@ async def test_adaptive_cleanup_caps_each_target(rt: Runtime) -> None:
 
 
 async def test_adaptive_cleanup_goes_immediate_under_pressure() -> None:
-    runtime = Runtime(clock=FakeClock(), memory_probe=lambda: 0.85)
+    runtime = make_runtime(memory_pressure=0.85)
     with use_runtime(runtime):
         out = await load("adaptive_cleanup").run_example(rounds=5, contenders=3)
     assert out["zombies"] == 0

@@ -25,6 +25,7 @@ from contend import (
     emit,
     with_conflict_resolution,
 )
+from contend.testing import EventRecorder
 
 
 class Box(Entity):
@@ -136,8 +137,7 @@ async def test_raising_subscriber_is_logged_and_isolated(
 
 
 async def test_every_emitted_event_carries_the_operation_id(runtime: Runtime) -> None:
-    events: list[OperationEvent] = []
-    runtime.events.subscribe(OperationEvent, events.append)
+    events = EventRecorder(runtime, OperationEvent).events
     gate = asyncio.Event()
 
     @with_conflict_resolution(cleanup=CleanupStrategy.IMMEDIATE)
@@ -199,8 +199,7 @@ async def test_every_emitted_event_carries_the_operation_id(runtime: Runtime) ->
 
 
 async def test_module_emit_publishes_on_the_current_runtime(runtime: Runtime) -> None:
-    got: list[OperationEvent] = []
-    runtime.events.subscribe(OperationRejectedEvent, got.append)
+    got = EventRecorder(runtime, OperationRejectedEvent).events
     event = OperationRejectedEvent(op_id=uuid4(), cleanup_strategy="lazy")
     await emit(event)
     assert got == [event]

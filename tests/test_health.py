@@ -13,12 +13,12 @@ from contend import (
     CleanupHandlerRegistry,
     CleanupStrategy,
     ConflictResolutionOperation,
-    Entity,
     FakeClock,
     Runtime,
     cleanup_system_health_check,
     with_conflict_resolution,
 )
+from contend.testing import Account, make_runtime
 
 KEEP = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=10_000)
 DESIGN_KEYS = {
@@ -30,10 +30,6 @@ DESIGN_KEYS = {
     "failed_cleanup_handlers",
     "issues",
 }
-
-
-class Account(Entity):
-    balance: float = 0.0
 
 
 def failing(
@@ -118,7 +114,7 @@ async def test_a_failing_memory_probe_degrades(runtime: Runtime) -> None:
 
 
 async def test_more_than_10000_zombies_degrades() -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     fail = failing(
         CleanupConfig(
             strategy=CleanupStrategy.NONE,

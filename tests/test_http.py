@@ -19,7 +19,6 @@ from contend import (
     CleanupHandlerRegistry,
     CleanupStrategy,
     ConflictResolutionOperation,
-    Entity,
     FakeClock,
     OperationRejectedError,
     Runtime,
@@ -27,10 +26,7 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.http import ASGIApp, health_json, make_app, serve, start_server
-
-
-class Account(Entity):
-    balance: float = 0.0
+from contend.testing import Account, make_runtime
 
 
 class Broken(CleanupHandler):
@@ -145,7 +141,7 @@ async def contended_run(rt: Runtime, clock: FakeClock) -> dict[str, int]:
 
 async def test_metrics_after_a_contended_run_shows_the_right_counts() -> None:
     clock = FakeClock()
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     expected = await contended_run(rt, clock)
     assert expected["succeeded"] == 4 * 3 and expected["rejected"] == 4 * 4
 
@@ -234,8 +230,8 @@ async def test_lifespan_is_acknowledged() -> None:
 
 async def test_app_without_a_runtime_follows_the_current_one() -> None:
     app = make_app()
-    one = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    two = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    one = make_runtime()
+    two = make_runtime()
     one.metrics.outcome("rejected")
     with use_runtime(one):
         text_one = (await call(app, "/metrics"))[2].decode()

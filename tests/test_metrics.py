@@ -15,7 +15,6 @@ from contend import (
     CleanupMetrics,
     CleanupStrategy,
     ConflictResolutionOperation,
-    Entity,
     FakeClock,
     OCCConfig,
     OCCConflictError,
@@ -24,12 +23,9 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.testing import Account, EventRecorder, make_runtime
 
 KEEP = CleanupConfig(strategy=CleanupStrategy.NONE, max_zombie_count_per_target=10_000)
-
-
-class Account(Entity):
-    balance: float = 0.0
 
 
 def value(rt: Runtime, name: str, **labels: str) -> float:
@@ -199,8 +195,7 @@ async def test_custom_handler_calls_and_removals(runtime: Runtime) -> None:
 
 
 async def test_occ_retries_and_conflicts_match_what_happened(runtime: Runtime) -> None:
-    retried: list[OperationRetriedEvent] = []
-    runtime.events.subscribe(OperationRetriedEvent, retried.append)
+    retried = EventRecorder(runtime, OperationRetriedEvent).events
 
     @with_conflict_resolution(
         pre_ecs=False, occ=OCCConfig(max_retries=2, base_delay_ms=0.0), cleanup=KEEP
@@ -276,8 +271,8 @@ def test_the_unlabelled_design_metrics_take_inc() -> None:
 
 
 async def test_two_runtimes_keep_separate_metrics() -> None:
-    one = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    two = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    one = make_runtime()
+    two = make_runtime()
 
     @with_conflict_resolution(
         cleanup=CleanupConfig(strategy=CleanupStrategy.IMMEDIATE), runtime=one

@@ -13,7 +13,6 @@ from contend import (
     CleanupConfig,
     CleanupStrategy,
     Entity,
-    FakeClock,
     OCCConfig,
     OCCConflictError,
     OperationRejectedError,
@@ -22,6 +21,7 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.testing import EventRecorder, make_runtime
 
 KEEP_ALL = CleanupConfig(
     strategy=CleanupStrategy.NONE, retain_succeeded=True, max_zombie_count_per_target=10_000
@@ -37,8 +37,7 @@ class BankAccount(Entity):
 
 
 async def test_200_concurrent_increments_lose_no_update(runtime: Runtime) -> None:
-    retried: list[OperationRetriedEvent] = []
-    runtime.events.subscribe(OperationRetriedEvent, retried.append)
+    retried = EventRecorder(runtime, OperationRetriedEvent).events
 
     @with_conflict_resolution(
         pre_ecs=False, occ=OCCConfig(max_retries=4, base_delay_ms=0.2), cleanup=KEEP_ALL
@@ -87,8 +86,7 @@ async def test_200_concurrent_increments_lose_no_update(runtime: Runtime) -> Non
 
 
 async def test_retry_events_follow_backoff_with_jitter(runtime: Runtime) -> None:
-    retried: list[OperationRetriedEvent] = []
-    runtime.events.subscribe(OperationRetriedEvent, retried.append)
+    retried = EventRecorder(runtime, OperationRetriedEvent).events
     config = OCCConfig(max_retries=3, base_delay_ms=1.0, backoff_factor=2.0, jitter=0.5)
 
     @with_conflict_resolution(pre_ecs=False, occ=True)
@@ -279,7 +277,7 @@ def test_random_transfers_never_lose_or_invent_money(
     staged: bool, plans: list[tuple[int, int, int, int, int]]
 ) -> None:
     """Every committed transfer is applied exactly once to both sides; failed ones to neither."""
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     accounts = [Account(balance=100) for _ in range(4)]
 
     @with_conflict_resolution(

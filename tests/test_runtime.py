@@ -21,6 +21,7 @@ from contend import (
     use_runtime,
     with_conflict_resolution,
 )
+from contend.testing import make_runtime
 
 
 class Box(Entity):
@@ -28,7 +29,7 @@ class Box(Entity):
 
 
 def test_two_asyncio_runs_in_one_process_both_work() -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
 
     @with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.NONE)
     async def bump(box: Box) -> int:
@@ -165,7 +166,7 @@ def test_reset_runtime_forgets_state() -> None:
 
 
 async def test_runtimes_are_isolated(runtime: Runtime) -> None:
-    other = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    other = make_runtime()
     gate = asyncio.Event()
 
     @with_conflict_resolution(cleanup=CleanupStrategy.NONE)

@@ -16,7 +16,6 @@ from contend import (
     CleanupConfig,
     CleanupStrategy,
     Entity,
-    FakeClock,
     OperationConflictEvent,
     OperationPriority,
     OperationRejectedError,
@@ -26,6 +25,7 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.testing import EventRecorder, make_runtime
 
 NONE = CleanupStrategy.NONE
 KEEP_EVERY_ZOMBIE = CleanupConfig(
@@ -468,9 +468,8 @@ def test_random_interleavings_keep_every_promise(
     """Whatever the timing, with callers rejecting or waiting (some past their deadline): every
     caller finishes, winners never overlap, no slot leaks, every record ends as its caller was
     told, and a call rejected by a window always lost to a winner of at least its priority."""
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
-    conflicts: list[OperationConflictEvent] = []
-    rt.events.subscribe(OperationConflictEvent, conflicts.append)
+    rt = make_runtime()
+    conflicts = EventRecorder(rt, OperationConflictEvent).events
     slots = [Slot(), Slot(), Slot()]
     running: dict[UUID, int] = defaultdict(int)
     overlap: list[UUID] = []

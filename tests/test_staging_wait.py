@@ -16,8 +16,6 @@ from contend import (
     CleanupStrategy,
     ConfigurationError,
     ConflictPolicy,
-    Entity,
-    FakeClock,
     MemoryBackend,
     OCCConfig,
     OperationPriority,
@@ -28,6 +26,7 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.staging import LocalCoordinator
+from contend.testing import Account, make_runtime
 
 KEEP_EVERY_ZOMBIE = CleanupConfig(
     strategy=CleanupStrategy.NONE, immediate_cleanup_priorities=[], debug_retention_priorities=[]
@@ -42,10 +41,6 @@ LOW, NORMAL, HIGH, CRITICAL = (
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "waiting_transfers.py"
-
-
-class Account(Entity):
-    balance: int = 0
 
 
 def _metric(rt: Runtime, name: str, **labels: str) -> float:
@@ -295,7 +290,7 @@ async def test_a_coordinator_without_wait_support_refuses_the_policy_clearly() -
             super().__init__()
             self._coordinator = Plain()
 
-    rt = Runtime(Backend(), clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime(backend=Backend())
 
     @with_conflict_resolution(runtime=rt, pre_ecs=WAIT)
     async def work(acct: Account) -> None:

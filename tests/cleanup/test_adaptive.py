@@ -17,6 +17,7 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.testing import EventRecorder, make_runtime
 
 
 class Item(Entity):
@@ -42,8 +43,7 @@ def make(rt: Runtime, **cleanup: Any) -> Callable[..., Any]:
 
 
 async def test_per_target_cap_keeps_the_newest(runtime: Runtime, clock: FakeClock) -> None:
-    events: list[OperationCleanedEvent] = []
-    runtime.events.subscribe(OperationCleanedEvent, events.append)
+    events = EventRecorder(runtime, OperationCleanedEvent).events
     bump = make(runtime, strategy=CleanupStrategy.NONE, max_zombie_count_per_target=3)
     item, other = Item(), Item()
     rejected_ids = []
@@ -62,7 +62,7 @@ async def test_per_target_cap_keeps_the_newest(runtime: Runtime, clock: FakeCloc
 
 
 async def test_force_threshold_turns_the_strategy_immediate(clock: FakeClock) -> None:
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     bump = make(rt, strategy=CleanupStrategy.NONE, force_cleanup_threshold=100)
     items = [Item() for _ in range(101)]
     await asyncio.gather(*(bump(i) for i in items for _ in range(2)), return_exceptions=True)

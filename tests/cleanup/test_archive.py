@@ -15,7 +15,6 @@ import pytest
 from contend import (
     CleanupConfig,
     CleanupStrategy,
-    Entity,
     FakeClock,
     OperationCleanedEvent,
     OperationCompletedEvent,
@@ -33,10 +32,7 @@ from contend.cleanup.archive import (
     ArchiveSink,
     install_archive,
 )
-
-
-class Account(Entity):
-    balance: float = 0.0
+from contend.testing import Account
 
 
 def failing(cleanup: CleanupConfig, name: str = "fail") -> Callable[[Account], Awaitable[None]]:

@@ -21,12 +21,13 @@ from contend import (
     use_runtime,
     with_conflict_resolution,
 )
+from contend.testing import make_runtime
 
 
 @pytest.fixture(autouse=True)
 def _own_runtime() -> Iterator[Runtime]:
     """The design's tests use the runtime in force; give each its own, with no memory pressure."""
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     with use_runtime(rt):
         yield rt
 
@@ -81,8 +82,8 @@ class TestCleanupConfiguration:
 async def test_adaptive_strategy_with_the_runtime_probe() -> None:
     config = CleanupConfig(strategy=CleanupStrategy.DEFERRED, memory_pressure_threshold=0.8)
     operation = ConflictResolutionOperation(priority=OperationPriority.NORMAL)
-    calm = Runtime(clock=FakeClock(), memory_probe=lambda: 0.5)
-    pressed = Runtime(clock=FakeClock(), memory_probe=lambda: 0.9)
+    calm = make_runtime(memory_pressure=0.5)
+    pressed = make_runtime(memory_pressure=0.9)
     assert config.get_effective_cleanup_strategy(operation, calm) is CleanupStrategy.DEFERRED
     assert config.get_effective_cleanup_strategy(operation, pressed) is CleanupStrategy.IMMEDIATE
     pressed.memory.set_probe(lambda: 0.1)
@@ -91,7 +92,7 @@ async def test_adaptive_strategy_with_the_runtime_probe() -> None:
 
 async def test_pressure_is_ignored_when_not_aggressive() -> None:
     config = CleanupConfig(strategy=CleanupStrategy.LAZY, aggressive_on_memory_pressure=False)
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 1.0)
+    rt = make_runtime(memory_pressure=1.0)
     op = ConflictResolutionOperation(priority=OperationPriority.NORMAL)
     assert config.get_effective_cleanup_strategy(op, rt) is CleanupStrategy.LAZY
 

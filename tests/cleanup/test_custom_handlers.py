@@ -23,6 +23,7 @@ from contend import (
     use_runtime,
     with_conflict_resolution,
 )
+from contend.testing import make_runtime
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +97,7 @@ async def test_integration_with_a_pressured_runtime_probe(clock: FakeClock) -> N
             seen.append(operation.ecs_id)
 
     CleanupHandlerRegistry.register("recording", Recording)
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.9)
+    rt = make_runtime(clock=clock, memory_pressure=0.9)
     with use_runtime(rt):
 
         @with_conflict_resolution(

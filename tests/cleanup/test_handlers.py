@@ -21,6 +21,7 @@ from contend import (
     Runtime,
     with_conflict_resolution,
 )
+from contend.testing import EventRecorder
 
 
 class Item(Entity):
@@ -39,8 +40,7 @@ def removals(rt: Runtime, reason: str) -> float:
 
 
 def cleaned_events(rt: Runtime) -> list[OperationCleanedEvent]:
-    seen: list[OperationCleanedEvent] = []
-    rt.events.subscribe(OperationCleanedEvent, seen.append)
+    seen = EventRecorder(rt, OperationCleanedEvent).events
     return seen
 
 

@@ -20,6 +20,7 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.record import Record
+from contend.testing import EventRecorder, make_runtime
 
 
 class Item(Entity):
@@ -68,7 +69,7 @@ async def bury(
 
 
 def runtime(clock: FakeClock) -> Runtime:
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     rt.cleanup.stop()
     return rt
 
@@ -207,8 +208,7 @@ async def test_a_sweep_observes_each_records_reclaim_lag_once(clock: FakeClock) 
     ahead = await bury(rt, CleanupConfig(strategy=CleanupStrategy.NONE), (uuid.uuid4(),))
     ahead.view().schedule_cleanup(CleanupStrategy.DEFERRED, 10)
     await rt.cleanup.schedule(ahead, clock.time())
-    cleaned: list[OperationCleanedEvent] = []
-    rt.events.subscribe(OperationCleanedEvent, cleaned.append)
+    cleaned = EventRecorder(rt, OperationCleanedEvent).events
 
     clock.advance(60)
     assert await rt.cleanup.sweep() == 6

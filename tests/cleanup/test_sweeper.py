@@ -22,6 +22,7 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.record import Record
+from contend.testing import make_runtime
 
 
 class Item(Entity):
@@ -92,7 +93,7 @@ def deferred(minutes: int, interval: int = 60) -> CleanupConfig:
 
 
 async def test_sweeper_starts_by_itself_and_removes_due_zombies(clock: FakeClock) -> None:
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
 
     @with_conflict_resolution(cleanup=deferred(30), runtime=rt)
     async def bump(item: Item) -> Item:
@@ -116,8 +117,8 @@ async def test_sweeper_starts_by_itself_and_removes_due_zombies(clock: FakeClock
 
 
 async def test_one_sweeper_per_runtime(clock: FakeClock) -> None:
-    first = Runtime(clock=clock, memory_probe=lambda: 0.0)
-    second = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    first = make_runtime(clock=clock)
+    second = make_runtime(clock=clock)
     targets = [uuid.uuid4() for _ in range(5)]
     await bury(first, deferred(5), 50, targets)
     await bury(second, deferred(5), 20, targets)
@@ -137,7 +138,7 @@ async def test_one_sweeper_per_runtime(clock: FakeClock) -> None:
 
 async def test_a_sweep_costs_what_is_due_not_what_is_retained(clock: FakeClock) -> None:
     backend = CountingBackend()
-    rt = Runtime(backend, clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(backend=backend, clock=clock)
     targets = [uuid.uuid4() for _ in range(10)]
     due_soon = await bury(rt, deferred(5), 500, targets)
     await bury(rt, deferred(60), 5_000, targets)
@@ -152,7 +153,7 @@ async def test_a_sweep_costs_what_is_due_not_what_is_retained(clock: FakeClock) 
 
 
 async def test_sweeper_respects_the_check_interval(clock: FakeClock) -> None:
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     config = deferred(1, interval=10)
     targets = [uuid.uuid4()]
     await bury(rt, config, 3, targets)
@@ -181,7 +182,7 @@ async def test_sweeper_respects_the_check_interval(clock: FakeClock) -> None:
 
 
 async def test_retention_counts_from_completion_not_submission(clock: FakeClock) -> None:
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     running = asyncio.Event()
 
     @with_conflict_resolution(cleanup=deferred(30), runtime=rt)
@@ -209,7 +210,7 @@ async def test_retention_counts_from_completion_not_submission(clock: FakeClock)
 
 async def test_sweeper_restarts_on_a_new_loop() -> None:
     clock = FakeClock()
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
 
     async def round_trip() -> int:
         await bury(rt, deferred(1), 2, [uuid.uuid4()])
@@ -224,7 +225,7 @@ async def test_sweeper_restarts_on_a_new_loop() -> None:
 async def test_a_sweep_cancelled_while_a_sink_writes_leaves_its_batch_scheduled() -> None:
     """stop(), a loop switch or shutdown cancel the sweeper; the batch must not fall off."""
     clock = FakeClock()
-    rt = Runtime(clock=clock, memory_probe=lambda: 0.0)
+    rt = make_runtime(clock=clock)
     config = CleanupConfig(retention_minutes=1, cleanup_check_interval_seconds=10)
     targets = [uuid.uuid4() for _ in range(20)]
     await bury(rt, config, 20, targets)

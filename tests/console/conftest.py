@@ -13,20 +13,16 @@ from urllib.parse import urlencode
 
 from contend import (
     CleanupConfig,
-    Entity,
     OperationPriority,
     Runtime,
     with_conflict_resolution,
 )
 from contend.http import ASGIApp
+from contend.testing import Account
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 if str(OPS) not in sys.path:
     sys.path.insert(0, str(OPS))  # ops/chromium.py: the browser the tests and the screenshot use
-
-
-class Account(Entity):
-    balance: int = 0
 
 
 def keep(strategy: str = "none", **extra: Any) -> CleanupConfig:

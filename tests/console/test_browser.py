@@ -17,9 +17,10 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from conftest import Account, contend_on, fail_on
-from contend import FakeClock, Runtime
+from contend import FakeClock
 from contend.console import Console, make_console
 from contend.http import make_app, start_server
+from contend.testing import make_runtime
 
 TOKEN = "browser-test-console-token"
 SCRIPT_NAME = "<script>window.__pwned=1</script>"
@@ -35,7 +36,7 @@ class Served:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.clock = FakeClock()
-        self.rt = Runtime(clock=self.clock, memory_probe=lambda: 0.0)
+        self.rt = make_runtime(clock=self.clock)
         self.console: Console = make_console(self.rt, token=TOKEN, refresh_seconds=0)
         self.server = self.run(
             start_server("127.0.0.1", 0, app=make_app(self.rt, console=self.console))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from conftest import Account, call, contend_on, keep
-from contend import FakeClock, Runtime
+from contend import FakeClock
 from contend.console import make_console
 from contend.console.history import CONFLICTS, REJECTED
+from contend.testing import make_runtime
 
 
 async def tick(clock: FakeClock, seconds: float, times: int = 1) -> None:
@@ -73,7 +74,7 @@ async def test_zombies_by_strategy_over_time_and_rejections_per_minute(runtime, 
 
 async def test_two_consoles_share_nothing():
     clocks = [FakeClock(), FakeClock()]
-    runtimes = [Runtime(clock=c, memory_probe=lambda: 0.0) for c in clocks]
+    runtimes = [make_runtime(clock=c) for c in clocks]
     consoles = [make_console(rt) for rt in runtimes]
     await contend_on(runtimes[0], [Account()], 1, width=5)
     for c in consoles:

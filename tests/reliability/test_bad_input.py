@@ -35,6 +35,7 @@ from contend import (
     cleanup_system_health_check,
     with_conflict_resolution,
 )
+from contend.testing import Account, make_runtime
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-input.md"
 MODELS: dict[str, type[pydantic.BaseModel]] = {
@@ -50,10 +51,6 @@ CONTEXT: dict[str, dict[str, Any]] = {
     "max_wait_ms": {"conflict_policy": "wait"},
 }
 ROW = re.compile(r"^\| `(\w+)\.(\w+)` \| (int|float) \| (≥|>) ([\d.]+) \| ≤ ([\d.]+) \|$")
-
-
-class Account(Entity):
-    balance: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +88,7 @@ def _refused_at(exc: pytest.ExceptionInfo[pydantic.ValidationError], field: str)
 
 @pytest.fixture
 def rt() -> Iterator[Runtime]:
-    runtime = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    runtime = make_runtime()
     yield runtime
     runtime.cleanup.stop()
 

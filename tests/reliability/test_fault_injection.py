@@ -19,7 +19,6 @@ from contend import (
     CleanupHandlerRegistry,
     CleanupStrategy,
     ConflictResolutionOperation,
-    Entity,
     FakeClock,
     OperationCleanedEvent,
     OperationRejectedError,
@@ -30,10 +29,7 @@ from contend import (
     cleanup_system_health_check,
     with_conflict_resolution,
 )
-
-
-class Account(Entity):
-    balance: int = 0
+from contend.testing import Account, EventRecorder, make_runtime
 
 
 class Raising(CleanupHandler):
@@ -57,7 +53,7 @@ class Interrupt(BaseException):
 
 @pytest.fixture
 def rt() -> Iterator[Runtime]:
-    runtime = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    runtime = make_runtime()
     yield runtime
     runtime.cleanup.stop()
 
@@ -177,8 +173,7 @@ async def test_a_raising_subscriber_never_breaks_the_call_that_emitted(
 ) -> None:
     for event_type in (OperationStartedEvent, OperationRejectedEvent, OperationCleanedEvent):
         rt.events.subscribe(event_type, _raiser(kind))
-    cleaned: list[OperationCleanedEvent] = []
-    rt.events.subscribe(OperationCleanedEvent, cleaned.append)
+    cleaned = EventRecorder(rt, OperationCleanedEvent).events
 
     @with_conflict_resolution(runtime=rt, cleanup=CleanupStrategy.IMMEDIATE)
     async def bump(a: Account) -> int:
@@ -283,7 +278,7 @@ async def test_a_caller_cancelled_while_staged_or_running_leaves_a_cancelled_rec
 def test_keyboard_interrupt_in_a_sync_function_reaches_the_caller_and_the_runtime_recovers() -> (
     None
 ):
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
 
     @with_conflict_resolution(runtime=rt)
     def deposit(a: Account, interrupt: bool) -> int:
@@ -310,7 +305,7 @@ def test_asyncio_run_interrupted_with_calls_in_flight_leaves_terminal_records_an
     """A KeyboardInterrupt unwinds asyncio.run, which cancels the calls still in flight (some
     staged, some running); a later asyncio.run must find every record terminal and the runtime
     working, though its sweeper was stranded on the closed loop."""
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
 
     @with_conflict_resolution(runtime=rt)
     async def work(a: Account, interrupt: bool = False) -> int:

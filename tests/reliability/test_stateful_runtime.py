@@ -31,24 +31,19 @@ from contend import (
     CleanupHandlerRegistry,
     CleanupStrategy,
     ConflictResolutionOperation,
-    Entity,
     FakeClock,
     MemoryBackend,
     OCCConfig,
     OperationCleanedEvent,
     OperationStatus,
-    Runtime,
     with_conflict_resolution,
 )
+from contend.testing import Account, make_runtime
 
 CUSTOM_NAME = "reliability-stateful-custom"
 ZOMBIE = {OperationStatus.FAILED, OperationStatus.REJECTED, OperationStatus.CANCELLED}
 TERMINAL = ZOMBIE | {OperationStatus.SUCCEEDED}
 ANYTIME_REASONS = {"immediate", "cap", "pressure", "force", "custom"}
-
-
-class Account(Entity):
-    balance: int = 0
 
 
 class ObservedBackend(MemoryBackend):
@@ -94,7 +89,7 @@ class RuntimeMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.backend = ObservedBackend()
         self.pressure = 0.0
-        self.rt = Runtime(self.backend, clock=self.clock, memory_probe=lambda: 0.0)
+        self.rt = make_runtime(backend=self.backend, clock=self.clock)
         self.cleaned: list[tuple[OperationCleanedEvent, float]] = []
         self.rt.events.subscribe(OperationCleanedEvent, self._on_cleaned)
         self.targets = [self.loop.run_until_complete(self._register(Account())) for _ in range(3)]

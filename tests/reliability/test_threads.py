@@ -13,8 +13,6 @@ import pytest
 
 from contend import (
     CleanupStrategy,
-    Entity,
-    FakeClock,
     OperationRejectedError,
     OperationStatus,
     Runtime,
@@ -22,12 +20,9 @@ from contend import (
     use_runtime,
     with_conflict_resolution,
 )
+from contend.testing import Account, make_runtime
 
 WAIT = 10.0
-
-
-class Account(Entity):
-    balance: int = 0
 
 
 def _deposit_fns(rt: Runtime | None) -> tuple[Any, Any]:
@@ -61,7 +56,7 @@ def _in_thread(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseE
 
 
 def test_a_second_loop_is_refused_while_the_first_drives_the_runtime() -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     deposit, deposit_sync = _deposit_fns(rt)
     account, other = Account(), Account()
     ready = threading.Event()
@@ -107,7 +102,7 @@ def test_a_second_loop_is_refused_while_the_first_drives_the_runtime() -> None:
 
 
 def test_threads_racing_for_one_runtime_bind_exactly_one_loop() -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     deposit, _ = _deposit_fns(rt)
     threads = 6
     start = threading.Barrier(threads)
@@ -146,7 +141,7 @@ def test_threads_racing_for_one_runtime_bind_exactly_one_loop() -> None:
 
 
 def test_a_paused_loop_with_staged_calls_keeps_the_runtime() -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     deposit, deposit_sync = _deposit_fns(rt)
     account = Account()
     loop = asyncio.new_event_loop()
@@ -173,7 +168,7 @@ def test_a_paused_loop_with_staged_calls_keeps_the_runtime() -> None:
 
 
 def _own_runtime_workload(results: dict[str, Any], key: str) -> None:
-    rt = Runtime(clock=FakeClock(), memory_probe=lambda: 0.0)
+    rt = make_runtime()
     with use_runtime(rt):
         deposit, deposit_sync = _deposit_fns(None)
         account = Account()
