@@ -20,8 +20,8 @@ from pathlib import Path
 
 from contend import FakeClock, Runtime
 from contend.console import make_console
-from contend.demo import DemoConfig, simulate
 from contend.http import make_app, start_server
+from contend_demo import DemoConfig, simulate
 
 STRATEGIES = ("deferred", "lazy", "none")
 

@@ -47,7 +47,7 @@ def _int_in(low: int, high: int) -> Any:
 
 
 def _strategies(text: str) -> tuple[str, ...]:
-    from contend.demo import STRATEGIES
+    from contend_demo import STRATEGIES
 
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [n for n in names if n not in STRATEGIES]
@@ -214,7 +214,7 @@ def _redis_runtime(args: argparse.Namespace, name: str) -> Any:
 
 # demo ---------------------------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from contend.demo import (
+    from contend_demo import (
         STRATEGIES,
         TABLE_COLUMNS,
         DemoConfig,
@@ -313,8 +313,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # health and serve ---------------------------------------------------------------------------------
 async def _health(args: argparse.Namespace) -> dict[str, Any]:
     from contend.clock import FakeClock
-    from contend.demo import DemoConfig, simulate
     from contend.runtime import Runtime
+    from contend_demo import DemoConfig, simulate
 
     rt = _redis_runtime(args, "contend-health")
     if rt is None:

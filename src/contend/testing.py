@@ -111,7 +111,8 @@ class EventRecorder:
     def __init__(self, runtime: Runtime, *kinds: type[OperationEvent]) -> None:
         self.events: list[OperationEvent] = []
         self._unsubscribe = [
-            runtime.events.subscribe(kind, self.events.append) for kind in kinds or (OperationEvent,)
+            runtime.events.subscribe(kind, self.events.append)
+            for kind in kinds or (OperationEvent,)
         ]
 
     def of(self, kind: type[E]) -> list[E]:

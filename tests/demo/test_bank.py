@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from contend import Runtime
-from contend.demo import (
+from contend.testing import make_runtime
+from contend_demo import (
     STRATEGIES,
     TABLE_COLUMNS,
     DemoConfig,
@@ -20,7 +21,6 @@ from contend.demo import (
     table_rows,
     write_plot,
 )
-from contend.testing import make_runtime
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

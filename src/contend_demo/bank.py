@@ -9,9 +9,7 @@ The report says what each strategy cost and checks that no money was created or 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
-import importlib
 import multiprocessing
 import os
 import random
@@ -25,15 +23,25 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TextIO
 
-from contend.cleanup.handlers import CleanupHandler, CleanupHandlerRegistry
-from contend.clock import FakeClock
-from contend.config import CleanupConfig, CleanupStrategy, OCCConfig, PreECSConfig
-from contend.decorator import with_conflict_resolution
-from contend.entity import Entity
-from contend.errors import OCCConflictError, OperationRejectedError
-from contend.events import OperationRetriedEvent
-from contend.operations import ConflictResolutionOperation, OperationPriority
-from contend.runtime import Runtime
+from contend import (
+    ArchiveReader,
+    CleanupConfig,
+    CleanupHandler,
+    CleanupHandlerRegistry,
+    CleanupStrategy,
+    ConflictResolutionOperation,
+    Entity,
+    FakeClock,
+    OCCConfig,
+    OCCConflictError,
+    OperationPriority,
+    OperationRejectedError,
+    OperationRetriedEvent,
+    PreECSConfig,
+    Runtime,
+    install_archive,
+    with_conflict_resolution,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -162,9 +170,7 @@ class DemoReport:
 
 
 def _custom_handler_name() -> str:
-    """The "archive" handler when the project ships one, else the demo's tally handler."""
-    with contextlib.suppress(ImportError):
-        importlib.import_module("contend.cleanup.archive")
+    """The "archive" handler (contend's), else the demo's tally handler."""
     if CleanupHandlerRegistry.has(ARCHIVE_HANDLER):
         return ARCHIVE_HANDLER
     if not CleanupHandlerRegistry.has(TALLY_HANDLER):
@@ -349,8 +355,6 @@ async def simulate(
         await rt.registry.register(a)
     archive = None
     if cleanup.custom_cleanup_handler == ARCHIVE_HANDLER:
-        from contend.cleanup.archive import install_archive
-
         folder = Path(cfg.archive_dir or tempfile.gettempdir())
         archive = install_archive(rt, folder / f"contend-demo-{os.getpid()}-{id(rt)}.sqlite3")
     books = _Run()
@@ -420,8 +424,6 @@ async def simulate(
         total += committed.balance if isinstance(committed, Account) else 0
     result.actual_total = total
     if archive is not None:
-        from contend.cleanup.archive import ArchiveReader
-
         archive.close()
         with ArchiveReader(archive.path) as reader:
             result.archived = reader.count()
