@@ -31,13 +31,13 @@ from _common import Account, Row, deposit, main, median, row
 from contend import (
     CleanupConfig,
     CleanupStrategy,
-    ConflictResolutionOperation,
     FakeClock,
     OperationRejectedError,
     OperationStatus,
     Runtime,
     with_conflict_resolution,
 )
+from contend.record import Record
 
 TARGETS = 1_000
 WAYS = 5
@@ -148,12 +148,10 @@ def _file_zombies(
         n = len(targets)
         for i in range(count):
             tid = targets[i % n]
-            op = ConflictResolutionOperation._start("batch", (tid,), "Account", 5, config, now)
+            op = Record("batch", (tid,), "Account", 5, config, now)
             await backend.add_operation(op)
             backend.set_status(op, OperationStatus.REJECTED, now)
-            d = op.__dict__
-            d["cleanup_strategy"] = CleanupStrategy.DEFERRED
-            d["cleanup_handler_name"] = "deferred"
+            op.mark("lost", None, CleanupStrategy.DEFERRED)
             await backend.add_zombie(op, due, config.max_zombie_count_per_target)
 
     return go()

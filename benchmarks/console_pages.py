@@ -21,7 +21,7 @@ from contend import FakeClock, OperationStatus, Runtime
 from contend.backends.memory import MemoryBackend
 from contend.config import CleanupStrategy
 from contend.console.query import MemoryZombies, ZombieFilter, count_by_strategy
-from contend.operations import ConflictResolutionOperation
+from contend.record import Record
 
 TARGETS = 1_000
 
@@ -33,13 +33,13 @@ async def _fill(backend: MemoryBackend, n: int) -> list[uuid.UUID]:
     for i in range(n):
         t = targets[i % TARGETS]
         now = start + timedelta(milliseconds=i)
-        op = ConflictResolutionOperation._start(f"fn{i % 7}", (t,), "Account", 5, None, now)
-        backend.add_operation_now(op)
+        op = Record(f"fn{i % 7}", (t,), "Account", 5, None, now)
+        backend.store.add_operation(op)
         status = statuses[i % 10]
         if status is OperationStatus.FAILED:
             backend.set_status(op, OperationStatus.EXECUTING, now)
         backend.set_status(op, status, now)
-        op.__dict__["cleanup_strategy"] = CleanupStrategy.NONE
+        op.mark(op.error_message, None, CleanupStrategy.NONE)
         await backend.add_zombie(op, None, 1 << 40)
     return targets
 

@@ -12,7 +12,7 @@ import psutil
 
 __all__ = ["MemoryPressureMonitor", "read_memory_pressure"]
 
-log = logging.getLogger("contend.cleanup.memory")
+log = logging.getLogger("contend.cleanup.pressure")
 
 _CGROUP = Path("/sys/fs/cgroup")
 _PROC_SELF_CGROUP = Path("/proc/self/cgroup")
