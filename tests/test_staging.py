@@ -244,25 +244,6 @@ async def test_winners_on_one_target_never_overlap_and_every_caller_finishes(
     assert runtime.backend.coordinator.in_flight() == 0
 
 
-async def test_winners_on_different_targets_overlap(runtime: Runtime) -> None:
-    running = 0
-    peak = 0
-
-    @with_conflict_resolution()
-    async def work(slot: Slot) -> int:
-        nonlocal running, peak
-        running += 1
-        peak = max(peak, running)
-        await asyncio.sleep(0.01)
-        running -= 1
-        return slot.value
-
-    slots = [Slot(value=i) for i in range(20)]
-    results = await asyncio.gather(*(work(s) for s in slots))
-    assert results == list(range(20))
-    assert peak > 1
-
-
 async def test_twenty_targets_all_run_at_once(runtime: Runtime) -> None:
     """Each call waits until all 20 are inside: only possible if none waits for another."""
     inside = 0
