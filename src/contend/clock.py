@@ -57,16 +57,16 @@ class FakeClock:
         if start.tzinfo is None:
             raise ValueError("FakeClock start must be timezone-aware")
         self._t = start.timestamp()
-        self._now = (self._t, datetime.fromtimestamp(self._t, UTC))
+        self._cached = (self._t, datetime.fromtimestamp(self._t, UTC))
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     def now(self) -> datetime:
         """The same datetime object until the clock moves (a call reads the time several times)."""
-        t, dt = self._now
+        t, dt = self._cached
         if t != self._t:
             dt = datetime.fromtimestamp(self._t, UTC)
-            self._now = (self._t, dt)
+            self._cached = (self._t, dt)
         return dt
 
     def time(self) -> float:

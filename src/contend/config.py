@@ -403,7 +403,8 @@ class ConflictResolutionConfig(BaseModel):
     def get_effective_cleanup_strategy(
         self, operation: ConflictResolutionOperation, runtime: Runtime | None = None
     ) -> CleanupStrategy:
-        """Determine effective cleanup strategy for an operation."""
+        """`CleanupConfig.get_effective_cleanup_strategy` of this config's cleanup (the design's
+        listing has it here too; one implementation)."""
         return self.cleanup.get_effective_cleanup_strategy(operation, runtime)
 
 

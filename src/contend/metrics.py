@@ -395,7 +395,8 @@ class CleanupMetrics:
     def record_cleanup_operation(
         self, strategy: CleanupStrategy, latency_ms: float, success: bool
     ) -> None:
-        """Record a cleanup operation."""
+        """The design's spelling: one cleanup run of `strategy` took `latency_ms`; a success
+        counts as a record cleaned, a failure as a cleanup failure."""
         value = CleanupStrategy(strategy).value
         self._latency[value].observe(latency_ms / 1000.0)
         if success:

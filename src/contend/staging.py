@@ -1,4 +1,5 @@
-"""Pre-ECS staging in one process: windows per target, highest priority wins, no polling.
+"""Pre-ECS staging: the contract every coordinator keeps (`Coordinator`, `Lost`, `Staged`), and
+`LocalCoordinator`, the in-process one: windows per target, highest priority wins, no polling.
 
 No reference cycle: a caller cancelled while staged raises through `acquire`'s frames, its
 exception's traceback keeps those frames and its task keeps the exception. A frame that still

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from uuid import UUID
 
 from contend.cleanup.handlers import CleanupHandler, CleanupHandlerRegistry
+from contend.cleanup.manager import CleanupManager
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from contend.cleanup.manager import CleanupManager
     from contend.cleanup.sinks import Removal
     from contend.operations import ConflictResolutionOperation
     from contend.runtime import Runtime
@@ -301,7 +301,7 @@ class ArchiveSink:
 
 
 def install_archive(
-    runtime: Runtime,
+    runtime: Runtime | CleanupManager,
     path: str | os.PathLike[str] | None = None,
     *,
     synchronous: Synchronous = "NORMAL",
@@ -311,26 +311,10 @@ def install_archive(
     """Archive every record `runtime` removes from now on; returns the runtime's ArchiveSink.
 
     A runtime has one archive: calling again returns the installed sink (a different `path` is an
-    error). Without a path: ``$CONTEND_ARCHIVE_PATH``, else ``./contend-archive.sqlite3``.
+    error). Without a path: ``$CONTEND_ARCHIVE_PATH``, else ``./contend-archive.sqlite3``. (A
+    cleanup handler, which acts through the runtime's cleanup manager, may pass the manager.)
     """
-    return _install(
-        runtime.cleanup,
-        path,
-        synchronous=synchronous,
-        inline_max_rows=inline_max_rows,
-        busy_timeout_seconds=busy_timeout_seconds,
-    )
-
-
-def _install(
-    cleanup: CleanupManager,
-    path: str | os.PathLike[str] | None = None,
-    *,
-    synchronous: Synchronous = "NORMAL",
-    inline_max_rows: int = 0,
-    busy_timeout_seconds: float = 5.0,
-) -> ArchiveSink:
-    """`install_archive` on the cleanup manager of a runtime."""
+    cleanup = runtime if isinstance(runtime, CleanupManager) else runtime.cleanup
     for sink in cleanup.removal_sinks:
         if isinstance(sink, ArchiveSink):
             if path is not None and Path(path).resolve() != sink.path.resolve():
@@ -377,7 +361,7 @@ class ArchiveCleanupHandler(CleanupHandler):
 
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         if self.sink is None:
-            self.sink = _install(self._manager(), self.path)
+            self.sink = install_archive(self._manager(), self.path)
         minutes = self.retention_minutes
         if minutes is None:
             minutes = operation.get_cleanup_config().retention_minutes

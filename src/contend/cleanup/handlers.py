@@ -52,7 +52,8 @@ class CleanupHandler:
     """The cleanup manager it acts through, once bound."""
 
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
-        """Handle rejection of an operation."""
+        """Decide the fate of `operation`, a record that ended as a zombie (override this; the
+        design's name: it is called for failed and cancelled records too)."""
         raise NotImplementedError
 
     @classmethod
@@ -273,7 +274,7 @@ class CleanupHandlerRegistry:
 
     @classmethod
     def get(cls, name: str) -> HandlerClass:
-        """Get a cleanup handler by name."""
+        """The class registered under `name`; ValueError naming the registered ones if none."""
         try:
             return cls._handlers[name]
         except KeyError:
@@ -282,7 +283,7 @@ class CleanupHandlerRegistry:
 
     @classmethod
     def create(cls, name: str, **kwargs: Any) -> CleanupHandler:
-        """Create an instance of a cleanup handler."""
+        """An instance of the class registered under `name`, built with `kwargs`."""
         return cls.get(name)(**kwargs)
 
     @classmethod
