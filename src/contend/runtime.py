@@ -211,13 +211,13 @@ class Runtime:
         self,
         winner: Record,
         contenders: int,
-        rejected_ids: Callable[[], Iterable[UUID]],
+        rejected_ids: Callable[[], Iterable[UUID]] | Iterable[UUID],
         carried: int = 0,
     ) -> None:
         """A staging window held `contenders` calls: its size metric and one conflict event
-        (`rejected_ids` returns the ids of those rejected; called only for the event);
-        `carried` of its losers wait for the next window (wait policy) instead of being
-        rejected."""
+        (`rejected_ids`: the ids of those rejected, or a function returning them, called only
+        for the event); `carried` of its losers wait for the next window (wait policy) instead
+        of being rejected."""
         self.metrics.staging_window_size.observe(contenders)
         if carried:
             self.metrics.staging_carried.inc(carried)
@@ -227,7 +227,7 @@ class Runtime:
                 target_entity_id=winner.target_entity_id,
                 contenders=contenders,
                 winner_priority=winner.priority,
-                rejected_ids=tuple(rejected_ids()),
+                rejected_ids=tuple(rejected_ids() if callable(rejected_ids) else rejected_ids),
             )
             task = asyncio.get_running_loop().create_task(self.events.emit(event))
             self._background.add(task)

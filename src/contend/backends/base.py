@@ -60,9 +60,9 @@ class Hooks:
     """Dates records and due times."""
     observe_window: Callable[..., None]
     """``(winner, contenders, rejected_ids, carried=0)``: a contested window's metrics and
-    conflict event, reported once across workers by the winner's worker; `rejected_ids` is a
-    function returning the ids of the calls rejected, called only when someone subscribes to
-    conflict events."""
+    conflict event, reported once across workers by the winner's worker; `rejected_ids` is the
+    ids of the calls rejected, or (cheaper) a function returning them, called only when someone
+    subscribes to conflict events."""
     bury: Callable[[Record, OperationStatus, str], Awaitable[object]]
     """End a record as a zombie with a message (an orphan of a dead worker) and apply its
     cleanup."""
