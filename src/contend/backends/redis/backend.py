@@ -195,11 +195,13 @@ class RedisBackend:
         return self
 
     # staging ------------------------------------------------------------------------------------
+    supports_wait = True
+    """`acquire` takes a deadline: the wait conflict policy (Redis carries a loser on)."""
+
     async def acquire(
         self, op: ConflictResolutionOperation, config: PreECSConfig, deadline: float | None = None
     ) -> Lost | None:
-        """No ``supports_wait`` yet, so the decorator never passes a `deadline`."""
-        return await self.staging.acquire(op, config)
+        return await self.staging.acquire(op, config, deadline)
 
     def release(self, op: ConflictResolutionOperation) -> None:
         self.staging.release(op)
