@@ -22,7 +22,9 @@ Key layout (P = ``{prefix}:``):
   P rm:<id>       the token of the REMOVE that took the record (a resend counts it once)
   P r:<token>     the reply of a sweep batch, kept until acknowledged (replayed after a lost reply)
   P sweeper       the sweeper lock (SET NX PX)        P seq  submission counter
-  channel P released   a target's window was resolved or its lease released (payload: target)
+  channel P released   a target's window was resolved or its lease released (payload: the
+                       target; when waiters were carried on: target|winner|its priority|ids of
+                       the calls decided, the only ones to wake)
 
 Scripts never trust a key's content: a value that does not parse is repaired where the repair is
 certain (a lease without TTL gets one, a window close time that is not a number is dropped,
@@ -137,8 +139,7 @@ local function resolve_window(tid, now, always_publish)
   redis.call('DEL', wq, P .. 'wc:' .. tid)
   if #m == 0 then return false end
   local winner, wprio, owner
-  local lost, carried = {}, {}
-  local dead = 0
+  local lost, carried, dead = {}, {}, {}
   for i = 1, #m, 2 do
     local id, score = m[i], num(m[i + 1]) or 0
     local f = redis.call('HMGET', P .. 'op:' .. id, 'w', 'wd', 'p', 'a')
@@ -149,7 +150,7 @@ local function resolve_window(tid, now, always_publish)
       lost[#lost + 1] = id
     elseif not alive(id, f[1], now) then
       redis.call('SET', P .. 'out:' .. id, 'D', 'PX', OUT_TTL)
-      dead = dead + 1
+      dead[#dead + 1] = id
     elseif winner then
       carried[#carried + 1] = {id, score, num(f[3]), num(f[4]) or 0}
     else
@@ -195,7 +196,14 @@ local function resolve_window(tid, now, always_publish)
   redis.call('SET', P .. 'out:' .. winner, won, 'PX', OUT_TTL)
   local l = 'L|' .. winner .. '|' .. wprio
   for _, id in ipairs(lost) do redis.call('SET', P .. 'out:' .. id, l, 'PX', OUT_TTL) end
-  if always_publish or contenders > 1 or dead > 0 then
+  if #carried > 0 then
+    -- only the calls decided here need to look: the carried ones wait on, behind the winner
+    local decided = {winner}
+    for _, id in ipairs(lost) do decided[#decided + 1] = id end
+    for _, id in ipairs(dead) do decided[#decided + 1] = id end
+    local msg = tid .. '|' .. winner .. '|' .. wprio .. '|' .. table.concat(decided, ',')
+    redis.call('PUBLISH', P .. 'released', msg)
+  elseif always_publish or contenders > 1 or #dead > 0 then
     redis.call('PUBLISH', P .. 'released', tid)
   end
   return winner

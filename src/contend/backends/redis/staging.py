@@ -23,6 +23,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from contend.backends.base import Lost
+from contend.backends.redis.errors import RedisUnavailableError
 from contend.operations import ConflictResolutionOperation, OperationStatus
 from contend.staging import _loop_is_idle, _yield_once, current_task
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from contend.backends.redis.entities import Entities
     from contend.backends.redis.leases import Call, Calls
     from contend.backends.redis.orphans import Orphans
-    from contend.backends.redis.wakeups import Wakeups
+    from contend.backends.redis.wakeups import Interest, Wakeups
     from contend.config import PreECSConfig
     from contend.runtime import Runtime
 
@@ -43,6 +44,10 @@ _Member = tuple["Call", "asyncio.Task[Any] | None", int]
 
 GAVE_UP = "E"
 """The outcome of a waiting call whose deadline passed on this worker."""
+OUTAGE_FIRST_DELAY_MS = 50
+OUTAGE_MAX_DELAY_MS = 1000
+"""How often waiting calls look again while Redis does not answer (and at once when it does:
+the wake-ups' subscription coming back wakes every sleeper)."""
 
 
 class _Batch:
@@ -53,9 +58,9 @@ class _Batch:
         "cancelled",
         "config",
         "decided",
-        "gave_up",
         "holder",
         "joined",
+        "left",
         "members",
         "outcomes",
         "task",
@@ -73,7 +78,8 @@ class _Batch:
         self.outcomes: dict[str, asyncio.Future[str]] = {}
         """Each member's outcome, set once its window decided it (or it gave up)."""
         self.cancelled: set[str] = set()
-        self.gave_up: set[str] = set()
+        self.left: set[str] = set()
+        """Members whose callers stopped waiting (gave up, or failed while Redis was away)."""
         self.decided: set[str] = set()
         """Members Redis gave an outcome (they are in no window any more)."""
         self.joined: asyncio.Future[None] = loop.create_future()
@@ -83,13 +89,13 @@ class _Batch:
         self.task: asyncio.Task[None] | None = None
         self.holder: str | None = None
         """The call holding the target as last seen ('id|priority'), for a waiter giving up."""
-        self.wake: asyncio.Future[None] | None = None
-        """What the batch's task sleeps on (done: look again)."""
+        self.wake: Interest | None = None
+        """What the batch's task sleeps on (woken: look again)."""
 
     def withdrawn(self) -> list[str]:
         """Members still in a window whose callers were cancelled (or are being cancelled) or
         gave up waiting: they leave it (a member Redis decided is in no window)."""
-        out = self.cancelled | self.gave_up
+        out = self.cancelled | self.left
         for call, task, baseline in self.members:
             if task is not None and task.cancelling() > baseline:
                 out.add(call.oid)
@@ -118,12 +124,15 @@ class _Batch:
         """Wake the batch's task once no member waits for an outcome any more (it then ends,
         instead of sleeping until the lease's deadline)."""
         wake = self.wake
-        if (
-            wake is not None
-            and not wake.done()
-            and all(fut.done() for fut in self.outcomes.values())
-        ):
-            wake.set_result(None)
+        if wake is not None and all(fut.done() for fut in self.outcomes.values()):
+            wake.wake()
+
+    def holding(self) -> str | None:
+        """The call holding the target as last heard ('id|priority'), if any."""
+        wake = self.wake
+        if wake is not None and wake.holder is not None:
+            return wake.holder
+        return self.holder
 
 
 class Staging:
@@ -212,8 +221,9 @@ class Staging:
             _, wid, wprio = outcome.split("|")
             return Lost(self._named(wid, int(wprio), op))
         if outcome == GAVE_UP:
-            if batch.holder is not None:
-                wid, wprio = batch.holder.split("|")
+            holder = batch.holding()
+            if holder is not None:
+                wid, wprio = holder.split("|")
                 return Lost(self._named(wid, int(wprio), op))
             window = max(config.staging_timeout_ms, self.min_window_ms)
             return Lost(
@@ -313,7 +323,7 @@ class Staging:
             wait = "" if until is None else max(1, int((until - now) * 1000))
             args += [call.oid, op.priority, op.model_dump_json(), targets, wait]
         args += ents
-        fut = self.wakeups.watch(key)
+        interest = self.wakeups.watch(key, frozenset(c.oid for c in live))
         try:
             try:
                 reply = await self._script("JOIN", args)
@@ -325,6 +335,7 @@ class Staging:
                 batch.decide(oid, "X")
             joined = set(reply.get("j") or ())
             staged = [c.oid for c in live if c.oid in joined]
+            outage_ms = OUTAGE_FIRST_DELAY_MS
             while True:
                 if reply["k"] == "R":
                     staged = self._resolved(key, batch, staged, reply)
@@ -333,23 +344,52 @@ class Staging:
                 holder = reply.get("h")
                 if holder:
                     batch.holder = holder
+                    interest.holder = None
                 ms = max(0, int(reply.get("ms", 1)))
-                batch.wake = fut
+                batch.wake = interest
                 if reply["k"] == "T":
                     await asyncio.sleep(ms / 1000)
                 else:
-                    await self.wakeups.wait(fut, ms)
-                self.wakeups.unwatch(key, fut)
-                fut = self.wakeups.watch(key)
+                    await self.wakeups.wait(interest, ms)
+                if interest.holder is not None:
+                    batch.holder = interest.holder
+                self.wakeups.unwatch(key, interest)
                 gone = set(batch.withdrawn())
                 staged = [i for i in staged if i not in gone]
+                interest = self.wakeups.watch(key, frozenset(staged))
                 if not staged:
                     return  # every caller of the batch is gone; their ends withdraw them
                 args = [self.lease_ms, self.out_ttl_ms, key, len(staged), *staged]
                 args += [len(gone), *gone, *ents]
-                reply = await self._script("RESOLVE", args)
+                try:
+                    reply = await self._script("RESOLVE", args)
+                    outage_ms = OUTAGE_FIRST_DELAY_MS
+                except RedisUnavailableError as exc:
+                    staged = self._through_outage(batch, staged, exc)
+                    if not staged:
+                        return
+                    reply = {"k": "H", "ms": outage_ms}
+                    outage_ms = min(2 * outage_ms, OUTAGE_MAX_DELAY_MS)
         finally:
-            self.wakeups.unwatch(key, fut)
+            self.wakeups.unwatch(key, interest)
+
+    def _through_outage(
+        self, batch: _Batch, staged: list[str], exc: RedisUnavailableError
+    ) -> list[str]:
+        """Redis did not answer a staged batch: its calls under the wait policy wait on (their
+        place is in Redis, and their deadlines still hold); the others fail with `exc`, nothing
+        written (their records' ends take them out of the window once Redis answers)."""
+        waiting = []
+        for oid in staged:
+            call = self.calls.get(uuid.UUID(oid))
+            if call is not None and call.wait_until is not None:
+                waiting.append(oid)
+                continue
+            batch.left.add(oid)
+            fut = batch.outcomes.get(oid)
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        return waiting
 
     def _resolved(
         self, key: str, batch: _Batch, staged: list[str], reply: dict[str, Any]
@@ -399,7 +439,7 @@ def _give_up(batch: _Batch, oid: str) -> None:
     """A waiting call's deadline (a timer): it loses at once; its record's end withdraws it."""
     fut = batch.outcomes.get(oid)
     if fut is not None and not fut.done():
-        batch.gave_up.add(oid)
+        batch.left.add(oid)
         fut.set_result(GAVE_UP)
         batch.look_again()
 
