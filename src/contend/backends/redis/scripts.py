@@ -8,9 +8,12 @@ Key layout (P = ``{prefix}:``):
   P e:<id>        hash  v (version), d (entity JSON)
   P op:<id>       hash  j (record JSON), s (status), t (primary target), ts (targets csv),
                         w (owner: the worker that staged it), p (priority), wd (wait
-                        deadline, ms Redis time, wait policy), a (windows lost while waiting)
+                        deadline, ms Redis time, wait policy), a (windows lost while waiting);
+                        a zombie also f (function, lower case) and y (cleanup strategy)
   P ot:<tid>      set   record ids by target          P os:<status>  set  record ids by status
   P zb:<tid>      zset  zombies of a target by age    P zt  hash  target -> zombie count
+  P zs:<status>   zset  zombies of a status, by completion time (us); the console's pages
+  P zq:<tid>      zset  zombies of a target, by completion time (us)
   P zc            int   zombies in total              P due zset  record id -> removal due time
   P inflight      zset  staged record id -> deadline (ms, Redis time); past it, it is orphaned
   P wq:<tid>      zset  the open staging window       P wc:<tid>  window close time (ms)
@@ -52,6 +55,8 @@ __all__ = [
     "SETTLE",
     "TAKE_DUE",
     "ZOMBIES_ALL",
+    "ZOMBIE_COUNTS",
+    "ZOMBIE_PAGE",
 ]
 
 _PRELUDE = """
@@ -93,9 +98,22 @@ local function unindex(op)
   if f[4] then
     for tid in string.gmatch(f[4], '[^,]+') do redis.call('SREM', P .. 'ot:' .. tid, op) end
   end
-  if redis.call('ZREM', P .. 'zb:' .. t, op) == 1 then recount(t, -1) end
+  if redis.call('ZREM', P .. 'zb:' .. t, op) == 1 then
+    recount(t, -1)
+    redis.call('ZREM', P .. 'zs:' .. s, op)
+    redis.call('ZREM', P .. 'zq:' .. t, op)
+  end
   redis.call('DEL', k)
   return {op, f[1] or '', s, t}
+end
+-- An index entry whose record is gone (its key expired: the backstop) leaves the zombie indexes
+-- of target `t`, and its book (and count) too.
+local function prune(op, t)
+  if redis.call('ZREM', P .. 'zb:' .. t, op) == 1 then recount(t, -1) end
+  redis.call('ZREM', P .. 'zq:' .. t, op)
+  for _, s in ipairs({'cancelled', 'failed', 'rejected'}) do
+    redis.call('ZREM', P .. 'zs:' .. s, op)
+  end
 end
 local function reply(r)
   if #bad > 0 then r.b = bad end
@@ -492,7 +510,8 @@ return reply({k = 'OK'})
 )
 
 # ARGV: P, LEASE, OUT_TTL, op, release target, json, status, tid, targets csv, cap, due ('' =
-#       none), key ttl ms ('' = none), settle token ('' = none), oc ttl.
+#       none), key ttl ms ('' = none), settle token ('' = none), oc ttl, completion time (us),
+#       function (lower case), priority, cleanup strategy.
 # Books a zombie in one step: record, status index, books, cap, due time and key expiry. A
 # record that is already terminal stays as it is (the first terminal state wins). With a settle
 # token, a commit of this call whose reply was lost is settled first: if it applied, its record
@@ -504,6 +523,7 @@ ADD_ZOMBIE = (
 local op, rel, rec, status, tid, ts, cap = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
   ARGV[9], tonumber(ARGV[10])
 local due, ttl, token, oc_ttl = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local done, fn, prio, strategy = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
 local now = now_ms()
 if token ~= '' then
   local ock = P .. 'oc:' .. token
@@ -522,12 +542,16 @@ if old and TERMINAL[old] then
   return reply({dup = 1, zc = zombie_total(), ev = {}, zv = redis.call('INCR', P .. 'zv')})
 end
 if old then redis.call('SREM', P .. 'os:' .. old, op) end
-redis.call('HSET', k, 'j', rec, 's', status, 't', tid, 'ts', ts)
+redis.call('HSET', k, 'j', rec, 's', status, 't', tid, 'ts', ts, 'f', fn, 'p', prio, 'y', strategy)
 redis.call('SADD', P .. 'os:' .. status, op)
 for t in string.gmatch(ts, '[^,]+') do redis.call('SADD', P .. 'ot:' .. t, op) end
 redis.call('ZREM', P .. 'inflight', op)
 local zb = P .. 'zb:' .. tid
-if redis.call('ZADD', zb, 'NX', redis.call('INCR', P .. 'seq'), op) == 1 then recount(tid, 1) end
+if redis.call('ZADD', zb, 'NX', redis.call('INCR', P .. 'seq'), op) == 1 then
+  recount(tid, 1)
+  redis.call('ZADD', P .. 'zs:' .. status, done, op)
+  redis.call('ZADD', P .. 'zq:' .. tid, done, op)
+end
 local evicted = {}
 local over = redis.call('ZCARD', zb) - cap
 if over > 0 then
@@ -636,7 +660,7 @@ local function read_ids(key, book, ids, out)
     if f[1] then
       out[#out + 1] = {id, f[1], f[2] or false}
     elseif book then
-      if redis.call('ZREM', key, id) == 1 then recount(book, -1) end
+      prune(id, book)
     else
       redis.call('SREM', key, id)
     end
@@ -711,5 +735,126 @@ for i = 0, n - 1 do
 end
 for i = 5 + 2 * n, #ARGV do redis.call('ZADD', P .. 'inflight', 'XX', now + lease, ARGV[i]) end
 return reply({lost = lost})
+"""
+)
+
+_PAGES = """
+-- a < b, byte by byte (Redis orders members of equal score so; Lua's `<` follows the locale)
+local function lt(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+-- A score (integer microseconds) as Redis reads it back exactly (Lua prints 14 digits).
+local function us(x) return string.format('%.0f', x) end
+-- The rank in `key` of the first entry after (score, id), whether or not that entry is still
+-- there: its own rank if it is, else a binary search among the entries of equal score.
+local function rank_after(key, score, id)
+  if num(redis.call('ZSCORE', key, id)) == score then
+    return redis.call('ZRANK', key, id) + 1
+  end
+  local lo = redis.call('ZCOUNT', key, '-inf', '(' .. us(score))
+  local hi = redis.call('ZCOUNT', key, '-inf', us(score))
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local m = redis.call('ZRANGE', key, mid, mid)[1]
+    if m and not lt(id, m) then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+"""
+
+# ARGV: P, n, n x index key suffix, cursor score ('' = from the start), cursor id, rows wanted,
+#       entries to examine at most, status ('' = any), function needle (lower case, '' = any),
+#       priority ('' = any), completed at or after (us, '' = any), at or before (us, '' = any).
+# One page of zombies in completion order, merged over the indexes given (each ordered by
+# completion time, then id): examines entries from the cursor on, up to the limit, and returns
+# the matching records, the cursor of the last entry examined (none at the end), how many were
+# examined and the size of the indexes. Reads only: an entry whose record is gone is pruned.
+ZOMBIE_PAGE = (
+    _PRELUDE
+    + _PAGES
+    + """
+local n = tonumber(ARGV[2])
+local b = 3 + n
+local cscore, cid, want, budget = num(ARGV[b]), ARGV[b + 1], tonumber(ARGV[b + 2]),
+  tonumber(ARGV[b + 3])
+local status, needle, prio = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+local after, before = num(ARGV[b + 7]), num(ARGV[b + 8])
+local CHUNK = math.max(1, math.min(budget, 128))
+local srcs = {}
+for i = 1, n do
+  local key = P .. ARGV[2 + i]
+  local pos = 0
+  if cscore then pos = rank_after(key, cscore, cid) end
+  if after then pos = math.max(pos, redis.call('ZCOUNT', key, '-inf', '(' .. us(after))) end
+  local t = string.match(ARGV[2 + i], '^zq:(.*)$')
+  srcs[i] = {key = key, pos = pos, buf = {}, at = 1, done = false, target = t}
+end
+local function head(src)
+  if src.at > #src.buf then
+    if src.done then return nil end
+    src.buf = redis.call('ZRANGE', src.key, src.pos, src.pos + CHUNK - 1, 'WITHSCORES')
+    src.at = 1
+    src.pos = src.pos + #src.buf / 2
+    if #src.buf < 2 * CHUNK then src.done = true end
+    if #src.buf == 0 then return nil end
+  end
+  return src.buf[src.at], num(src.buf[src.at + 1])
+end
+local function next_source()
+  local best, bid, bscore
+  for _, src in ipairs(srcs) do
+    local id, score = head(src)
+    if id and (not best or score < bscore or (score == bscore and lt(id, bid))) then
+      best, bid, bscore = src, id, score
+    end
+  end
+  if best and before and bscore > before then return nil end
+  return best, bid, bscore
+end
+local rows, scanned = {}, 0
+local last_id, last_score = cid, cscore
+while #rows < want and scanned < budget do
+  local src, id, score = next_source()
+  if not src then break end
+  src.at = src.at + 2
+  scanned = scanned + 1
+  last_id, last_score = id, score
+  local f = redis.call('HMGET', P .. 'op:' .. id, 'j', 's', 'p', 'f')
+  if not f[1] then
+    redis.call('ZREM', src.key, id)
+    src.pos = src.pos - 1
+    if src.target then prune(id, src.target) end
+  elseif (status == '' or f[2] == status)
+    and (prio == '' or f[3] == prio)
+    and (needle == '' or string.find(f[4] or '', needle, 1, true)) then
+    rows[#rows + 1] = {id, f[1], f[2] or false}
+  end
+end
+local total = 0
+for _, src in ipairs(srcs) do total = total + redis.call('ZCARD', src.key) end
+local r = {rows = rows, n = scanned, total = total, zc = zombie_total()}
+r.zv = num(redis.call('GET', P .. 'zv')) or 0
+if next_source() and last_id ~= '' then r.after = {us(last_score), last_id} end
+return reply(r)
+"""
+)
+
+# ARGV: P, index key suffix, start rank, count.
+# Zombies by cleanup strategy among `count` entries of an index from `start` on.
+ZOMBIE_COUNTS = (
+    _PRELUDE
+    + """
+local ids = redis.call('ZRANGE', P .. ARGV[2], ARGV[3], ARGV[3] + ARGV[4] - 1)
+local counts = {}
+for _, id in ipairs(ids) do
+  local y = redis.call('HGET', P .. 'op:' .. id, 'y')
+  if y then counts[y] = (counts[y] or 0) + 1 end
+end
+return reply({counts = counts, n = #ids})
 """
 )
