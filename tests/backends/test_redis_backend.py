@@ -380,3 +380,31 @@ async def test_waiters_of_two_workers_keep_priority_then_submission_order(
     ]
     assert sum(carried) == 5 + 4 + 3 + 2 + 1
     await other.aclose()
+
+
+async def test_a_burst_of_calls_waits_for_connections_instead_of_failing(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """More calls at once than the client has connections (first use of 250 accounts: several
+    commands each): they queue for a connection; none fails with a Redis that is healthy."""
+    rt = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, max_connections=20),
+        clock=FakeClock(),
+        memory_probe=lambda: 0.0,
+    )
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=rt)
+    async def deposit(acct: Account) -> None:
+        acct.balance += 1
+
+    accounts = [Account() for _ in range(250)]
+    results = await asyncio.gather(*(deposit(a) for a in accounts), return_exceptions=True)
+    assert results == [None] * 250
+    assert _redis_outages(rt) == 0
+    await rt.aclose()
+
+
+def _redis_outages(rt: Runtime) -> int:
+    backend = rt.backend
+    assert isinstance(backend, RedisBackend)
+    return backend.conn.outage.outages

@@ -39,6 +39,7 @@ log = logging.getLogger("contend.backends.redis")
 ENV_VAR = "CONTEND_REDIS_URL"
 PREFIX_ENV_VAR = "CONTEND_REDIS_PREFIX"
 CLOSE_DRAIN_SECONDS = 2.0
+DEFAULT_MAX_CONNECTIONS = 100
 
 
 def _check(field: str, value: float, low: float, high: float) -> None:
@@ -142,7 +143,10 @@ class RedisBackend:
             )
         _check("socket_timeout", socket_timeout, 0.01, 600)
         _check("connect_timeout", connect_timeout, 0.01, 600)
-        client = aioredis.Redis.from_url(
+        # A command waits for a free connection of the pool (up to socket_timeout) instead of
+        # failing: redis-py's plain pool raises at its limit, which would turn a burst of
+        # concurrent calls on a healthy Redis into RedisUnavailableError.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             decode_responses=True,
             socket_timeout=socket_timeout,
@@ -150,8 +154,11 @@ class RedisBackend:
             # One resend on a connection error or timeout (a connection left stale by a restart):
             # every script is idempotent, so a resend never applies anything twice.
             retry=Retry(NoBackoff(), 1),
-            max_connections=max_connections,
+            max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
+            timeout=socket_timeout,
         )
+        client = aioredis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True
         kw = client.connection_pool.connection_kwargs
         where = f"{url.split('://', 1)[0]}://{kw.get('host', '?')}:{kw.get('port', '?')}"
         where += f"/{kw.get('db', 0)}"
