@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -134,6 +135,15 @@ class RedisServer:
     def _remove(self) -> None:
         self.kill()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the test session (each test uses a key prefix of its own)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 class Account(Entity):

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +35,9 @@ BACKENDS = Path(__file__).resolve().parents[1] / "backends"
 if str(BACKENDS) not in sys.path:
     sys.path.insert(0, str(BACKENDS))  # redis_workers.py: the redis-server of the tests
 
-from redis_workers import RedisServer  # noqa: E402
+from redis_workers import RedisServer, redis_server  # noqa: E402
 
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+__all__ = ["redis_server"]  # the session's redis-server, a fixture of redis_workers
 
 
 @pytest.fixture(params=["memory", "redis"])

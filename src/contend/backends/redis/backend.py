@@ -287,32 +287,13 @@ class RedisBackend:
 
     # the console --------------------------------------------------------------------------------
     async def zombie_page(
-        self,
-        *,
-        target_id: UUID | None,
-        status: OperationStatus | None,
-        function: str | None,
-        priority: int | None,
-        completed_before: datetime | None,
-        completed_after: datetime | None,
-        cursor: str | None,
-        limit: int,
-        scan_limit: int,
+        self, **query: Any
     ) -> tuple[list[ConflictResolutionOperation], str | None, int, int | None]:
-        """A page of zombies for the console (`contend.console.query.PagedZombies`): read from
-        sorted sets by status and by target scored by completion time, kept by the scripts
-        that book and remove zombies; a page costs the entries it examines."""
-        return await self.records.zombie_page(
-            target_id=target_id,
-            status=status,
-            function=function,
-            priority=priority,
-            completed_before=completed_before,
-            completed_after=completed_after,
-            cursor=cursor,
-            limit=limit,
-            scan_limit=scan_limit,
-        )
+        """A page of zombies for the console, with the keyword arguments and reply of
+        `contend.console.query.PagedZombies.zombie_page`: read from sorted sets by status and
+        by target scored by completion time, kept by the scripts that book and remove zombies;
+        a page costs the entries it examines."""
+        return await self.records.zombie_page(**query)
 
     async def zombie_counts_by_strategy(self, scan_limit: int) -> tuple[dict[str, int], int]:
         """Zombies by cleanup strategy from at most `scan_limit` records read (extrapolated
