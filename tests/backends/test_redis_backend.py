@@ -408,3 +408,48 @@ def _redis_outages(rt: Runtime) -> int:
     backend = rt.backend
     assert isinstance(backend, RedisBackend)
     return backend.conn.outage.outages
+
+
+async def test_a_waiter_past_its_deadline_in_redis_neither_wins_nor_is_carried(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    """Redis keeps each waiter's deadline with its record: should its worker not have taken it
+    out of the window by then (a stalled loop, a slow network), the window's script still does
+    not let it win or carry it on; it loses to the next in line."""
+    from contend import OperationPriority, PreECSConfig
+
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=10_000),
+        cleanup=NONE,
+        runtime=redis_runtime,
+    )
+    async def work(acct: Account, name: str) -> str:
+        if name == "holder":
+            entered.set()
+            await gate.wait()
+        return name
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    holder = asyncio.ensure_future(work(acct, "holder"))
+    await entered.wait()
+    first = asyncio.ensure_future(work.with_priority(OperationPriority.HIGH)(acct, "first"))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(work(acct, "second"))
+    sync = _sync(redis_server)
+    window = f"{{{prefix}}}:wq:{acct.ecs_id}"
+    for _ in range(200):
+        if sync.zcard(window) == 2:
+            break
+        await asyncio.sleep(0.005)
+    late = sync.zrange(window, 0, 0)[0]
+    sync.hset(f"{{{prefix}}}:op:{late}", "wd", 1)  # its deadline passed, as far as Redis knows
+    gate.set()
+    results = await asyncio.gather(holder, first, second, return_exceptions=True)
+    assert results[0] == "holder" and results[2] == "second"
+    error = results[1]
+    assert isinstance(error, OperationRejectedError)
+    assert str(error.op_id) == late and error.winner_priority == OperationPriority.NORMAL
