@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from redis_workers import RedisServer
+from redis_workers import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # the session's redis-server, a fixture of redis_workers
 
 from contend import FakeClock, Runtime
 from contend.backends.redis import RedisBackend
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
