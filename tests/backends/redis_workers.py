@@ -54,10 +54,10 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server subprocess on 127.0.0.1; can be stopped, killed and started again.
 
-    `extra` is passed on to redis-server (a cluster node's options, say).
     `aof=True` keeps its data in an append-only file (fsync on every write) in a directory of
     its own, so a restart (graceful or SIGKILL) comes back with every acknowledged write.
-    DEBUG (SLEEP) is enabled for local connections, for fault tests.
+    DEBUG (SLEEP) is enabled for local connections, for fault tests. `extra` options are
+    passed on to redis-server (a cluster node's, say).
     """
 
     def __init__(
