@@ -93,11 +93,11 @@ class Variant(Protocol):
 
 
 class _Plain:
-    """The hand-written variants share a client and one key per account."""
+    """The hand-written variants: a client (decoding replies) and one key per account."""
 
-    def __init__(self, url: str, prefix: str) -> None:
-        self.client = aioredis.Redis.from_url(url, decode_responses=True)
-        self.keys = [f"{prefix}:acct:{i}" for i in range(TASKS)]
+    def __init__(self, client: Any, prefix: str, accounts: int = TASKS) -> None:
+        self.client = client
+        self.keys = [f"{prefix}:acct:{i}" for i in range(accounts)]
 
     async def settle(self) -> None:
         pass
@@ -107,11 +107,11 @@ class _Plain:
 
 
 class LuaPeer(_Plain):
-    def __init__(self, url: str, prefix: str) -> None:
-        super().__init__(url, prefix)
+    def __init__(self, client: Any, prefix: str, accounts: int = TASKS) -> None:
+        super().__init__(client, prefix, accounts)
         self.cas = self.client.register_script(CAS)
-        self.state: list[dict[str, Any]] = [{"balance": 0} for _ in range(TASKS)]
-        self.version = [0] * TASKS
+        self.state: list[dict[str, Any]] = [{"balance": 0} for _ in range(accounts)]
+        self.version = [0] * accounts
 
     async def deposit(self, i: int) -> None:
         while True:
@@ -155,17 +155,15 @@ class LockGetSet(_Plain):
 
 
 class Contend:
-    def __init__(self, url: str, prefix: str, variant: str) -> None:
-        self.backend = RedisBackend.from_url(
-            url, prefix=prefix, min_window_ms=0 if variant == "staged0" else 2
-        )
-        self.rt = Runtime(backend=self.backend, memory_probe=lambda: 0.0)
+    def __init__(self, backend: RedisBackend, variant: str, accounts: int = TASKS) -> None:
+        self.backend = backend
+        self.rt = Runtime(backend=backend, memory_probe=lambda: 0.0)
         pre_ecs: PreECSConfig | bool = {
             "occ": False,
             "wait": PreECSConfig(conflict_policy="wait"),
         }.get(variant, True)
         self.fn = with_conflict_resolution(pre_ecs=pre_ecs, occ=True, runtime=self.rt)(deposit)
-        self.accounts = [Account() for _ in range(TASKS)]
+        self.accounts = [Account() for _ in range(accounts)]
 
     async def deposit(self, i: int) -> None:
         await self.fn(self.accounts[i], 1)
@@ -179,13 +177,11 @@ class Contend:
 
 
 def _make(variant: str, url: str, prefix: str) -> Variant:
-    if variant == "lua":
-        return LuaPeer(url, prefix)
-    if variant == "watch":
-        return WatchMultiExec(url, prefix)
-    if variant == "lock":
-        return LockGetSet(url, prefix)
-    return Contend(url, prefix, variant)
+    if variant in ("lua", "watch", "lock"):
+        kind = {"lua": LuaPeer, "watch": WatchMultiExec, "lock": LockGetSet}[variant]
+        return kind(aioredis.Redis.from_url(url, decode_responses=True), prefix)
+    min_window_ms = 0 if variant == "staged0" else 2
+    return Contend(RedisBackend.from_url(url, prefix=prefix, min_window_ms=min_window_ms), variant)
 
 
 # counting ----------------------------------------------------------------------------------------

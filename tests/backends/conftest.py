@@ -46,6 +46,7 @@ async def any_runtime(request: pytest.FixtureRequest, prefix: str) -> AsyncItera
     elif request.param == "redis-cluster":
         cluster: LocalCluster = request.getfixturevalue("redis_cluster")
         client = RedisCluster(startup_nodes=cluster.startup_nodes, decode_responses=True)
+        await client.initialize()  # before concurrent use: redis-py's lazy first use races
         backend = RedisBackend(client, prefix=prefix, lease_ms=2000)
     rt = Runtime(backend=backend, clock=FakeClock(), memory_probe=lambda: 0.0)
     yield rt
