@@ -107,6 +107,8 @@ class _Plain:
 
 
 class LuaPeer(_Plain):
+    """The peer: the client keeps state and version; one EVALSHA compares and writes."""
+
     def __init__(self, client: Any, prefix: str, accounts: int = TASKS) -> None:
         super().__init__(client, prefix, accounts)
         self.cas = self.client.register_script(CAS)
@@ -155,6 +157,8 @@ class LockGetSet(_Plain):
 
 
 class Contend:
+    """contend's decorator on a RedisBackend, in the variant's staging config."""
+
     def __init__(self, backend: RedisBackend, variant: str, accounts: int = TASKS) -> None:
         self.backend = backend
         self.rt = Runtime(backend=backend, memory_probe=lambda: 0.0)
@@ -185,31 +189,33 @@ def _make(variant: str, url: str, prefix: str) -> Variant:
 
 
 # counting ----------------------------------------------------------------------------------------
-class _Sent:
+@dataclass
+class Sent:
     """Writes to a socket (round trips: a pipeline is one) and commands packed, by every redis-py
     asyncio connection of this process while `counting()` is on."""
 
-    writes = 0
-    commands = 0
+    writes: int = 0
+    commands: int = 0
 
 
 @contextlib.contextmanager
-def counting() -> Iterator[type[_Sent]]:
+def counting() -> Iterator[Sent]:
+    sent = Sent()
     send = AbstractConnection.send_packed_command
     pack = AbstractConnection.pack_command
 
     async def counted_send(self: Any, *args: Any, **kwargs: Any) -> None:
-        _Sent.writes += 1
+        sent.writes += 1
         await send(self, *args, **kwargs)
 
     def counted_pack(self: Any, *args: Any) -> Any:
-        _Sent.commands += 1
+        sent.commands += 1
         return pack(self, *args)
 
     AbstractConnection.send_packed_command = counted_send  # type: ignore[method-assign]
     AbstractConnection.pack_command = counted_pack  # type: ignore[method-assign]
     try:
-        yield _Sent
+        yield sent
     finally:
         AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
         AbstractConnection.pack_command = pack  # type: ignore[method-assign]

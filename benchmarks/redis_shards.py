@@ -11,11 +11,11 @@ own (uncontended), for the same variants on both topologies:
   run shows the load spread.
 
 1 shard is a plain redis-server; 3 shards a local Redis Cluster (tests/backends/redis_cluster.py),
-started for the run on 127.0.0.1. Reported: ops/s (3 shards against 1: the scaling), and each
-node's Redis CPU per call (``INFO cpu`` deltas over the calls of all workers), and the busiest
-shard's ceiling (1 s of one core over its CPU per call): what must lift when the backend shards.
-Everything runs on the same 2 cores, so absolute scaling is bounded by the host; the per-shard
-figures are what say whether the load spreads.
+started for the run on 127.0.0.1. Reported: ops/s (3 shards against 1: the scaling); each
+node's Redis CPU per call (``INFO cpu`` deltas over the calls of all workers; busiest first); the
+busiest shard's ceiling (1 s of one core over its CPU per call), what must lift when the backend
+shards. Everything runs on the same 2 cores, so absolute scaling is bounded by the host; the
+per-shard figures say whether the load spreads.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def _worker(
 def _measure(
     pool: ProcessPoolExecutor, variant: str, ports: Nodes, seconds: float
 ) -> tuple[float, list[float]]:
-    """ops/s of all workers, and each node's Redis CPU per call in µs."""
+    """ops/s of all workers, and each node's Redis CPU per call in µs, busiest first (which node
+    holds a prefix's slot changes from run to run)."""
     servers = [redis.Redis(port=p, decode_responses=True) for p in ports]
     try:
         start = time.time() + 1.0  # the workers' first calls happen before it
@@ -126,7 +127,7 @@ def _measure(
         for s in servers:
             s.close()
     cpu = [a.since(b).cpu * 1e6 / calls for a, b in zip(after, before, strict=True)]
-    return calls / seconds, cpu
+    return calls / seconds, sorted(cpu, reverse=True)
 
 
 def _rows(variant: str, results: dict[int, list[tuple[float, list[float]]]]) -> list[Row]:
@@ -149,8 +150,9 @@ def _rows(variant: str, results: dict[int, list[tuple[float, list[float]]]]) -> 
             )
         )
         for k, us in enumerate(cpu):
-            rows.append(row(f"{label}, {where}: Redis CPU per call, shard {k + 1}", us, "µs"))
-        ceiling = 1e6 / max(cpu)
+            rank = " (the busiest)" if k == 0 and shards > 1 else ""
+            rows.append(row(f"{label}, {where}: Redis CPU per call, shard {k + 1}{rank}", us, "µs"))
+        ceiling = 1e6 / cpu[0]
         rows.append(
             row(
                 f"{label}, {where}: busiest shard's ceiling",
