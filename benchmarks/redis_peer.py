@@ -32,11 +32,8 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -52,7 +49,7 @@ if str(HERE) not in sys.path:
 
 import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
-from _common import Account, Row, deposit, main, row  # noqa: E402
+from _common import Account, Row, deposit, instructions, main, row  # noqa: E402
 from redis.asyncio.connection import AbstractConnection  # noqa: E402
 from redis.exceptions import WatchError  # noqa: E402
 from redis_throughput import _start_redis  # noqa: E402
@@ -180,6 +177,21 @@ class Contend:
         await self.rt.aclose()
 
 
+async def deposits_until(impl: Variant, tasks: int, stop: float) -> int:
+    """`tasks` tasks, task i depositing on account i again and again until `time.time()` passes
+    `stop`; how many deposits were made."""
+    done = 0
+
+    async def task(i: int) -> None:
+        nonlocal done
+        while time.time() < stop:
+            await impl.deposit(i)
+            done += 1
+
+    await asyncio.gather(*(task(i) for i in range(tasks)))
+    return done
+
+
 def _make(variant: str, url: str, prefix: str) -> Variant:
     if variant in ("lua", "watch", "lock"):
         kind = {"lua": LuaPeer, "watch": WatchMultiExec, "lock": LockGetSet}[variant]
@@ -280,17 +292,8 @@ async def _phase(variant: str, url: str, port: int, seconds: float, sequential: 
             round_trips = (sent.writes - writes) / sequential
 
             before, commands = ServerStats.read(server), sent.commands
-            stop = time.perf_counter() + seconds
-            done = 0
-
-            async def task(i: int) -> None:
-                nonlocal done
-                while time.perf_counter() < stop:
-                    await impl.deposit(i)
-                    done += 1
-
             started = time.perf_counter()
-            await asyncio.gather(*(task(i) for i in range(TASKS)))
+            done = await deposits_until(impl, TASKS, time.time() + seconds)
             elapsed = time.perf_counter() - started
             await impl.settle()
             delta = ServerStats.read(server).since(before)
@@ -308,7 +311,6 @@ async def _phase(variant: str, url: str, port: int, seconds: float, sequential: 
 
 
 # client instructions (valgrind) ------------------------------------------------------------------
-_COUNT = re.compile(r"I\s+refs:\s+([\d,]+)")
 CLIENT_WORKLOADS = ("redis-py", "lean", "lua", "occ", "staged")
 
 
@@ -361,28 +363,7 @@ async def _client_child(workload: str, calls: int, port: int) -> None:
 
 
 def _instructions(workload: str, calls: int, port: int) -> int:
-    done = subprocess.run(
-        [
-            "valgrind",
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            "--cachegrind-out-file=/dev/null",
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            workload,
-            str(calls),
-            str(port),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-    )
-    found = _COUNT.search(done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-300:]}")
-    return int(found.group(1).replace(",", ""))
+    return instructions(Path(__file__).resolve(), "--child", workload, str(calls), str(port))
 
 
 def _client_rows(port: int, quick: bool, staged_round_trips: float) -> list[Row]:

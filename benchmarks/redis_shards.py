@@ -41,7 +41,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from _common import Row, main, row  # noqa: E402
 from redis.asyncio.cluster import RedisCluster  # noqa: E402
 from redis.cluster import ClusterNode  # noqa: E402
-from redis_peer import Contend, LuaPeer, ServerStats, Variant  # noqa: E402
+from redis_peer import Contend, LuaPeer, ServerStats, Variant, deposits_until  # noqa: E402
 from redis_throughput import _start_redis  # noqa: E402
 
 from contend.backends.redis import RedisBackend  # noqa: E402
@@ -88,16 +88,7 @@ def _worker(
         try:
             await asyncio.gather(*(impl.deposit(i) for i in range(TASKS)))  # first use
             await asyncio.sleep(max(0.0, start - time.time()))
-            stop = start + seconds
-            done = 0
-
-            async def task(i: int) -> None:
-                nonlocal done
-                while time.time() < stop:
-                    await impl.deposit(i)
-                    done += 1
-
-            await asyncio.gather(*(task(i) for i in range(TASKS)))
+            done = await deposits_until(impl, TASKS, start + seconds)
             await impl.settle()
             return done
         finally:

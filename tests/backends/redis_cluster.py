@@ -8,6 +8,7 @@ slots are spread by ``redis-cli --cluster create``. Fault tests restart one node
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import time
@@ -84,13 +85,11 @@ class LocalCluster:
             time.sleep(0.02)
 
     def _ready(self, node: RedisServer) -> bool:
-        client = node.client()
         try:
-            info = client.cluster("INFO")
+            with contextlib.closing(node.client()) as client:
+                info = client.cluster("INFO")
         except redis.RedisError:
             return False
-        finally:
-            client.close()
         return bool(
             info.get("cluster_state") == "ok"
             and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)
@@ -98,14 +97,11 @@ class LocalCluster:
 
     def node_of(self, key: str) -> int:
         """The index in `nodes` of the node serving `key`'s slot."""
-        client = self.nodes[0].client()
-        try:
+        with contextlib.closing(self.nodes[0].client()) as client:
             slot = int(client.cluster("KEYSLOT", key))
             for start, end, master, *_ in client.cluster("SLOTS"):
                 if int(start) <= slot <= int(end):
                     return self.ports.index(int(master[1]))
-        finally:
-            client.close()
         raise RuntimeError(f"no node serves the slot of {key!r}")
 
     def restart(self, index: int) -> None:
@@ -116,11 +112,8 @@ class LocalCluster:
     def pause(self, index: int, ms: int) -> None:
         """``CLIENT PAUSE ms ALL`` on node `index`: it answers no client for `ms` (not even
         ``CLIENT UNPAUSE``); the cluster bus goes on, so the other nodes do not mark it failed."""
-        client = self.nodes[index].client()
-        try:
+        with contextlib.closing(self.nodes[index].client()) as client:
             client.client_pause(ms, all=True)
-        finally:
-            client.close()
 
     def stop(self) -> None:
         for node in self.nodes:
