@@ -56,16 +56,20 @@ class RedisServer:
 
     `aof=True` keeps its data in an append-only file (fsync on every write) in a directory of
     its own, so a restart (graceful or SIGKILL) comes back with every acknowledged write.
-    DEBUG (SLEEP) is enabled for local connections, for fault tests.
+    DEBUG (SLEEP) is enabled for local connections, for fault tests. `extra` options are
+    passed on to redis-server (a cluster node's, say).
     """
 
-    def __init__(self, *, aof: bool = False, data_dir: str | None = None) -> None:
+    def __init__(
+        self, *, aof: bool = False, data_dir: str | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
         self.binary = binary
         self.port = free_port()
         self.aof = aof
+        self.extra = extra
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="contend-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
         atexit.register(self._remove)
@@ -97,6 +101,7 @@ class RedisServer:
                 "local",
                 "--daemonize",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
