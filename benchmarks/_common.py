@@ -12,7 +12,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -159,6 +161,33 @@ def render(rows: Sequence[Row], *, notes: bool = True) -> str:
             out.append("")
             out.extend(f"- {name}: {note}" for name, note in noted)
     return "\n".join(out)
+
+
+_INSTRUCTIONS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def instructions(script: str | os.PathLike[str], *args: str) -> int:
+    """Machine instructions of ``python script *args``, counted by valgrind (cachegrind, no cache
+    simulation), with a fixed hash seed so that runs compare."""
+    done = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            str(script),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    found = _INSTRUCTIONS.search(done.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-300:]}")
+    return int(found.group(1).replace(",", ""))
 
 
 def write_json(rows: Sequence[Row], path: str | os.PathLike[str], **meta: Any) -> None:

@@ -27,9 +27,7 @@ Needs ``valgrind`` on the PATH (Debian: ``apt-get install valgrind``); without i
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
-import subprocess
 import sys
 import types
 from collections.abc import Awaitable, Callable
@@ -41,12 +39,11 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from _common import Account, Row, deposit, main, median, row  # noqa: E402
+from _common import Account, Row, deposit, instructions, main, median, row  # noqa: E402
 
 TARGETS = 1_000
 WAYS = 5
 WORKLOADS = ("bare", "floor", "contend", "contend-default", "bare-sequential", "uncontended")
-_COUNT = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 class _Lost(RuntimeError):
@@ -109,26 +106,7 @@ async def _child(workload: str, rounds: int) -> None:
 
 
 def _instructions(workload: str, rounds: int) -> int:
-    done = subprocess.run(
-        [
-            "valgrind",
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            "--cachegrind-out-file=/dev/null",
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--child",
-            workload,
-            str(rounds),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = _COUNT.search(done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output: {done.stderr[-300:]}")
-    return int(found.group(1).replace(",", ""))
+    return instructions(Path(__file__).resolve(), "--child", workload, str(rounds))
 
 
 def _per_call(workload: str, short: int, long: int) -> float:

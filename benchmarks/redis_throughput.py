@@ -10,7 +10,9 @@ Round trips per call are counted by a wrapper around the client's ``execute_comm
 step is one command, nothing is pipelined, so commands = round trips; ``INFO commandstats`` would
 also count the commands inside the Lua scripts), for single sequential calls in three shapes:
 OCC only (staging off), staged with the default 2 ms cross-process window, and staged with
-``min_window_ms=0``.
+``min_window_ms=0``; and for WAITERS calls under the wait policy on one account, all gathered
+at once or submitted one per loop tick (a call carried from window to window must not cost a
+round trip per window it waits through).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Any
 
 from _common import Account, Row, main, row
 
-from contend import CleanupStrategy, Runtime, with_conflict_resolution
+from contend import CleanupStrategy, PreECSConfig, Runtime, with_conflict_resolution
 from contend.backends.redis import RedisBackend, scripts
 
 TASKS = 32
+WAITERS = 200
 
 
 def _free_port() -> int:
@@ -146,6 +149,35 @@ def _round_trips(port: int, calls: int, *, staged: bool, min_window_ms: int) -> 
     return asyncio.run(go())
 
 
+def _waiting_round_trips(port: int, calls: int, *, one_by_one: bool) -> float:
+    async def go() -> float:
+        backend = RedisBackend.from_url(f"redis://127.0.0.1:{port}/0", prefix=f"w{one_by_one}")
+        counter = _Counter(backend)
+        rt = Runtime(backend=backend, memory_probe=lambda: 0.0)
+        wait = PreECSConfig(conflict_policy="wait", max_wait_ms=60_000)
+
+        @with_conflict_resolution(pre_ecs=wait, occ=True, cleanup=CleanupStrategy.NONE, runtime=rt)
+        async def deposit(acct: Account, amount: int) -> None:
+            acct.balance += amount
+
+        acct = Account()
+        await deposit(acct, 1)
+        await backend.flush()
+        before = counter.sent
+        tasks = []
+        for _ in range(calls):
+            tasks.append(asyncio.ensure_future(deposit(acct, 1)))
+            if one_by_one:
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        await backend.flush()
+        sent = counter.sent - before
+        await rt.aclose()
+        return sent / calls
+
+    return asyncio.run(go())
+
+
 def run(quick: bool) -> list[Row]:
     seconds = 1.0 if quick else 3.0
     rt_calls = 100 if quick else 500
@@ -210,6 +242,19 @@ def run(quick: bool) -> list[Row]:
                 note="total minus the OCC commit (release and record end ride on it)",
             )
         )
+        for one_by_one in (False, True):
+            waiting = _waiting_round_trips(port, WAITERS, one_by_one=one_by_one)
+            how = "submitted one per tick" if one_by_one else "gathered"
+            rows.append(
+                row(
+                    f"round trips per waiting OCC call, {WAITERS} {how} on one account",
+                    waiting,
+                    "RT",
+                    target="<= 3",
+                    note="wait policy: join (shared when gathered), one resolve for the window "
+                    "that decides the call, the commit; a carried call is not woken",
+                )
+            )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -33,6 +33,8 @@ MODULES: tuple[tuple[str, str], ...] = (
     ("rss_calls", "RSS over 1M calls"),
     ("fresh_entities", "RSS over calls on fresh entities"),
     ("redis_throughput", "Redis backend throughput"),
+    ("redis_peer", "Redis against a hand-written Lua script"),
+    ("redis_shards", "Redis: one node against a cluster of 3 shards"),
     ("redis_fault_soak", "Redis under faults: a worker SIGKILLed, Redis restarted"),
     ("instructions", "instructions per call, counted by valgrind"),
     ("soak", "soak run"),

@@ -1,23 +1,21 @@
-"""A real redis-server on 127.0.0.1 and a free port, started for the tests and stopped after."""
+"""A real redis-server on 127.0.0.1 and a free port, and a local Redis Cluster of 3 masters,
+started for the tests and stopped after."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from redis_workers import RedisServer
+from redis.asyncio.cluster import RedisCluster
+from redis_cluster import LocalCluster, redis_cluster
+from redis_workers import RedisServer, redis_server
+
+# the session's redis-server (redis_workers) and Redis Cluster (redis_cluster)
+__all__ = ["redis_cluster", "redis_server"]
 
 from contend import FakeClock, Runtime
 from contend.backends.redis import RedisBackend
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -37,13 +35,19 @@ async def redis_runtime(redis_server: RedisServer, prefix: str) -> AsyncIterator
     await rt.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def any_runtime(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Runtime]:
-    """The same runtime on each backend: the conformance suite runs once per backend."""
+    """The same runtime on each backend: the conformance suite runs once per backend, and on
+    Redis once on a single node and once on a cluster (through redis-py's cluster client)."""
     backend = None
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         backend = RedisBackend.from_url(server.url, prefix=prefix, lease_ms=2000)
+    elif request.param == "redis-cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        client = RedisCluster(startup_nodes=cluster.startup_nodes, decode_responses=True)
+        await client.initialize()  # before concurrent use: redis-py's lazy first use races
+        backend = RedisBackend(client, prefix=prefix, lease_ms=2000)
     rt = Runtime(backend=backend, clock=FakeClock(), memory_probe=lambda: 0.0)
     yield rt
     rt.cleanup.stop()

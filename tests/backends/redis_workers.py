@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -55,16 +56,20 @@ class RedisServer:
 
     `aof=True` keeps its data in an append-only file (fsync on every write) in a directory of
     its own, so a restart (graceful or SIGKILL) comes back with every acknowledged write.
-    DEBUG (SLEEP) is enabled for local connections, for fault tests.
+    DEBUG (SLEEP) is enabled for local connections, for fault tests. `extra` options are
+    passed on to redis-server (a cluster node's, say).
     """
 
-    def __init__(self, *, aof: bool = False, data_dir: str | None = None) -> None:
+    def __init__(
+        self, *, aof: bool = False, data_dir: str | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
         self.binary = binary
         self.port = free_port()
         self.aof = aof
+        self.extra = extra
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="contend-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
         atexit.register(self._remove)
@@ -96,6 +101,7 @@ class RedisServer:
                 "local",
                 "--daemonize",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -134,6 +140,15 @@ class RedisServer:
     def _remove(self) -> None:
         self.kill()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the test session (each test uses a key prefix of its own)."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
 
 
 class Account(Entity):
@@ -269,9 +284,12 @@ def make_zombies(url: str, prefix: str, target: str, rounds: int, cap: int) -> i
     return asyncio.run(main())
 
 
-def hold_and_queue(url: str, prefix: str, target: str, lease_ms: int, started: Any) -> None:
+def hold_and_queue(
+    url: str, prefix: str, target: str, lease_ms: int, started: Any, wait_ms: float = 0
+) -> None:
     """Win the target and hang inside the call, with a second call of this worker queued in the
-    target's next window (at the highest priority), until killed."""
+    target's next window (at the highest priority; waiting up to `wait_ms` under the wait
+    policy when not 0), until killed."""
 
     async def main() -> None:
         rt = _runtime(url, prefix, lease_ms)
@@ -285,8 +303,56 @@ def hold_and_queue(url: str, prefix: str, target: str, lease_ms: int, started: A
 
         first = asyncio.ensure_future(hang(slot))
         await inside.wait()
-        queued = asyncio.ensure_future(hang.with_priority(10)(slot))
+        queued = asyncio.ensure_future(hang.with_priority(10).with_max_wait(wait_ms)(slot))
         started.set()
         await asyncio.gather(first, queued)
 
     asyncio.run(main())
+
+
+def waiting_transfers(
+    url: str, prefix: str, source: str, dests: list[str], calls: int, barrier: Any
+) -> dict[str, Any]:
+    """`calls` transfers out of the one shared `source` account under the wait policy (half of
+    them gathered at once, half one per tick), released together with the other workers;
+    returns how each ended and how much each successful one moved."""
+
+    async def main() -> dict[str, Any]:
+        rt = _runtime(url, prefix)
+        occ = OCCConfig(max_retries=100, base_delay_ms=0.5, max_delay_ms=10.0)
+        wait = PreECSConfig(conflict_policy="wait", max_wait_ms=60_000)
+
+        @with_conflict_resolution(pre_ecs=wait, occ=occ, cleanup="immediate", runtime=rt)
+        async def transfer(src: Account, dst: Account, amount: int) -> None:
+            src.balance -= amount
+            await asyncio.sleep(0)
+            dst.balance += amount
+
+        src = Account(ecs_id=UUID(source))
+        targets = [Account(ecs_id=UUID(d)) for d in dests]
+        for a in (src, *targets):
+            await rt.registry.register(a)
+        ended = {"succeeded": 0, "rejected": 0, "other": 0, "moved": 0}
+
+        async def one(i: int) -> None:
+            amount = 1 + i % 9
+            try:
+                await transfer(src, targets[i % len(targets)], amount)
+            except OperationRejectedError:
+                ended["rejected"] += 1
+            except Exception:
+                ended["other"] += 1
+            else:
+                ended["succeeded"] += 1
+                ended["moved"] += amount
+
+        await asyncio.to_thread(barrier.wait, 10)
+        tasks = [asyncio.ensure_future(one(i)) for i in range(calls // 2)]
+        for i in range(calls // 2, calls):
+            tasks.append(asyncio.ensure_future(one(i)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        await rt.aclose()
+        return ended
+
+    return asyncio.run(main())

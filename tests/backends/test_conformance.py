@@ -563,3 +563,259 @@ async def test_a_retained_success_stays_until_its_retention(
     assert await any_runtime.cleanup.sweep() == 1
     assert await any_runtime.registry.operations_with_status(OperationStatus.SUCCEEDED) == []
     assert await _committed(any_runtime, acct) == 5
+
+
+# the wait conflict policy -------------------------------------------------------------------------
+WAIT = PreECSConfig(conflict_policy="wait", max_wait_ms=10_000)
+LOW, NORMAL, HIGH, CRITICAL = 2, 5, 8, 10
+
+
+def _metric(rt: Runtime, name: str, **labels: str) -> float:
+    return rt.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def _idle(rt: Runtime) -> None:
+    """Wait until the coordinator holds nothing (a Redis worker ends records on the side)."""
+    for _ in range(500):
+        if rt.backend.coordinator.in_flight() == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{rt.backend.coordinator.in_flight()} target(s) still in flight")
+
+
+async def test_waiting_gets_every_gathered_transfer_through(any_runtime: Runtime) -> None:
+    """The issue's bank: transfers gathered over a few accounts. Under reject, one per account
+    per window gets through; under wait, all of them, no money lost, no overlapping winners."""
+    accounts = [Account(balance=1_000) for _ in range(6)]
+    await _registered(any_runtime, *accounts)
+    running: dict[Any, int] = {a.ecs_id: 0 for a in accounts}
+    overlaps = []
+    occ = OCCConfig(max_retries=100, base_delay_ms=0.1, max_delay_ms=2)
+
+    @with_conflict_resolution(pre_ecs=WAIT, occ=occ, cleanup=IMMEDIATE, runtime=any_runtime)
+    async def transfer(source: Account, dest: Account, amount: int) -> None:
+        running[source.ecs_id] += 1
+        if running[source.ecs_id] > 1:
+            overlaps.append(source.ecs_id)
+        await asyncio.sleep(0)
+        source.balance -= amount
+        dest.balance += amount
+        running[source.ecs_id] -= 1
+
+    calls = [transfer(accounts[i % 6], accounts[(i * 5 + 1) % 6], 1 + i % 7) for i in range(90)]
+    assert await asyncio.gather(*calls, return_exceptions=True) == [None] * 90
+    assert overlaps == []
+    committed = [await _committed(any_runtime, a) for a in accounts]
+    assert sum(committed) == 6_000
+    assert committed == [a.balance for a in accounts]
+    assert _metric(any_runtime, "contend_operations_total", outcome="rejected") == 0
+    assert _metric(any_runtime, "contend_staging_carried_total") > 0
+    await _idle(any_runtime)
+
+
+async def test_waiting_calls_run_in_priority_then_submission_order(any_runtime: Runtime) -> None:
+    order: list[str] = []
+
+    @with_conflict_resolution(pre_ecs=WAIT, cleanup=IMMEDIATE, runtime=any_runtime)
+    async def work(acct: Account, name: str) -> str:
+        order.append(name)
+        await asyncio.sleep(0)
+        return name
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    plan = [("n1", NORMAL), ("h1", HIGH), ("n2", NORMAL), ("l1", LOW), ("h2", HIGH), ("n3", NORMAL)]
+    results = await asyncio.gather(*(work.with_priority(p)(acct, n) for n, p in plan))
+    assert results == [n for n, _ in plan]
+    assert order == ["h1", "h2", "n1", "n2", "n3", "l1"]
+    assert _metric(any_runtime, "contend_staging_carried_total") == 5 + 4 + 3 + 2 + 1
+    assert _metric(any_runtime, "contend_staging_wait_seconds_count", outcome="won") == 6
+    await _idle(any_runtime)
+
+
+async def test_a_waiter_is_rejected_at_its_deadline_naming_the_holder(
+    any_runtime: Runtime,
+) -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=60),
+        cleanup=KEEP,
+        runtime=any_runtime,
+    )
+    async def work(acct: Account, hold: bool) -> str:
+        if hold:
+            entered.set()
+            await gate.wait()
+        return "done"
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    holder = asyncio.ensure_future(work.with_priority(LOW)(acct, True))
+    await entered.wait()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiter = asyncio.ensure_future(work.with_priority(CRITICAL)(acct, False))
+    done, _ = await asyncio.wait([waiter], timeout=5)
+    assert done, "the waiter was not rejected at its deadline"
+    waited = loop.time() - started
+    error = waiter.exception()
+    assert isinstance(error, OperationRejectedError)
+    assert not holder.done()
+    assert "after waiting max_wait_ms=60" in str(error)
+    assert error.priority == CRITICAL and error.winner_priority == LOW
+    await _written(any_runtime)
+    (record,) = await any_runtime.registry.zombies(acct.ecs_id)
+    assert record.status is OperationStatus.REJECTED
+    assert record.winner_id == error.winner_id
+    gate.set()
+    assert await holder == "done"
+    assert await asyncio.wait_for(work(acct, False), 5) == "done"
+    assert _metric(any_runtime, "contend_staging_wait_seconds_count", outcome="rejected") == 1
+    assert _metric(any_runtime, "contend_staging_wait_seconds_sum", outcome="rejected") >= 0.06
+    assert 0.06 <= waited < 5
+    await _idle(any_runtime)
+
+
+async def test_low_priority_is_not_starved_by_a_steady_stream_of_high_ones(
+    any_runtime: Runtime,
+) -> None:
+    """Fairness by ageing: each window a waiter loses counts as one more priority point (up to
+    CRITICAL), and ties go to the earliest staged. A LOW call facing a fresh HIGH call in every
+    window is overtaken at most 10 - 2 = 8 times, then runs; without ageing it would wait for
+    the whole stream."""
+    order: list[str] = []
+    waiting = asyncio.Semaphore(3)
+
+    @with_conflict_resolution(pre_ecs=WAIT, cleanup=IMMEDIATE, runtime=any_runtime)
+    async def work(acct: Account, name: str) -> None:
+        order.append(name)
+        if name.startswith("high"):
+            waiting.release()
+        for _ in range(2):
+            await asyncio.sleep(0)
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+
+    async def stream(n: int) -> list[asyncio.Task[None]]:
+        """`n` HIGH calls, at most 3 of them waiting at any time: fresh ones in every window."""
+        tasks = []
+        for i in range(n):
+            await waiting.acquire()
+            tasks.append(asyncio.ensure_future(work.with_priority(HIGH)(acct, f"high{i}")))
+            await asyncio.sleep(0)
+        return tasks
+
+    first = asyncio.ensure_future(work.with_priority(HIGH)(acct, "first"))
+    await asyncio.sleep(0)
+    low = asyncio.ensure_future(work.with_priority(LOW)(acct, "low"))
+    highs = await stream(30)
+    await asyncio.wait_for(asyncio.gather(first, low, *highs), 10)
+    position = order.index("low")
+    assert 3 <= position <= 1 + (10 - LOW), order[: position + 1]
+    assert all(name.startswith("high") for name in order[1:position])
+    assert len(order) == 32 and position < 20, "the stream ended before the LOW call ran"
+    await _idle(any_runtime)
+
+
+async def test_a_cancelled_waiter_never_runs_and_leaves_nothing_behind(
+    any_runtime: Runtime,
+) -> None:
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+    order: list[str] = []
+
+    @with_conflict_resolution(pre_ecs=WAIT, cleanup=KEEP, runtime=any_runtime)
+    async def work(acct: Account, name: str) -> str:
+        order.append(name)
+        if name == "holder":
+            entered.set()
+            await gate.wait()
+        return name
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    holder = asyncio.ensure_future(work(acct, "holder"))
+    await entered.wait()
+    waiters = [
+        asyncio.ensure_future(work.with_priority(p)(acct, f"w{i}"))
+        for i, p in enumerate((NORMAL, CRITICAL, NORMAL))
+    ]
+    await asyncio.sleep(0.03)  # all three wait for the holder
+    waiters[1].cancel()
+    await asyncio.sleep(0.01)
+    gate.set()
+    results = await asyncio.gather(holder, *waiters, return_exceptions=True)
+    assert results[0] == "holder" and results[1] == "w0" and results[3] == "w2"
+    assert isinstance(results[2], asyncio.CancelledError)
+    assert order == ["holder", "w0", "w2"]
+    await _written(any_runtime)
+    (record,) = await any_runtime.registry.zombies(acct.ecs_id)
+    assert record.status is OperationStatus.CANCELLED
+    assert _metric(any_runtime, "contend_staging_wait_seconds_count", outcome="cancelled") == 1
+    await _idle(any_runtime)
+
+
+async def test_reject_and_wait_calls_share_a_window(any_runtime: Runtime) -> None:
+    """Losers under reject are rejected; waiters of the same window are carried."""
+
+    @with_conflict_resolution(cleanup=IMMEDIATE, runtime=any_runtime)
+    async def work(acct: Account, name: str) -> str:
+        await asyncio.sleep(0)
+        return name
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    results = await asyncio.gather(
+        work(acct, "a"),
+        work.with_max_wait(5_000)(acct, "b"),
+        work.with_priority(HIGH)(acct, "c"),
+        work(acct, "d"),
+        work.with_max_wait(5_000).with_priority(LOW)(acct, "e"),
+        return_exceptions=True,
+    )
+    assert results[1:3] == ["b", "c"] and results[4] == "e"
+    assert all(isinstance(results[i], OperationRejectedError) for i in (0, 3))
+    await _idle(any_runtime)
+
+
+async def test_with_max_wait_zero_rejects_at_once_under_the_wait_policy(
+    any_runtime: Runtime,
+) -> None:
+    @with_conflict_resolution(pre_ecs=WAIT, cleanup=IMMEDIATE, runtime=any_runtime)
+    async def work(acct: Account) -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    results = await asyncio.gather(
+        work(acct), work.with_max_wait(0)(acct), work(acct), return_exceptions=True
+    )
+    assert results[0] == 1 and results[2] == 1
+    assert isinstance(results[1], OperationRejectedError)
+    assert "waiting" not in str(results[1])
+
+
+async def test_waiting_in_a_timed_window(any_runtime: Runtime) -> None:
+    order: list[str] = []
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(staging_timeout_ms=50, conflict_policy="wait", max_wait_ms=5_000),
+        cleanup=IMMEDIATE,
+        runtime=any_runtime,
+    )
+    async def work(acct: Account, name: str) -> None:
+        order.append(name)
+        await asyncio.sleep(0.001)
+
+    acct = Account()
+    await _registered(any_runtime, acct)
+    tasks = [asyncio.ensure_future(work(acct, "a"))]
+    await asyncio.sleep(0.01)
+    tasks.append(asyncio.ensure_future(work.with_priority(HIGH)(acct, "b")))
+    tasks.append(asyncio.ensure_future(work(acct, "c")))
+    await asyncio.gather(*tasks)
+    assert order == ["b", "a", "c"]

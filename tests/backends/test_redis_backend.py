@@ -290,3 +290,166 @@ async def test_a_contested_window_is_reported_once_across_workers_by_the_winners
     assert other.metrics.registry.get_sample_value(f"{size}_sum") == 4
     assert not redis_runtime.metrics.registry.get_sample_value(f"{size}_count")
     await other.aclose()
+
+
+# the wait conflict policy -------------------------------------------------------------------------
+def _count_scripts(backend: RedisBackend) -> dict[str, int]:
+    """How many times each script is run (a wrapper that counts, then runs it)."""
+    counts: dict[str, int] = {}
+    start = backend.conn.start
+
+    def counted(name: str, *args: object) -> asyncio.Task[object]:
+        counts[name] = counts.get(name, 0) + 1
+        return start(name, *args)
+
+    backend.conn.start = counted  # type: ignore[method-assign]
+    return counts
+
+
+async def test_a_carried_waiter_is_not_woken_for_windows_it_does_not_win(
+    redis_runtime: Runtime,
+) -> None:
+    """40 waiters on one target, each submitted on its own: each window's message names the
+    calls it decided, so a waiter carried on sleeps through the windows it does not win. Were
+    every waiter woken by every window, the 40 would ask Redis ~40 * 40 / 2 = 800 times."""
+    from contend import PreECSConfig
+
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    counts = _count_scripts(backend)
+    order: list[int] = []
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=20_000),
+        cleanup=NONE,
+        runtime=redis_runtime,
+    )
+    async def work(acct: Account, n: int) -> None:
+        order.append(n)
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    tasks = []
+    for n in range(40):
+        tasks.append(asyncio.ensure_future(work(acct, n)))
+        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    assert sorted(order) == list(range(40))
+    assert counts["JOIN"] <= 40
+    assert counts.get("RESOLVE", 0) <= 2 * 40, counts
+
+
+async def test_waiters_of_two_workers_keep_priority_then_submission_order(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    """Each waiter's place (priority, windows lost, submission number) lives in Redis: calls of
+    two workers waiting on one target run in one order, and the carried count is reported once
+    per contested window, by the winner's worker."""
+    from contend import PreECSConfig
+
+    other = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, lease_ms=2000),
+        clock=FakeClock(),
+        memory_probe=lambda: 0.0,
+    )
+    order: list[str] = []
+    wait = PreECSConfig(conflict_policy="wait", max_wait_ms=10_000, staging_timeout_ms=60)
+
+    async def work(acct: Account, name: str) -> str:
+        order.append(name)
+        await asyncio.sleep(0.002)
+        return name
+
+    on_a = with_conflict_resolution(pre_ecs=wait, cleanup=NONE, runtime=redis_runtime)(work)
+    on_b = with_conflict_resolution(pre_ecs=wait, cleanup=NONE, runtime=other)(work)
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    b_acct = await other.backend.get_entity(acct.ecs_id, Account)
+    assert isinstance(b_acct, Account)
+    plan = [(on_a, acct, "a5", 5), (on_b, b_acct, "b5", 5), (on_a, acct, "a8", 8)]
+    plan += [(on_b, b_acct, "b2", 2), (on_a, acct, "a5x", 5), (on_b, b_acct, "b8", 8)]
+    tasks = []
+    for fn, target, name, priority in plan:
+        tasks.append(asyncio.ensure_future(fn.with_priority(priority)(target, name)))
+        await asyncio.sleep(0.005)  # one after another, all within the 60 ms window
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 20) == [p[2] for p in plan]
+    assert order == ["a8", "b8", "a5", "b5", "a5x", "b2"]
+    carried = [
+        rt.metrics.registry.get_sample_value("contend_staging_carried_total") or 0.0
+        for rt in (redis_runtime, other)
+    ]
+    assert sum(carried) == 5 + 4 + 3 + 2 + 1
+    await other.aclose()
+
+
+async def test_a_burst_of_calls_waits_for_connections_instead_of_failing(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """More calls at once than the client has connections (first use of 250 accounts: several
+    commands each): they queue for a connection; none fails with a Redis that is healthy."""
+    rt = Runtime(
+        backend=RedisBackend.from_url(redis_server.url, prefix=prefix, max_connections=20),
+        clock=FakeClock(),
+        memory_probe=lambda: 0.0,
+    )
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=rt)
+    async def deposit(acct: Account) -> None:
+        acct.balance += 1
+
+    accounts = [Account() for _ in range(250)]
+    results = await asyncio.gather(*(deposit(a) for a in accounts), return_exceptions=True)
+    assert results == [None] * 250
+    assert _redis_outages(rt) == 0
+    await rt.aclose()
+
+
+def _redis_outages(rt: Runtime) -> int:
+    backend = rt.backend
+    assert isinstance(backend, RedisBackend)
+    return backend.conn.outage.outages
+
+
+async def test_a_waiter_past_its_deadline_in_redis_neither_wins_nor_is_carried(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    """Redis keeps each waiter's deadline with its record: should its worker not have taken it
+    out of the window by then (a stalled loop, a slow network), the window's script still does
+    not let it win or carry it on; it loses to the next in line."""
+    from contend import OperationPriority, PreECSConfig
+
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=10_000),
+        cleanup=NONE,
+        runtime=redis_runtime,
+    )
+    async def work(acct: Account, name: str) -> str:
+        if name == "holder":
+            entered.set()
+            await gate.wait()
+        return name
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    holder = asyncio.ensure_future(work(acct, "holder"))
+    await entered.wait()
+    first = asyncio.ensure_future(work.with_priority(OperationPriority.HIGH)(acct, "first"))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(work(acct, "second"))
+    sync = _sync(redis_server)
+    window = f"{{{prefix}}}:wq:{acct.ecs_id}"
+    for _ in range(200):
+        if sync.zcard(window) == 2:
+            break
+        await asyncio.sleep(0.005)
+    late = sync.zrange(window, 0, 0)[0]
+    sync.hset(f"{{{prefix}}}:op:{late}", "wd", 1)  # its deadline passed, as far as Redis knows
+    gate.set()
+    results = await asyncio.gather(holder, first, second, return_exceptions=True)
+    assert results[0] == "holder" and results[2] == "second"
+    error = results[1]
+    assert isinstance(error, OperationRejectedError)
+    assert str(error.op_id) == late and error.winner_priority == OperationPriority.NORMAL

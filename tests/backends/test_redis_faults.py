@@ -551,3 +551,57 @@ async def test_a_cancelled_call_waiting_on_redis_is_always_cancelled(worker: Run
     assert requested > 100
     assert ignored == 0, f"{ignored} of {requested} cancellations ignored on {sys.version}"
     assert await asyncio.wait_for(deposit(accounts[0], 1), 5) is None
+
+
+# the wait conflict policy -------------------------------------------------------------------------
+async def test_waiters_wait_through_a_redis_restart_and_go_through(
+    server: RedisServer, prefix: str
+) -> None:
+    """Calls waiting behind a holder when Redis restarts wait through the outage (their places
+    are in Redis, their deadlines still hold) and all go through once it answers; the calls
+    under the reject policy staged with them fail at once (`RedisUnavailableError`, nothing
+    written); no record stays pending or executing."""
+    from contend import PreECSConfig
+
+    rt = _worker(server, prefix, socket_timeout=0.3, connect_timeout=0.2, lease_ms=1000)
+    entered = asyncio.Event()
+    gate = asyncio.Event()
+
+    @with_conflict_resolution(
+        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=20_000),
+        cleanup=NONE,
+        runtime=rt,
+    )
+    async def add(acct: Account, amount: int) -> int:
+        if amount == 0:
+            entered.set()
+            await gate.wait()
+        acct.balance += amount
+        return amount
+
+    acct = Account()
+    await rt.registry.register(acct)
+    holder = asyncio.ensure_future(add(acct, 0))
+    await entered.wait()
+    waiters = [asyncio.ensure_future(add(acct, 1)) for _ in range(4)]
+    rejecting = add.with_max_wait(0)
+    waiters += [asyncio.ensure_future(rejecting(acct, 1)) for _ in range(2)]
+    await asyncio.sleep(0.05)
+    server.kill()
+    await asyncio.sleep(0.3)
+    server.start()
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(holder, *waiters, return_exceptions=True), 15)
+    assert results[:5] == [0, 1, 1, 1, 1]
+    assert all(isinstance(r, RedisUnavailableError) for r in results[5:]), results
+    applied = 4
+    assert await asyncio.wait_for(add(acct, 10), 5) == 10
+    assert await _redis(rt).drain(5)
+    stored = await rt.backend.get_entity(acct.ecs_id, Account)
+    assert isinstance(stored, Account) and stored.balance == applied + 10
+    sync = server.client()
+    assert sync.scard(_k(prefix, "os:pending")) == sync.scard(_k(prefix, "os:executing")) == 0
+    failed = [r for r in results if isinstance(r, Exception)]
+    zombies = await rt.registry.zombies(acct.ecs_id)
+    assert len(zombies) == len(failed)
+    await rt.aclose()

@@ -170,19 +170,22 @@ async def test_a_sweep_reaps_an_orphan_on_a_target_nobody_calls_again(
     await rt.aclose()
 
 
+@pytest.mark.parametrize("wait_ms", [0, 60_000], ids=["reject", "wait"])
 async def test_a_killed_workers_queued_call_does_not_win_after_its_lease(
-    redis_server: RedisServer, prefix: str
+    redis_server: RedisServer, prefix: str, wait_ms: int
 ) -> None:
     """Item 5: the killed worker also had a call waiting in the target's next window, at a
-    higher priority; once its lease expires that call must not win (and take a fresh lease):
-    the target is blocked for at most one lease after the kill."""
+    higher priority (under the wait policy: carried from window to window for a minute); once
+    its lease expires that call must not win (and take a fresh lease): the target is blocked
+    for at most one lease after the kill."""
     from contend.backends.redis import RedisBackend
 
     lease_ms = 800
     target = str(uuid.uuid4())
     started = SPAWN.Event()
     proc = SPAWN.Process(
-        target=w.hold_and_queue, args=(redis_server.url, prefix, target, lease_ms, started)
+        target=w.hold_and_queue,
+        args=(redis_server.url, prefix, target, lease_ms, started, wait_ms),
     )
     proc.start()
     r = _keys(redis_server, prefix)
@@ -220,3 +223,35 @@ async def test_a_killed_workers_queued_call_does_not_win_after_its_lease(
     # 10: immediate cleanup by default) ended cancelled and left at once
     assert rt.cleanup.removed["immediate"] == 1
     await rt.aclose()
+
+
+def test_two_workers_waiting_on_one_target_get_every_call_through(
+    pool: ProcessPoolExecutor, redis_server: RedisServer, prefix: str
+) -> None:
+    """The wait policy across processes: two workers, 60 transfers each out of one shared
+    account; every call goes through (none rejected), the money is conserved, no record is
+    left pending or executing."""
+    source = str(uuid.uuid4())
+    dests = [str(uuid.uuid4()) for _ in range(3)]
+    r = _keys(redis_server, prefix)
+    with SPAWN.Manager() as manager:
+        barrier = manager.Barrier(2)
+        futs = [
+            pool.submit(w.waiting_transfers, redis_server.url, prefix, source, dests, 60, barrier)
+            for _ in range(2)
+        ]
+        results = [f.result(timeout=120) for f in futs]
+    assert [(res["succeeded"], res["rejected"], res["other"]) for res in results] == [
+        (60, 0, 0),
+        (60, 0, 0),
+    ]
+
+    def balance(i: str) -> int:
+        return w.Account.model_validate_json(r.hget(f"{{{prefix}}}:e:{i}", "d") or "{}").balance
+
+    moved = sum(res["moved"] for res in results)
+    assert balance(source) == -moved
+    assert sum(balance(d) for d in dests) == moved
+    assert r.scard(f"{{{prefix}}}:os:pending") == r.scard(f"{{{prefix}}}:os:executing") == 0
+    assert r.zcard(f"{{{prefix}}}:inflight") == 0
+    assert not r.exists(f"{{{prefix}}}:wq:{source}")

@@ -372,9 +372,22 @@ class _BackendPages:
         return Page(list(records), after, scanned, total)
 
 
+class _BackendCounts(_BackendPages):
+    """`_BackendPages` of a backend that also counts its zombies by strategy itself
+    (``zombie_counts_by_strategy(scan_limit) -> (counts, records read)``)."""
+
+    async def counts_by_strategy(self, scan_limit: int) -> tuple[dict[str, int], int]:
+        counts: tuple[dict[str, int], int] = await self.backend.zombie_counts_by_strategy(  # type: ignore[attr-defined]
+            scan_limit
+        )
+        return counts
+
+
 def zombie_reader(backend: Backend | Any) -> ZombieReader:
     """The cheapest reader this backend supports."""
     if isinstance(backend, PagedZombies):
+        if hasattr(backend, "zombie_counts_by_strategy"):
+            return _BackendCounts(backend)
         return _BackendPages(backend)
     if isinstance(backend, MemoryBackend):
         return MemoryZombies(backend)

@@ -39,6 +39,7 @@ log = logging.getLogger("contend.backends.redis")
 ENV_VAR = "CONTEND_REDIS_URL"
 PREFIX_ENV_VAR = "CONTEND_REDIS_PREFIX"
 CLOSE_DRAIN_SECONDS = 2.0
+DEFAULT_MAX_CONNECTIONS = 100
 
 
 def _check(field: str, value: float, low: float, high: float) -> None:
@@ -142,7 +143,10 @@ class RedisBackend:
             )
         _check("socket_timeout", socket_timeout, 0.01, 600)
         _check("connect_timeout", connect_timeout, 0.01, 600)
-        client = aioredis.Redis.from_url(
+        # A command waits for a free connection of the pool (up to socket_timeout) instead of
+        # failing: redis-py's plain pool raises at its limit, which would turn a burst of
+        # concurrent calls on a healthy Redis into RedisUnavailableError.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             decode_responses=True,
             socket_timeout=socket_timeout,
@@ -150,8 +154,11 @@ class RedisBackend:
             # One resend on a connection error or timeout (a connection left stale by a restart):
             # every script is idempotent, so a resend never applies anything twice.
             retry=Retry(NoBackoff(), 1),
-            max_connections=max_connections,
+            max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
+            timeout=socket_timeout,
         )
+        client = aioredis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True
         kw = client.connection_pool.connection_kwargs
         where = f"{url.split('://', 1)[0]}://{kw.get('host', '?')}:{kw.get('port', '?')}"
         where += f"/{kw.get('db', 0)}"
@@ -191,11 +198,13 @@ class RedisBackend:
         return self
 
     # staging ------------------------------------------------------------------------------------
+    supports_wait = True
+    """`acquire` takes a deadline: the wait conflict policy (Redis carries a loser on)."""
+
     async def acquire(
         self, op: Record, config: PreECSConfig, deadline: float | None = None
     ) -> Lost | None:
-        """No ``supports_wait`` yet, so the decorator never passes a `deadline`."""
-        return await self.staging.acquire(op, config)
+        return await self.staging.acquire(op, config, deadline)
 
     def release(self, op: Record) -> None:
         self.staging.release(op)
@@ -265,6 +274,19 @@ class RedisBackend:
 
     async def oldest_zombies(self) -> list[Record]:
         return await self.records.oldest()
+
+    # the console --------------------------------------------------------------------------------
+    async def zombie_page(self, **query: Any) -> tuple[list[Record], str | None, int, int | None]:
+        """A page of zombies for the console, with the keyword arguments and reply of
+        `contend.console.query.PagedZombies.zombie_page`: read from sorted sets by status and
+        by target scored by completion time, kept by the scripts that book and remove zombies;
+        a page costs the entries it examines."""
+        return await self.records.zombie_page(**query)
+
+    async def zombie_counts_by_strategy(self, scan_limit: int) -> tuple[dict[str, int], int]:
+        """Zombies by cleanup strategy from at most `scan_limit` records read (extrapolated
+        past that), and how many were read: the console's chart."""
+        return await self.records.counts_by_strategy(scan_limit)
 
     # deferred removal ---------------------------------------------------------------------------
     async def schedule(self, op_id: UUID, due: float) -> None:

@@ -45,8 +45,8 @@ class Call:
         "op",
         "released",
         "sent_at",
-        "seq",
         "unsettled",
+        "wait_until",
     )
 
     def __init__(self, op: Record) -> None:
@@ -67,9 +67,8 @@ class Call:
         """When (monotonic) that write was sent."""
         self.joined: asyncio.Future[None] | None = None
         """Done once the window join that carries it has been answered (or failed)."""
-        self.seq: int | None = None
-        """Its submission number, from its first join: a call carried into a later window
-        joins with it again and keeps its place among equal priorities."""
+        self.wait_until: float | None = None
+        """Under the wait policy, when (the loop's clock) it stops waiting for its target."""
 
     @property
     def retained(self) -> bool:

@@ -15,8 +15,10 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -39,6 +41,11 @@ __all__ = ["Records"]
 log = logging.getLogger("contend.backends.redis")
 
 _EXECUTED = (OperationStatus.FAILED, OperationStatus.CANCELLED)
+_ZOMBIE_STATUSES = (OperationStatus.CANCELLED, OperationStatus.FAILED, OperationStatus.REJECTED)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+PAGE_CHUNK = 2_000
+"""Entries one page script examines at most (a page of a rare filter takes several)."""
 IMMEDIATE_GRACE_SECONDS = 60.0
 SETTLE_MARGIN_SECONDS = 5.0
 """A write is settled by its outcome key only while the key is sure to be there still."""
@@ -237,6 +244,10 @@ class Records:
             ttl,
             token,
             self.outcome_ttl_ms,
+            _us(op.completed_at or utcnow()),
+            op.function_name.lower(),
+            op.priority,
+            (op.cleanup_strategy or CleanupStrategy.NONE).value,
         )
 
     def _booked(
@@ -425,6 +436,89 @@ class Records:
                 self.conn.bad("count", f"{key} field {t!r}", f"not a target id and count ({n!r})")
         return {t: n for t, n in out.items() if n > 0}
 
+    # console pages --------------------------------------------------------------------------------
+    async def zombie_page(
+        self,
+        *,
+        target_id: UUID | None,
+        status: OperationStatus | None,
+        function: str | None,
+        priority: int | None,
+        completed_before: datetime | None,
+        completed_after: datetime | None,
+        cursor: str | None,
+        limit: int,
+        scan_limit: int,
+    ) -> tuple[list[Record], str | None, int, int | None]:
+        """Zombies in completion order from the indexes by status (merged) or by target, at
+        most `scan_limit` entries examined, in scripts of at most `PAGE_CHUNK` entries each (a
+        rare filter does not hold Redis for long); see `contend.console.query.PagedZombies`."""
+        if target_id is not None:
+            sources = [f"zq:{target_id}"]
+        elif status is not None:
+            sources = [f"zs:{status.value}"]
+        else:
+            sources = [f"zs:{s.value}" for s in _ZOMBIE_STATUSES]
+        needle = function.lower() if function else ""
+        shape = [
+            *sources,
+            status.value if status is not None and target_id is not None else "",
+            needle,
+            "" if priority is None else str(priority),
+            "" if completed_after is None else str(_us(completed_after)),
+            "" if completed_before is None else str(_us(completed_before)),
+        ]
+        tag = f"{zlib.crc32(chr(0).join(shape).encode()):08x}"
+        at = _parse_cursor(cursor, tag)
+        rows: list[Record] = []
+        scanned = 0
+        total: int | None = None
+        while True:
+            budget = min(scan_limit - scanned, PAGE_CHUNK)
+            reply = await self._json(
+                "ZOMBIE_PAGE", len(sources), *sources, *at, limit - len(rows), budget, *shape[-5:]
+            )
+            rows += self._rows(reply.get("rows"))
+            scanned += int(reply.get("n") or 0)
+            total = int(reply.get("total") or 0)
+            after = reply.get("after")
+            if not after:
+                return rows, None, scanned, _total(total, target_id, status)
+            at = [str(after[0]), str(after[1])]
+            if len(rows) >= limit or scanned >= scan_limit:
+                return rows, ".".join([*at, tag]), scanned, _total(total, target_id, status)
+
+    async def counts_by_strategy(self, scan_limit: int) -> tuple[dict[str, int], int]:
+        """Zombies by cleanup strategy, and the records read to count them: each status index
+        gets a share of `scan_limit` by its size and is extrapolated from what was read."""
+        keys = [f"zs:{s.value}" for s in _ZOMBIE_STATUSES]
+        sizes = []
+        for key in keys:
+            full = f"{self.conn.p}{key}"
+            size = await self.conn.command(f"ZCARD {full}", partial(self.conn.client.zcard, full))
+            sizes.append(int(size))
+        total = sum(sizes) or 1
+        counts: dict[str, int] = {}
+        read = 0
+        for key, size in zip(keys, sizes, strict=True):
+            budget = size if total <= scan_limit else max(1, scan_limit * size // total)
+            part: dict[str, int] = {}
+            position = 0
+            while position < min(budget, size):
+                n = min(PAGE_CHUNK, budget - position)
+                reply = await self._json("ZOMBIE_COUNTS", key, position, n)
+                got = int(reply.get("n") or 0)
+                if not got:
+                    break
+                position += got
+                for strategy, k in (reply.get("counts") or {}).items():
+                    part[strategy] = part.get(strategy, 0) + int(k)
+            read += position
+            scale = size / position if 0 < position < size else 1.0
+            for strategy, k in part.items():
+                counts[strategy] = counts.get(strategy, 0) + round(k * scale)
+        return counts, read
+
     # parsing ------------------------------------------------------------------------------------
     def _rows(self, rows: Sequence[Sequence[Any]] | None) -> list[Record]:
         out = []
@@ -467,6 +561,34 @@ def _stub(oid: str, status: str, target: str) -> Record:
     except ValueError:
         op.set_status(OperationStatus.FAILED)
     return op
+
+
+def _us(moment: datetime) -> int:
+    """A moment as whole microseconds since the epoch (exact: the zombie indexes' score)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _parse_cursor(cursor: str | None, tag: str) -> list[str]:
+    """A page cursor (``score.id.tag``) as the script's (score, id); ValueError if it is not
+    one this query handed out."""
+    if not cursor:
+        return ["", ""]
+    parts = cursor.split(".")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        int(parts[0])
+        uuid.UUID(parts[1])
+    except ValueError:
+        raise ValueError(f"not a cursor of this browser: {cursor[:80]!r}") from None
+    if parts[2] != tag:
+        raise ValueError("the cursor belongs to other filters; start again from the first page")
+    return parts[:2]
+
+
+def _total(size: int, target_id: UUID | None, status: OperationStatus | None) -> int | None:
+    """The size of the set the filters select from, when the index read is that set."""
+    return size if target_id is None or status is None else None
 
 
 def _reason(strategy: CleanupStrategy | None) -> str:

@@ -7,20 +7,27 @@ is a key of the same slot, used for routing only).
 Key layout (P = ``{prefix}:``):
   P e:<id>        hash  v (version), d (entity JSON)
   P op:<id>       hash  j (record JSON), s (status), t (primary target), ts (targets csv),
-                        w (owner: the worker that staged it)
+                        w (owner: the worker that staged it), p (priority), wd (wait
+                        deadline, ms Redis time, wait policy), a (windows lost while waiting);
+                        a zombie also f (function, lower case) and y (cleanup strategy)
   P ot:<tid>      set   record ids by target          P os:<status>  set  record ids by status
   P zb:<tid>      zset  zombies of a target by age    P zt  hash  target -> zombie count
+  P zs:<status>   zset  zombies of a status, by completion time (us); the console's pages
+  P zq:<tid>      zset  zombies of a target, by completion time (us)
   P zc            int   zombies in total              P due zset  record id -> removal due time
   P inflight      zset  staged record id -> deadline (ms, Redis time); past it, it is orphaned
   P wq:<tid>      zset  the open staging window       P wc:<tid>  window close time (ms)
   P lease:<tid>   the winner holding the target (PX at most its worker's heartbeat)
   P hb:<owner>    a worker's heartbeat (PX lease), renewed with its leases
-  P out:<id>      a window member's outcome (W, L|winner|priority, D: its worker was gone)
+  P out:<id>      a window member's outcome (W, L|winner|priority, D: its worker was gone,
+                  E: it gave up waiting with nobody else in the window)
   P oc:<token>    a commit's outcome: 1 applied, v voided (settled as never applied)
   P rm:<id>       the token of the REMOVE that took the record (a resend counts it once)
   P r:<token>     the reply of a sweep batch, kept until acknowledged (replayed after a lost reply)
   P sweeper       the sweeper lock (SET NX PX)        P seq  submission counter
-  channel P released   a target's window was resolved or its lease released (payload: target)
+  channel P released   a target's window was resolved or its lease released (payload: the
+                       target; when waiters were carried on: target|winner|its priority|ids of
+                       the calls decided, the only ones to wake)
 
 Scripts never trust a key's content: a value that does not parse is repaired where the repair is
 certain (a lease without TTL gets one, a window close time that is not a number is dropped,
@@ -48,6 +55,8 @@ __all__ = [
     "SETTLE",
     "TAKE_DUE",
     "ZOMBIES_ALL",
+    "ZOMBIE_COUNTS",
+    "ZOMBIE_PAGE",
 ]
 
 _PRELUDE = """
@@ -89,9 +98,22 @@ local function unindex(op)
   if f[4] then
     for tid in string.gmatch(f[4], '[^,]+') do redis.call('SREM', P .. 'ot:' .. tid, op) end
   end
-  if redis.call('ZREM', P .. 'zb:' .. t, op) == 1 then recount(t, -1) end
+  if redis.call('ZREM', P .. 'zb:' .. t, op) == 1 then
+    recount(t, -1)
+    redis.call('ZREM', P .. 'zs:' .. s, op)
+    redis.call('ZREM', P .. 'zq:' .. t, op)
+  end
   redis.call('DEL', k)
   return {op, f[1] or '', s, t}
+end
+-- An index entry whose record is gone (its key expired: the backstop) leaves the zombie indexes
+-- of target `t`, and its book (and count) too.
+local function prune(op, t)
+  if redis.call('ZREM', P .. 'zb:' .. t, op) == 1 then recount(t, -1) end
+  redis.call('ZREM', P .. 'zq:' .. t, op)
+  for _, s in ipairs({'cancelled', 'failed', 'rejected'}) do
+    redis.call('ZREM', P .. 'zs:' .. s, op)
+  end
 end
 local function reply(r)
   if #bad > 0 then r.b = bad end
@@ -103,6 +125,7 @@ _STAGING = """
 local LEASE = tonumber(ARGV[2])
 local OUT_TTL = tonumber(ARGV[3])
 local SCALE = 1099511627776
+local WINDOW_LIFE = 4 * LEASE + 60000
 local function reap(now)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, 16)
   for _, id in ipairs(ids) do redis.call('ZADD', P .. 'inflight', now + LEASE, id) end
@@ -110,37 +133,51 @@ local function reap(now)
 end
 -- A window member may win only while its in-flight deadline lies ahead and its worker's
 -- heartbeat is alive: a dead worker's pending call must not take a fresh lease.
-local function alive(id, now)
+local function alive(id, w, now)
   local d = num(redis.call('ZSCORE', P .. 'inflight', id))
   if d and d < now then return false end
-  local w = redis.call('HGET', P .. 'op:' .. id, 'w')
   if w and redis.call('EXISTS', P .. 'hb:' .. w) == 0 then return false end
-  return true, w
+  return true
 end
+-- The call holding target `tid` as 'id|priority', or nil.
+local function holder(tid)
+  local h = redis.call('GET', P .. 'lease:' .. tid)
+  if not h then return nil end
+  return h .. '|' .. (num(redis.call('HGET', P .. 'op:' .. h, 'p')) or 0)
+end
+-- Resolves the window of `tid`: the first member in score order (priority, aged for waiters,
+-- then submission) that is alive and has not given up waiting wins and takes the lease. A
+-- waiting loser (wait policy: its record has a wait deadline `wd`, still ahead) is carried
+-- into the target's next window, one priority higher (at most 10) for each window it lost,
+-- keeping its submission number, so ahead of every later call of equal priority; that window
+-- closes when the lease is released. Other losers are told `L|winner|priority`.
 local function resolve_window(tid, now, always_publish)
   local wq = P .. 'wq:' .. tid
   local m = redis.call('ZRANGE', wq, 0, -1, 'WITHSCORES')
   redis.call('DEL', wq, P .. 'wc:' .. tid)
   if #m == 0 then return false end
   local winner, wprio, owner
-  local others = {}
-  local dead = 0
+  local lost, carried, dead = {}, {}, {}
   for i = 1, #m, 2 do
-    local id = m[i]
-    if winner then
-      others[#others + 1] = id
+    local id, score = m[i], num(m[i + 1]) or 0
+    local f = redis.call('HMGET', P .. 'op:' .. id, 'w', 'wd', 'p', 'a')
+    local wd = num(f[2])
+    if wd and wd <= now then
+      lost[#lost + 1] = id  -- it gave up waiting: it can neither win nor be carried
+    elseif winner and not wd then
+      lost[#lost + 1] = id
+    elseif not alive(id, f[1], now) then
+      redis.call('SET', P .. 'out:' .. id, 'D', 'PX', OUT_TTL)
+      dead[#dead + 1] = id
+    elseif winner then
+      carried[#carried + 1] = {id, score, num(f[3]), num(f[4]) or 0}
     else
-      local ok, w = alive(id, now)
-      if ok then
-        winner, owner = id, w
-        wprio = 10 - math.floor((num(m[i + 1]) or 0) / SCALE)
-      else
-        redis.call('SET', P .. 'out:' .. id, 'D', 'PX', OUT_TTL)
-        dead = dead + 1
-      end
+      winner, owner = id, f[1]
+      wprio = num(f[3]) or (10 - math.floor(score / SCALE))
     end
   end
   if not winner then
+    for _, id in ipairs(lost) do redis.call('SET', P .. 'out:' .. id, 'E', 'PX', OUT_TTL) end
     redis.call('PUBLISH', P .. 'released', tid)
     return false
   end
@@ -158,12 +195,33 @@ local function resolve_window(tid, now, always_publish)
     redis.call('SMOVE', P .. 'os:pending', P .. 'os:executing', winner)
   end
   redis.call('ZADD', P .. 'inflight', now + LEASE, winner)
+  for _, c in ipairs(carried) do
+    local id, score, aged = c[1], c[2], c[4] + 1
+    local eff = math.min(10, (c[3] or (10 - math.floor(score / SCALE))) + aged)
+    redis.call('ZADD', wq, (10 - eff) * SCALE + math.fmod(score, SCALE), id)
+    redis.call('HSET', P .. 'op:' .. id, 'a', aged)
+  end
+  if #carried > 0 then
+    redis.call('SET', P .. 'wc:' .. tid, now)
+    redis.call('PEXPIRE', wq, WINDOW_LIFE)
+    redis.call('PEXPIRE', P .. 'wc:' .. tid, WINDOW_LIFE)
+  end
+  local contenders = 1 + #lost + #carried
   local won = 'W'
-  if #others > 0 then won = 'W|' .. (#others + 1) .. '|' .. table.concat(others, ',') end
+  if contenders > 1 then
+    won = 'W|' .. contenders .. '|' .. #carried .. '|' .. table.concat(lost, ',')
+  end
   redis.call('SET', P .. 'out:' .. winner, won, 'PX', OUT_TTL)
-  local lost = 'L|' .. winner .. '|' .. wprio
-  for _, id in ipairs(others) do redis.call('SET', P .. 'out:' .. id, lost, 'PX', OUT_TTL) end
-  if always_publish or #others > 0 or dead > 0 then
+  local l = 'L|' .. winner .. '|' .. wprio
+  for _, id in ipairs(lost) do redis.call('SET', P .. 'out:' .. id, l, 'PX', OUT_TTL) end
+  if #carried > 0 then
+    -- only the calls decided here need to look: the carried ones wait on, behind the winner
+    local decided = {winner}
+    for _, id in ipairs(lost) do decided[#decided + 1] = id end
+    for _, id in ipairs(dead) do decided[#decided + 1] = id end
+    local msg = tid .. '|' .. winner .. '|' .. wprio .. '|' .. table.concat(decided, ',')
+    redis.call('PUBLISH', P .. 'released', msg)
+  elseif always_publish or contenders > 1 or #dead > 0 then
     redis.call('PUBLISH', P .. 'released', tid)
   end
   return winner
@@ -200,12 +258,17 @@ local function end_call(op, rel, mode, now)
   end
 end
 -- Outcomes of `ops` once their window is resolved (read, not consumed: a resent RESOLVE gets the
--- same answer), plus the states of entities whose version differs from the caller's copy.
-local function outcomes(ops, ents)
+-- same answer; `C`: carried into the next window, still waiting), plus the states of entities
+-- whose version differs from the caller's copy.
+local function outcomes(tid, ops, ents)
+  local wq = P .. 'wq:' .. tid
   local o = {}
-  local won = false
+  local won, waiting = false, false
   for i, op in ipairs(ops) do
-    local v = redis.call('GET', P .. 'out:' .. op) or 'X'
+    local v = redis.call('GET', P .. 'out:' .. op)
+    if not v then
+      if redis.call('ZSCORE', wq, op) then v, waiting = 'C', true else v = 'X' end
+    end
     if string.sub(v, 1, 1) == 'W' then won = true end
     o[i] = v
   end
@@ -216,11 +279,22 @@ local function outcomes(ops, ents)
       if f[1] and num(f[1]) ~= num(ents[i + 1]) then e[#e + 1] = {ents[i], f[2] or false} end
     end
   end
-  return o, e
+  return o, e, waiting
 end
--- Where a window stands for its members: still open, behind a lease, or resolved (now).
+-- Where a window stands for its members: still open (every one of them is in it), behind a
+-- lease, or resolved (now). A resolved reply for members still waiting (carried) says who
+-- holds the target and for how long at most (`ms`, `h`), as a reply behind a lease does.
 local function settle(tid, ops, ents, now)
-  if redis.call('EXISTS', P .. 'out:' .. ops[1]) == 0 then
+  local wq = P .. 'wq:' .. tid
+  local open = true
+  for _, op in ipairs(ops) do
+    if not redis.call('ZSCORE', wq, op) then
+      open = false
+      break
+    end
+  end
+  local lease = P .. 'lease:' .. tid
+  if open then
     local wck = P .. 'wc:' .. tid
     local wc = redis.call('GET', wck)
     local close = num(wc)
@@ -229,18 +303,25 @@ local function settle(tid, ops, ents, now)
       redis.call('DEL', wck)
     end
     if close and close > now then return {k = 'T', ms = close - now} end
-    local lease = P .. 'lease:' .. tid
     local pttl = redis.call('PTTL', lease)
     if pttl == -1 then
       bad[#bad + 1] = lease
       redis.call('PEXPIRE', lease, LEASE)
       pttl = LEASE
     end
-    if pttl > 0 then return {k = 'H', ms = pttl} end
+    if pttl > 0 then
+      redis.call('PEXPIRE', wq, WINDOW_LIFE)
+      return {k = 'H', ms = pttl, h = holder(tid)}
+    end
     resolve_window(tid, now, false)
   end
-  local o, e = outcomes(ops, ents)
-  return {k = 'R', o = o, e = e}
+  local o, e, waiting = outcomes(tid, ops, ents)
+  local r = {k = 'R', o = o, e = e}
+  if waiting then
+    r.ms = math.max(redis.call('PTTL', lease), 1)
+    r.h = holder(tid)
+  end
+  return r
 end
 """
 
@@ -336,9 +417,9 @@ return 0
 """
 
 # ARGV: P, LEASE, OUT_TTL, tid, window_ms, max_pending, owner, n,
-#       n x (id, priority, json, targets, seq), then the rest: (entity id, local version) pairs.
-# `seq` is the call's submission number ('' = take the next one): a call carried into a later
-# window passes the number it got first, and keeps its place among equal priorities.
+#       n x (id, priority, json, targets, wait), then the rest: (entity id, local version) pairs.
+# `wait` is how long the call may wait for the target (ms, wait policy; '' = reject it when it
+# loses): its record gets the deadline `wd` (Redis time), before which a loss carries it on.
 JOIN = (
     _PRELUDE
     + _STAGING
@@ -349,30 +430,28 @@ local now = now_ms()
 redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
 local wq, wc = P .. 'wq:' .. tid, P .. 'wc:' .. tid
 local card = redis.call('ZCARD', wq)
-local ops, seqs, full, gone = {}, {}, {}, {}
+local ops, full, gone = {}, {}, {}
 for i = 0, n - 1 do
   local b = 9 + 5 * i
   local id, prio, rec, ts = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
   local k = P .. 'op:' .. id
   local s = redis.call('HGET', k, 's')
-  local score = num(redis.call('ZSCORE', wq, id))
   if s and TERMINAL[s] then
     gone[#gone + 1] = id
-  elseif score or redis.call('EXISTS', P .. 'out:' .. id) == 1 then
+  elseif redis.call('ZSCORE', wq, id) or redis.call('EXISTS', P .. 'out:' .. id) == 1 then
     ops[#ops + 1] = id
-    seqs[#seqs + 1] = score and math.fmod(score, SCALE) or false
   elseif card >= maxpend then
     full[#full + 1] = id
   else
-    redis.call('HSET', k, 'j', rec, 's', 'pending', 't', tid, 'ts', ts, 'w', owner)
+    redis.call('HSET', k, 'j', rec, 's', 'pending', 't', tid, 'ts', ts, 'w', owner, 'p', prio)
+    local wait = num(ARGV[b + 4])
+    if wait then redis.call('HSET', k, 'wd', now + wait) end
     redis.call('SADD', P .. 'os:pending', id)
     for t in string.gmatch(ts, '[^,]+') do redis.call('SADD', P .. 'ot:' .. t, id) end
-    local seq = num(ARGV[b + 4]) or (redis.call('INCR', P .. 'seq') % SCALE)
-    redis.call('ZADD', wq, (10 - prio) * SCALE + seq, id)
+    redis.call('ZADD', wq, (10 - prio) * SCALE + redis.call('INCR', P .. 'seq') % SCALE, id)
     redis.call('ZADD', P .. 'inflight', now + window_ms + LEASE, id)
     card = card + 1
     ops[#ops + 1] = id
-    seqs[#seqs + 1] = seq
   end
 end
 local ents = {}
@@ -380,7 +459,7 @@ for i = 9 + 5 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
 local claimed = reap(now)
 if #ops == 0 then return reply({k = 'R', o = {}, e = {}, f = full, g = gone, c = claimed}) end
 if not redis.call('GET', wc) then redis.call('SET', wc, now + window_ms) end
-local life = window_ms + 4 * LEASE + 60000
+local life = window_ms + WINDOW_LIFE
 redis.call('PEXPIRE', wq, life)
 redis.call('PEXPIRE', wc, life)
 local r = settle(tid, ops, ents, now)
@@ -388,7 +467,6 @@ r.f = full
 r.g = gone
 r.c = claimed
 r.j = ops
-r.q = seqs
 return reply(r)
 """
 )
@@ -432,7 +510,8 @@ return reply({k = 'OK'})
 )
 
 # ARGV: P, LEASE, OUT_TTL, op, release target, json, status, tid, targets csv, cap, due ('' =
-#       none), key ttl ms ('' = none), settle token ('' = none), oc ttl.
+#       none), key ttl ms ('' = none), settle token ('' = none), oc ttl, completion time (us),
+#       function (lower case), priority, cleanup strategy.
 # Books a zombie in one step: record, status index, books, cap, due time and key expiry. A
 # record that is already terminal stays as it is (the first terminal state wins). With a settle
 # token, a commit of this call whose reply was lost is settled first: if it applied, its record
@@ -444,6 +523,7 @@ ADD_ZOMBIE = (
 local op, rel, rec, status, tid, ts, cap = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
   ARGV[9], tonumber(ARGV[10])
 local due, ttl, token, oc_ttl = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local done, fn, prio, strategy = ARGV[15], ARGV[16], ARGV[17], ARGV[18]
 local now = now_ms()
 if token ~= '' then
   local ock = P .. 'oc:' .. token
@@ -462,12 +542,16 @@ if old and TERMINAL[old] then
   return reply({dup = 1, zc = zombie_total(), ev = {}, zv = redis.call('INCR', P .. 'zv')})
 end
 if old then redis.call('SREM', P .. 'os:' .. old, op) end
-redis.call('HSET', k, 'j', rec, 's', status, 't', tid, 'ts', ts)
+redis.call('HSET', k, 'j', rec, 's', status, 't', tid, 'ts', ts, 'f', fn, 'p', prio, 'y', strategy)
 redis.call('SADD', P .. 'os:' .. status, op)
 for t in string.gmatch(ts, '[^,]+') do redis.call('SADD', P .. 'ot:' .. t, op) end
 redis.call('ZREM', P .. 'inflight', op)
 local zb = P .. 'zb:' .. tid
-if redis.call('ZADD', zb, 'NX', redis.call('INCR', P .. 'seq'), op) == 1 then recount(tid, 1) end
+if redis.call('ZADD', zb, 'NX', redis.call('INCR', P .. 'seq'), op) == 1 then
+  recount(tid, 1)
+  redis.call('ZADD', P .. 'zs:' .. status, done, op)
+  redis.call('ZADD', P .. 'zq:' .. tid, done, op)
+end
 local evicted = {}
 local over = redis.call('ZCARD', zb) - cap
 if over > 0 then
@@ -576,7 +660,7 @@ local function read_ids(key, book, ids, out)
     if f[1] then
       out[#out + 1] = {id, f[1], f[2] or false}
     elseif book then
-      if redis.call('ZREM', key, id) == 1 then recount(book, -1) end
+      prune(id, book)
     else
       redis.call('SREM', key, id)
     end
@@ -651,5 +735,126 @@ for i = 0, n - 1 do
 end
 for i = 5 + 2 * n, #ARGV do redis.call('ZADD', P .. 'inflight', 'XX', now + lease, ARGV[i]) end
 return reply({lost = lost})
+"""
+)
+
+_PAGES = """
+-- a < b, byte by byte (Redis orders members of equal score so; Lua's `<` follows the locale)
+local function lt(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+-- A score (integer microseconds) as Redis reads it back exactly (Lua prints 14 digits).
+local function us(x) return string.format('%.0f', x) end
+-- The rank in `key` of the first entry after (score, id), whether or not that entry is still
+-- there: its own rank if it is, else a binary search among the entries of equal score.
+local function rank_after(key, score, id)
+  if num(redis.call('ZSCORE', key, id)) == score then
+    return redis.call('ZRANK', key, id) + 1
+  end
+  local lo = redis.call('ZCOUNT', key, '-inf', '(' .. us(score))
+  local hi = redis.call('ZCOUNT', key, '-inf', us(score))
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local m = redis.call('ZRANGE', key, mid, mid)[1]
+    if m and not lt(id, m) then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+"""
+
+# ARGV: P, n, n x index key suffix, cursor score ('' = from the start), cursor id, rows wanted,
+#       entries to examine at most, status ('' = any), function needle (lower case, '' = any),
+#       priority ('' = any), completed at or after (us, '' = any), at or before (us, '' = any).
+# One page of zombies in completion order, merged over the indexes given (each ordered by
+# completion time, then id): examines entries from the cursor on, up to the limit, and returns
+# the matching records, the cursor of the last entry examined (none at the end), how many were
+# examined and the size of the indexes. Reads only: an entry whose record is gone is pruned.
+ZOMBIE_PAGE = (
+    _PRELUDE
+    + _PAGES
+    + """
+local n = tonumber(ARGV[2])
+local b = 3 + n
+local cscore, cid, want, budget = num(ARGV[b]), ARGV[b + 1], tonumber(ARGV[b + 2]),
+  tonumber(ARGV[b + 3])
+local status, needle, prio = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+local after, before = num(ARGV[b + 7]), num(ARGV[b + 8])
+local CHUNK = math.max(1, math.min(budget, 128))
+local srcs = {}
+for i = 1, n do
+  local key = P .. ARGV[2 + i]
+  local pos = 0
+  if cscore then pos = rank_after(key, cscore, cid) end
+  if after then pos = math.max(pos, redis.call('ZCOUNT', key, '-inf', '(' .. us(after))) end
+  local t = string.match(ARGV[2 + i], '^zq:(.*)$')
+  srcs[i] = {key = key, pos = pos, buf = {}, at = 1, done = false, target = t}
+end
+local function head(src)
+  if src.at > #src.buf then
+    if src.done then return nil end
+    src.buf = redis.call('ZRANGE', src.key, src.pos, src.pos + CHUNK - 1, 'WITHSCORES')
+    src.at = 1
+    src.pos = src.pos + #src.buf / 2
+    if #src.buf < 2 * CHUNK then src.done = true end
+    if #src.buf == 0 then return nil end
+  end
+  return src.buf[src.at], num(src.buf[src.at + 1])
+end
+local function next_source()
+  local best, bid, bscore
+  for _, src in ipairs(srcs) do
+    local id, score = head(src)
+    if id and (not best or score < bscore or (score == bscore and lt(id, bid))) then
+      best, bid, bscore = src, id, score
+    end
+  end
+  if best and before and bscore > before then return nil end
+  return best, bid, bscore
+end
+local rows, scanned = {}, 0
+local last_id, last_score = cid, cscore
+while #rows < want and scanned < budget do
+  local src, id, score = next_source()
+  if not src then break end
+  src.at = src.at + 2
+  scanned = scanned + 1
+  last_id, last_score = id, score
+  local f = redis.call('HMGET', P .. 'op:' .. id, 'j', 's', 'p', 'f')
+  if not f[1] then
+    redis.call('ZREM', src.key, id)
+    src.pos = src.pos - 1
+    if src.target then prune(id, src.target) end
+  elseif (status == '' or f[2] == status)
+    and (prio == '' or f[3] == prio)
+    and (needle == '' or string.find(f[4] or '', needle, 1, true)) then
+    rows[#rows + 1] = {id, f[1], f[2] or false}
+  end
+end
+local total = 0
+for _, src in ipairs(srcs) do total = total + redis.call('ZCARD', src.key) end
+local r = {rows = rows, n = scanned, total = total, zc = zombie_total()}
+r.zv = num(redis.call('GET', P .. 'zv')) or 0
+if next_source() and last_id ~= '' then r.after = {us(last_score), last_id} end
+return reply(r)
+"""
+)
+
+# ARGV: P, index key suffix, start rank, count.
+# Zombies by cleanup strategy among `count` entries of an index from `start` on.
+ZOMBIE_COUNTS = (
+    _PRELUDE
+    + """
+local ids = redis.call('ZRANGE', P .. ARGV[2], ARGV[3], ARGV[3] + ARGV[4] - 1)
+local counts = {}
+for _, id in ipairs(ids) do
+  local y = redis.call('HGET', P .. 'op:' .. id, 'y')
+  if y then counts[y] = (counts[y] or 0) + 1 end
+end
+return reply({counts = counts, n = #ids})
 """
 )

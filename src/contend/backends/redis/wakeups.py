@@ -2,7 +2,10 @@
 
 A waiter registers its interest in a target before it asks Redis, so no release message can slip
 by between the question and the wait; it sleeps until a message for its target arrives or the
-lease's remaining time passes. When the subscription breaks (Redis restarted, a network blip)
+lease's remaining time passes. A message that names the calls a window decided (a window that
+carried waiting calls on, wait policy) wakes only the sleepers of those calls: the carried ones
+sleep on behind the new winner, whom the message names, instead of all asking Redis again in
+every window. When the subscription breaks (Redis restarted, a network blip)
 every waiter is woken to look again, and the listener reconnects in the background; until it
 has, waiters fall back to their deadlines, which a lease bounds.
 """
@@ -22,12 +25,29 @@ if TYPE_CHECKING:
 
     from contend.backends.redis.connection import Connection
 
-__all__ = ["Wakeups"]
+__all__ = ["Interest", "Wakeups"]
 
 log = logging.getLogger("contend.backends.redis")
 
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 0.5
+
+
+class Interest:
+    """A sleeper's interest in one target: woken (`fut`) by a message for the target that
+    names one of its calls (`ids`), or by any message for it; `holder` is the call holding
+    the target as the last message named it ('id|priority')."""
+
+    __slots__ = ("fut", "holder", "ids")
+
+    def __init__(self, fut: asyncio.Future[None], ids: frozenset[str]) -> None:
+        self.fut = fut
+        self.ids = ids
+        self.holder: str | None = None
+
+    def wake(self) -> None:
+        if not self.fut.done():
+            self.fut.set_result(None)
 
 
 class Wakeups:
@@ -36,28 +56,29 @@ class Wakeups:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.channel = f"{conn.p}released"
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[Interest]] = {}
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
         self._retry: asyncio.Future[None] | None = None
         conn.on_answer.append(self._reconnect_now)
 
-    def watch(self, key: str) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(key, []).append(fut)
-        return fut
+    def watch(self, key: str, ids: frozenset[str]) -> Interest:
+        """Interest in target `key` on behalf of the calls `ids`."""
+        interest = Interest(asyncio.get_running_loop().create_future(), ids)
+        self._waiters.setdefault(key, []).append(interest)
+        return interest
 
-    def unwatch(self, key: str, fut: asyncio.Future[None]) -> None:
-        futs = self._waiters.get(key)
-        if futs is not None and fut in futs:
-            futs.remove(fut)
-            if not futs:
+    def unwatch(self, key: str, interest: Interest) -> None:
+        interests = self._waiters.get(key)
+        if interests is not None and interest in interests:
+            interests.remove(interest)
+            if not interests:
                 del self._waiters[key]
 
-    async def wait(self, fut: asyncio.Future[None], ms: int) -> None:
-        """Sleep until the target is released (a message) or `ms` pass, whichever is first."""
-        await sleep_or_wake(fut, (ms if ms > 0 else 1) / 1000 + 0.005)
+    async def wait(self, interest: Interest, ms: int) -> None:
+        """Sleep until a message wakes `interest` or `ms` pass, whichever is first."""
+        await sleep_or_wake(interest.fut, (ms if ms > 0 else 1) / 1000 + 0.005)
 
     async def ready(self) -> None:
         """Make sure the subscription is up before a window is joined (waits for the first
@@ -76,10 +97,9 @@ class Wakeups:
             retry.set_result(None)
 
     def _wake_all(self) -> None:
-        for futs in self._waiters.values():
-            for fut in futs:
-                if not fut.done():
-                    fut.set_result(None)
+        for interests in self._waiters.values():
+            for interest in interests:
+                interest.wake()
 
     async def _listen_forever(self, subscribed: asyncio.Future[None]) -> None:
         delay = RECONNECT_FIRST_DELAY
@@ -114,9 +134,24 @@ class Wakeups:
             except RedisTimeoutError:
                 continue
             if msg is not None and msg.get("type") == "message":
-                for fut in self._waiters.get(msg["data"], ()):
-                    if not fut.done():
-                        fut.set_result(None)
+                self._deliver(msg["data"])
+
+    def _deliver(self, data: str) -> None:
+        """A message: ``target``, or ``target|winner|priority|ids decided``."""
+        key, _, named = data.partition("|")
+        interests = self._waiters.get(key)
+        if not interests:
+            return
+        if not named:
+            for interest in interests:
+                interest.wake()
+            return
+        winner, priority, decided = named.split("|", 2)
+        ids = decided.split(",")
+        for interest in interests:
+            interest.holder = f"{winner}|{priority}"
+            if not interest.ids.isdisjoint(ids):
+                interest.wake()
 
     def reset(self) -> None:
         self._waiters.clear()
