@@ -563,7 +563,9 @@ async def test_waiters_wait_through_a_redis_restart_and_go_through(
     written); no record stays pending or executing."""
     from contend import PreECSConfig
 
-    rt = _worker(server, prefix, socket_timeout=0.3, connect_timeout=0.2, lease_ms=1000)
+    # the holder's lease must outlast the outage (a restart takes ~1 s, more on a loaded host):
+    # a holder whose lease ran out while Redis was down is refused its write, as it should be
+    rt = _worker(server, prefix, socket_timeout=0.3, connect_timeout=0.2, lease_ms=5000)
     entered = asyncio.Event()
     gate = asyncio.Event()
 
