@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from contend.clock import utcnow
 from contend.config import CleanupConfig
@@ -36,6 +36,7 @@ __all__ = [
     "OperationEntity",
     "OperationPriority",
     "OperationStatus",
+    "view_of",
 ]
 
 
@@ -84,8 +85,13 @@ class ConflictResolutionOperation(OperationEntity):
     cleanup_handler_name: str | None = None
     cleanup_strategy: CleanupStrategy | None = None
 
-    _record: Record | None = PrivateAttr(default=None)
-    """The record this is a view of (None for a model built by hand)."""
+    __slots__ = ("_record",)
+    """A view holds the record it shows in `_record` (see `view_of`). A slot, not a pydantic
+    private attribute: copies, pickles and comparisons leave it out, so a copy of a view is a
+    model of its own, equal to it, and the record (which only finds its view weakly) is never
+    part of a cycle."""
+    if TYPE_CHECKING:
+        _record: Record
 
     def get_cleanup_config(self) -> CleanupConfig:
         """The config this record was made under, or the defaults."""
@@ -111,7 +117,7 @@ class ConflictResolutionOperation(OperationEntity):
                 else self.get_cleanup_config().retention_minutes
             )
             due = (self.completed_at or now or utcnow()) + timedelta(minutes=retention)
-        record = self._record
+        record = view_of(self)
         if record is not None:
             record.plan_cleanup(strategy, due)
             return
@@ -131,3 +137,8 @@ class ConflictResolutionOperation(OperationEntity):
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view without the config object."""
         return self.model_dump(mode="json", exclude={"cleanup_config"})
+
+
+def view_of(operation: ConflictResolutionOperation) -> Record | None:
+    """The record `operation` is a view of, or None for a model built by hand (or a copy)."""
+    return getattr(operation, "_record", None)
