@@ -127,6 +127,37 @@ def test_a_dropped_view_is_made_again_and_follows_the_record() -> None:
     assert view.cleanup_scheduled_at == NOW + timedelta(minutes=5)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda v: setattr(v, "status", OperationStatus.SUCCEEDED),
+        lambda v: setattr(v, "priority", 9),
+        lambda v: setattr(v, "ecs_id", uuid.uuid4()),
+        lambda v: setattr(v, "cleanup_scheduled_at", None),
+        lambda v: delattr(v, "error_message"),
+        lambda v: v.transition(OperationStatus.SUCCEEDED),
+    ],
+)
+def test_a_view_is_read_only(change: object) -> None:
+    """A user's assignment to a view changed what every later registry query returned (the same
+    object), until the record next changed: a zombie reading SUCCEEDED with priority 99, or a
+    handler's ``remove(view)`` after ``view.ecs_id = ...`` removing another record."""
+    record = _record()
+    record.transition(OperationStatus.EXECUTING, NOW)
+    view = record.view()
+    with pytest.raises(AttributeError, match="read-only view"):
+        change(view)  # type: ignore[operator]
+    assert record.view() is view
+    assert (view.status, view.priority, view.ecs_id) == (
+        OperationStatus.EXECUTING,
+        5,
+        record.ecs_id,
+    )
+    assert view.error_message is None and view.cleanup_scheduled_at is None
+    record.end(OperationStatus.FAILED, NOW, "boom", None, CleanupStrategy.NONE)
+    assert (view.status, view.error_message) == (OperationStatus.FAILED, "boom")
+
+
 def test_copies_of_a_view_are_models_of_their_own() -> None:
     import copy
     import pickle

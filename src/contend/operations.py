@@ -93,6 +93,16 @@ class ConflictResolutionOperation(OperationEntity):
     if TYPE_CHECKING:
         _record: Record
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELDS and view_of(self) is not None:
+            _refuse_write(self, name)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _FIELDS and view_of(self) is not None:
+            _refuse_write(self, name)
+        super().__delattr__(name)
+
     def get_cleanup_config(self) -> CleanupConfig:
         """The config this record was made under, or the defaults."""
         return self.cleanup_config or CleanupConfig()
@@ -142,3 +152,16 @@ class ConflictResolutionOperation(OperationEntity):
 def view_of(operation: ConflictResolutionOperation) -> Record | None:
     """The record `operation` is a view of, or None for a model built by hand (or a copy)."""
     return getattr(operation, "_record", None)
+
+
+_FIELDS = frozenset(ConflictResolutionOperation.model_fields)
+
+
+def _refuse_write(view: ConflictResolutionOperation, name: str) -> None:
+    """A view is what every registry query and handler of its record is handed: a write to it
+    would change what all of them read, and not the record."""
+    raise AttributeError(
+        f"{name}: this ConflictResolutionOperation is contend's read-only view of operation "
+        f"{view.ecs_id}, kept current by contend; act on the record through the cleanup handler"
+        " (remove, retain_for) or schedule_cleanup(), or take a copy of your own (model_copy())"
+    )
