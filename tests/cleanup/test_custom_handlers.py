@@ -254,6 +254,18 @@ class Garbage(CleanupHandler):
         return "done!"
 
 
+class Sync(CleanupHandler):
+    def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:  # type: ignore[override]
+        pass
+
+
+class Plain:
+    """Registered without subclassing CleanupHandler (the design's registry takes any class)."""
+
+    async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> Any:
+        return 0
+
+
 class Cancelling(CleanupHandler):
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         raise asyncio.CancelledError("handler gave up")
@@ -264,13 +276,18 @@ class Cancelling(CleanupHandler):
     [
         (Raising, "audit store down"),
         (Slow, "timed out after 0.05s"),
-        (Garbage, "returned 'done!'"),
+        (Garbage, "cleanup handler 'flaky' returned 'done!'"),
+        (Plain, "cleanup handler 'flaky' returned 0"),
+        (Sync, "flaky: handle_operation_rejection returned None, not an awaitable; define it"),
         (Cancelling, "CancelledError"),
     ],
 )
 async def test_a_failing_handler_is_counted_and_the_record_kept(
     runtime: Runtime, handler: type[CleanupHandler], why: str
 ) -> None:
+    """Each failure names the handler as registered (a returned value was blamed on 'custom'),
+    and a handler written with ``def`` says so (it was "object NoneType can't be used in
+    'await' expression")."""
     CleanupHandlerRegistry.register("flaky", handler)
     bump = custom(runtime, "flaky", timeout=0.05)
     item = Item()
