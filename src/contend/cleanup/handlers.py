@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from contend.config import CleanupConfig, EffectiveCleanup
@@ -91,13 +92,21 @@ class CleanupHandler:
     ) -> None:
         """Schedule removal `minutes` after the record's completion; the runtime's sweeper
         carries it out (counted under reason "ttl", labelled with the record's strategy)."""
-        if not minutes >= 0:
-            raise ValueError(f"retain_for: minutes must be >= 0, got {minutes!r}")
         manager = self._manager()
+        now = manager.clock.now()
+        try:
+            valid = minutes >= 0 and (now + timedelta(minutes=minutes)).year < 9999
+        except (TypeError, ValueError, OverflowError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                "retain_for: minutes must be a finite number of minutes >= 0 that ends before "
+                f"the year 9999, got {minutes!r}"
+            )
         record = manager.record_of(operation)
         if record is None:
             return
-        due = record.retain_for(minutes, manager.clock.now())
+        due = record.retain_for(minutes, now)
         await manager.schedule(record, due.timestamp())
 
 
