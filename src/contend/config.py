@@ -35,13 +35,14 @@ __all__ = [
     "EffectiveCleanup",
     "OCCConfig",
     "PreECSConfig",
+    "RangeChecked",
 ]
 
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-class _RangeChecked(BaseModel):
+class RangeChecked(BaseModel):
     """Out-of-range numbers fail naming the field's whole allowed range, not one bound."""
 
     @field_validator("*", mode="before")
@@ -110,7 +111,7 @@ MAX_CUSTOM_RETENTION_MINUTES = 43_200
 MAX_WAIT_MS = 3_600_000
 
 
-class PreECSConfig(_RangeChecked):
+class PreECSConfig(RangeChecked):
     """Staging: calls on one target are collected in a window; the highest priority wins."""
 
     model_config = _FROZEN
@@ -170,7 +171,7 @@ class PreECSConfig(_RangeChecked):
         return self.conflict_policy is ConflictPolicy.WAIT
 
 
-class OCCConfig(_RangeChecked):
+class OCCConfig(RangeChecked):
     """Optimistic concurrency: run on copies, commit with a version compare-and-set, retry."""
 
     model_config = _FROZEN
@@ -281,7 +282,7 @@ class _Priorities(list[int]):
         self._refuse()
 
 
-class CleanupConfig(_RangeChecked):
+class CleanupConfig(RangeChecked):
     """Configuration for cleanup of rejected operations."""
 
     model_config = _FROZEN
