@@ -21,6 +21,7 @@ from contend.events import OperationRetriedEvent
 
 if TYPE_CHECKING:
     from contend.config import OCCConfig
+    from contend.nesting import Scope
     from contend.record import Record
     from contend.runtime import Runtime
 
@@ -65,6 +66,7 @@ async def run_with_occ(
     passed: Sequence[Entity],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    scope: Scope,
 ) -> Any:
     """Run `fn` on fresh copies of `committed` until one commit succeeds or retries run out.
 
@@ -81,9 +83,16 @@ async def run_with_occ(
         read = [cp.version for cp in copies]
         by_id = {c.ecs_id: c for c in copies}
         a2, k2 = substitute_call(args, kwargs, by_id)
-        result = fn(*a2, **k2)
-        if inspect.isawaitable(result):
-            result = await result
+        try:
+            result = fn(*a2, **k2)
+            if inspect.isawaitable(result):
+                result = await result
+            if scope.running:
+                await scope.close()
+            scope.shut()
+        except BaseException:
+            scope.shut()
+            raise
         writes = [Write(c, cp, v) for c, cp, v in zip(committed, copies, read, strict=True)]
         conflict = await backend.commit(writes, rt.clock.now())
         if conflict is None:
@@ -100,6 +109,7 @@ async def run_with_occ(
         delay = config.delay_seconds(attempt, random.random())
         attempt += 1
         op.retried(attempt)
+        scope = scope.renewed()
         metrics.occ_retries.inc()
         log.debug(
             "operation %s: entity %s at version %d, expected %d; retry %d/%d in %.1f ms",
