@@ -83,16 +83,13 @@ async def run_with_occ(
         read = [cp.version for cp in copies]
         by_id = {c.ecs_id: c for c in copies}
         a2, k2 = substitute_call(args, kwargs, by_id)
-        try:
-            result = fn(*a2, **k2)
-            if inspect.isawaitable(result):
-                result = await result
-            if scope.running:
-                await scope.close()
-            scope.shut()
-        except BaseException:
-            scope.shut()
-            raise
+        scope.call = (rt, op.target_entity_ids, by_id)
+        result = fn(*a2, **k2)
+        if inspect.isawaitable(result):
+            result = await result
+        if scope.running:
+            await scope.close()
+        scope.call = None
         writes = [Write(c, cp, v) for c, cp, v in zip(committed, copies, read, strict=True)]
         conflict = await backend.commit(writes, rt.clock.now())
         if conflict is None:
@@ -109,7 +106,6 @@ async def run_with_occ(
         delay = config.delay_seconds(attempt, random.random())
         attempt += 1
         op.retried(attempt)
-        scope = scope.renewed()
         metrics.occ_retries.inc()
         log.debug(
             "operation %s: entity %s at version %d, expected %d; retry %d/%d in %.1f ms",

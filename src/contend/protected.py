@@ -30,7 +30,7 @@ from contend.config import MAX_WAIT_MS, ConflictResolutionConfig, EffectiveClean
 from contend.enums import CleanupStrategy, OperationStatus
 from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
 from contend.events import OperationRejectedEvent, OperationStartedEvent
-from contend.nesting import Scope, enclosing
+from contend.nesting import Scope, enclosing, scope_of
 from contend.occ import run_with_occ
 from contend.record import Record
 from contend.runtime import Runtime, get_runtime
@@ -93,11 +93,17 @@ class Protected(Generic[P, R]):
         if passed:
             scope = enclosing.get()
             if scope is not None:
-                if scope.takes(rt):
-                    if _holds_all(scope.held, passed):
-                        return await self._run_joined(rt, scope, priority, passed, args, kwargs)
-                    _refuse_partly_held(self.name, scope.held, passed)
-                scope = None  # it names the enclosing task: see the module docstring
+                scope = scope.open_for(rt)
+                if scope is not None:
+                    held = scope.held()
+                    if not _holds_all(held, passed):
+                        _refuse_partly_held(self.name, held, passed)
+                    spawned = not scope.owned_by(current_task(loop))
+                    if not spawned or scope.current_objects(passed):
+                        return await self._run_joined(
+                            rt, scope, spawned, priority, passed, args, kwargs
+                        )
+                    scope = None  # a failed attempt's copies: a call of its own
         store = rt.store
         backend = rt.backend
         if store is not None:
@@ -147,8 +153,8 @@ class Protected(Generic[P, R]):
         compare-and-set), record the write, hand the target on, and end the record."""
         clock = rt.clock
         store = rt.store
-        scope = Scope(rt, record.target_entity_ids, current_task(_running_loop()))
-        token = enclosing.set(scope)
+        scope = scope_of(current_task(_running_loop()))
+        outer = scope.call
         end = None
         try:
             if store is not None:
@@ -165,12 +171,13 @@ class Protected(Generic[P, R]):
                 stale = committed is not passed
                 if stale:
                     args, kwargs = substitute_call(args, kwargs, {c.ecs_id: c for c in committed})
+                scope.call = (rt, record.target_entity_ids, None)
                 result = self.fn(*args, **kwargs)
                 if self.is_async:
                     result = await result
                 if scope.running:
                     await scope.close()
-                scope.shut()
+                scope.call = None
                 if committed:
                     end = clock.now()
                     if store is not None:
@@ -180,14 +187,12 @@ class Protected(Generic[P, R]):
                     if stale:
                         _show_committed(passed, committed)
         except BaseException as exc:
-            scope.shut()  # this frame goes into exc's traceback; it must not point at exc's task
-            enclosing.reset(token)
+            scope.call = outer
             if staged:
                 rt.coordinator.release(record)
             await self._end(rt, record, exc)
             raise
-        scope.shut()
-        enclosing.reset(token)
+        scope.call = outer
         if staged:
             rt.coordinator.release(record)
         cleanup = rt.cleanup
@@ -322,6 +327,7 @@ class Protected(Generic[P, R]):
         self,
         rt: Runtime,
         scope: Scope,
+        spawned: bool,
         priority: int,
         passed: Sequence[Entity],
         args: tuple[Any, ...],
@@ -336,7 +342,6 @@ class Protected(Generic[P, R]):
         made from a task the enclosing call spawned, the enclosing call waits for it before
         committing. It still gets its own record.
         """
-        spawned = current_task(_running_loop()) is not scope.task
         if spawned:
             scope.enter()
         try:
