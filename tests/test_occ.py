@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import Counter
 
 import pytest
@@ -96,10 +97,12 @@ async def test_retry_events_follow_backoff_with_jitter(runtime: Runtime) -> None
     @with_conflict_resolution(pre_ecs=False, occ=config, cleanup=KEEP_ALL)
     async def always_overtaken(t: Tally) -> None:
         t.value += 1
-        # another task commits first (a nested call in this task would join this one instead)
-        await asyncio.create_task(interfere(t))
+        # another caller commits first: a task made in the caller's context, not inside this call
+        # (a call made inside it, or in a task spawned from it, would join it instead)
+        await asyncio.create_task(interfere(tally), context=outside)
 
     tally = Tally()
+    outside = contextvars.copy_context()
     with pytest.raises(OCCConflictError) as info:
         await asyncio.wait_for(always_overtaken(tally), 5)
     assert [e.attempt for e in retried] == [1, 2, 3]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -16,6 +17,7 @@ from contend import (
     CleanupConfig,
     CleanupStrategy,
     Entity,
+    NestedCallError,
     OperationConflictEvent,
     OperationPriority,
     OperationRejectedError,
@@ -617,7 +619,7 @@ async def test_a_nested_call_on_a_held_and_an_unheld_entity_fails_at_once(
     unheld one first, under OCC, its commit made the enclosing call conflict and each retry
     committed it again (account 96, fees 4 after one withdraw). Now it raises before running,
     and nothing is written."""
-    from contend import NestedCallError, OCCConfig
+    from contend import OCCConfig
 
     @with_conflict_resolution(occ=OCCConfig(max_retries=3, base_delay_ms=0))
     async def charge_fee(a: Slot, b: Slot) -> None:
@@ -640,3 +642,31 @@ async def test_a_nested_call_on_a_held_and_an_unheld_entity_fails_at_once(
     assert record.status is OperationStatus.FAILED
     assert "NestedCallError" in (record.error_message or "")
     assert runtime.backend.coordinator.in_flight() == 0  # type: ignore[attr-defined]
+
+
+async def test_functions_decorated_per_request_are_not_kept_by_staging(runtime: Runtime) -> None:
+    """The coordinator kept the staging config of every function ever called on it: a service
+    decorating a function per request or per session (a tool built for each agent run) grew by
+    ~0.7 KB per decoration, forever."""
+    import gc
+    import weakref
+
+    def make_tool() -> Callable[[Slot], Any]:
+        @with_conflict_resolution()
+        async def tool(s: Slot) -> None:
+            s.value += 1
+
+        return tool
+
+    slot = Slot()
+    first = make_tool()
+    await asyncio.gather(first(slot), first(slot), return_exceptions=True)
+    config = weakref.ref(first.conflict_config.pre_ecs)
+    del first
+    for _ in range(1_500):
+        tool = make_tool()
+        await asyncio.gather(tool(slot), tool(slot), return_exceptions=True)
+    del tool
+    gc.collect()
+    assert config() is None
+    assert slot.value == 1_501

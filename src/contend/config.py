@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Self, SupportsIndex
 
 import annotated_types
 from pydantic import (
@@ -34,13 +35,14 @@ __all__ = [
     "EffectiveCleanup",
     "OCCConfig",
     "PreECSConfig",
+    "RangeChecked",
 ]
 
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
-class _RangeChecked(BaseModel):
+class RangeChecked(BaseModel):
     """Out-of-range numbers fail naming the field's whole allowed range, not one bound."""
 
     @field_validator("*", mode="before")
@@ -109,7 +111,7 @@ MAX_CUSTOM_RETENTION_MINUTES = 43_200
 MAX_WAIT_MS = 3_600_000
 
 
-class PreECSConfig(_RangeChecked):
+class PreECSConfig(RangeChecked):
     """Staging: calls on one target are collected in a window; the highest priority wins."""
 
     model_config = _FROZEN
@@ -169,7 +171,7 @@ class PreECSConfig(_RangeChecked):
         return self.conflict_policy is ConflictPolicy.WAIT
 
 
-class OCCConfig(_RangeChecked):
+class OCCConfig(RangeChecked):
     """Optimistic concurrency: run on copies, commit with a version compare-and-set, retry."""
 
     model_config = _FROZEN
@@ -222,7 +224,65 @@ class OCCConfig(_RangeChecked):
         return base * (1.0 - self.jitter + self.jitter * rand) / 1000.0
 
 
-class CleanupConfig(_RangeChecked):
+class _Priorities(list[int]):
+    """A config's priority list, frozen as the config is: a handler's view of a record shares its
+    decorator's config, and `DEFAULT_CLEANUP_CONFIG` serves every function left at the defaults,
+    so a change here would change their cleanup, unvalidated. Reads, compares and copies as a
+    list."""
+
+    __slots__ = ("_field",)
+
+    def __init__(self, items: list[int], field: str) -> None:
+        super().__init__(items)
+        self._field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self), self._field))
+
+    def _refuse(self) -> NoReturn:
+        raise TypeError(
+            f"{self._field} cannot be changed: CleanupConfig is frozen (its lists too); build "
+            f"another one, e.g. config.model_copy(update={{{self._field!r}: [...]}})"
+        )
+
+    def append(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def extend(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def insert(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def remove(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def pop(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def clear(self) -> NoReturn:
+        self._refuse()
+
+    def sort(self, *args: Any, **kwargs: Any) -> NoReturn:
+        self._refuse()
+
+    def reverse(self) -> NoReturn:
+        self._refuse()
+
+    def __setitem__(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def __delitem__(self, *args: Any) -> NoReturn:
+        self._refuse()
+
+    def __iadd__(self, value: Iterable[int], /) -> Self:  # type: ignore[override,misc]
+        self._refuse()
+
+    def __imul__(self, value: SupportsIndex, /) -> Self:
+        self._refuse()
+
+
+class CleanupConfig(RangeChecked):
     """Configuration for cleanup of rejected operations."""
 
     model_config = _FROZEN
@@ -239,10 +299,10 @@ class CleanupConfig(_RangeChecked):
     aggressive_on_memory_pressure: bool = True
     memory_pressure_threshold: float = Field(default=0.8, ge=0.1, le=1.0)
     immediate_cleanup_priorities: list[int] = Field(
-        default_factory=lambda: [int(OperationPriority.CRITICAL)]
+        default_factory=lambda: [int(OperationPriority.CRITICAL)], validate_default=True
     )
     debug_retention_priorities: list[int] = Field(
-        default_factory=lambda: [int(OperationPriority.LOW)]
+        default_factory=lambda: [int(OperationPriority.LOW)], validate_default=True
     )
     custom_cleanup_handler: str | None = None
     max_zombie_count_per_target: int = Field(default=100, ge=1, le=10_000)
@@ -257,11 +317,11 @@ class CleanupConfig(_RangeChecked):
 
     @field_validator("immediate_cleanup_priorities", "debug_retention_priorities")
     @classmethod
-    def _priorities_in_range(cls, v: list[int]) -> list[int]:
+    def _priorities_in_range(cls, v: list[int], info: ValidationInfo) -> list[int]:
         for p in v:
             if not 1 <= int(p) <= 10:
                 raise ValueError(f"priority {p} is outside the allowed range 1..10")
-        return [int(p) for p in v]
+        return _Priorities([int(p) for p in v], str(info.field_name))
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:

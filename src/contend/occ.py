@@ -21,6 +21,7 @@ from contend.events import OperationRetriedEvent
 
 if TYPE_CHECKING:
     from contend.config import OCCConfig
+    from contend.nesting import Scope
     from contend.record import Record
     from contend.runtime import Runtime
 
@@ -65,6 +66,7 @@ async def run_with_occ(
     passed: Sequence[Entity],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    scope: Scope,
 ) -> Any:
     """Run `fn` on fresh copies of `committed` until one commit succeeds or retries run out.
 
@@ -81,9 +83,13 @@ async def run_with_occ(
         read = [cp.version for cp in copies]
         by_id = {c.ecs_id: c for c in copies}
         a2, k2 = substitute_call(args, kwargs, by_id)
+        scope.call = (rt, op.target_entity_ids, by_id)
         result = fn(*a2, **k2)
         if inspect.isawaitable(result):
             result = await result
+        if scope.running:
+            await scope.close()
+        scope.call = None
         writes = [Write(c, cp, v) for c, cp, v in zip(committed, copies, read, strict=True)]
         conflict = await backend.commit(writes, rt.clock.now())
         if conflict is None:

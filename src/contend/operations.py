@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from contend.clock import utcnow
 from contend.config import CleanupConfig
@@ -36,6 +36,7 @@ __all__ = [
     "OperationEntity",
     "OperationPriority",
     "OperationStatus",
+    "view_of",
 ]
 
 
@@ -84,8 +85,23 @@ class ConflictResolutionOperation(OperationEntity):
     cleanup_handler_name: str | None = None
     cleanup_strategy: CleanupStrategy | None = None
 
-    _record: Record | None = PrivateAttr(default=None)
-    """The record this is a view of (None for a model built by hand)."""
+    __slots__ = ("_record",)
+    """A view holds the record it shows in `_record` (see `view_of`). A slot, not a pydantic
+    private attribute: copies, pickles and comparisons leave it out, so a copy of a view is a
+    model of its own, equal to it, and the record (which only finds its view weakly) is never
+    part of a cycle."""
+    if TYPE_CHECKING:
+        _record: Record
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FIELDS and view_of(self) is not None:
+            _refuse_write(self, name)
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _FIELDS and view_of(self) is not None:
+            _refuse_write(self, name)
+        super().__delattr__(name)
 
     def get_cleanup_config(self) -> CleanupConfig:
         """The config this record was made under, or the defaults."""
@@ -111,7 +127,7 @@ class ConflictResolutionOperation(OperationEntity):
                 else self.get_cleanup_config().retention_minutes
             )
             due = (self.completed_at or now or utcnow()) + timedelta(minutes=retention)
-        record = self._record
+        record = view_of(self)
         if record is not None:
             record.plan_cleanup(strategy, due)
             return
@@ -131,3 +147,21 @@ class ConflictResolutionOperation(OperationEntity):
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view without the config object."""
         return self.model_dump(mode="json", exclude={"cleanup_config"})
+
+
+def view_of(operation: ConflictResolutionOperation) -> Record | None:
+    """The record `operation` is a view of, or None for a model built by hand (or a copy)."""
+    return getattr(operation, "_record", None)
+
+
+_FIELDS = frozenset(ConflictResolutionOperation.model_fields)
+
+
+def _refuse_write(view: ConflictResolutionOperation, name: str) -> None:
+    """A view is what every registry query and handler of its record is handed: a write to it
+    would change what all of them read, and not the record."""
+    raise AttributeError(
+        f"{name}: this ConflictResolutionOperation is contend's read-only view of operation "
+        f"{view.ecs_id}, kept current by contend; act on the record through the cleanup handler"
+        " (remove, retain_for) or schedule_cleanup(), or take a copy of your own (model_copy())"
+    )

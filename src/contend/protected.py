@@ -30,6 +30,7 @@ from contend.config import MAX_WAIT_MS, ConflictResolutionConfig, EffectiveClean
 from contend.enums import CleanupStrategy, OperationStatus
 from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
 from contend.events import OperationRejectedEvent, OperationStartedEvent
+from contend.nesting import Scope, enclosing, scope_of
 from contend.occ import run_with_occ
 from contend.record import Record
 from contend.runtime import Runtime, get_runtime
@@ -89,14 +90,20 @@ class Protected(Generic[P, R]):
         if wait is not None and self.staging:
             _check_waits(rt)
         passed = find_entities(args, kwargs)
-        holding = rt.holding
-        if passed and holding:
-            # the task is not kept in a local: see the module docstring
-            held = holding.get(current_task(loop))  # type: ignore[arg-type]
-            if held is not None:
-                if _holds_all(held, passed):
-                    return await self._run_joined(rt, priority, passed, args, kwargs)
-                _refuse_partly_held(self.name, held, passed)
+        if passed:
+            scope = enclosing.get()
+            if scope is not None:
+                scope = scope.open_for(rt)
+                if scope is not None:
+                    held = scope.held()
+                    if not _holds_all(held, passed):
+                        _refuse_partly_held(self.name, held, passed)
+                    spawned = not scope.owned_by(current_task(loop))
+                    if not spawned or scope.current_objects(passed):
+                        return await self._run_joined(
+                            rt, scope, spawned, priority, passed, args, kwargs
+                        )
+                    scope = None  # a failed attempt's copies: a call of its own
         store = rt.store
         backend = rt.backend
         if store is not None:
@@ -146,12 +153,8 @@ class Protected(Generic[P, R]):
         compare-and-set), record the write, hand the target on, and end the record."""
         clock = rt.clock
         store = rt.store
-        holding = rt.holding
-        task = current_task(_running_loop())
-        outer = None
-        if task is not None:
-            outer = holding.get(task)
-            holding[task] = record.target_entity_ids
+        scope = scope_of(current_task(_running_loop()))
+        outer = scope.call
         end = None
         try:
             if store is not None:
@@ -162,15 +165,19 @@ class Protected(Generic[P, R]):
                 await self._started(rt, record)
             if self.occ and committed:
                 result = await run_with_occ(
-                    rt, record, self.config.occ, self.fn, committed, passed, args, kwargs
+                    rt, record, self.config.occ, self.fn, committed, passed, args, kwargs, scope
                 )
             else:
                 stale = committed is not passed
                 if stale:
                     args, kwargs = substitute_call(args, kwargs, {c.ecs_id: c for c in committed})
+                scope.call = (rt, record.target_entity_ids, None)
                 result = self.fn(*args, **kwargs)
                 if self.is_async:
                     result = await result
+                if scope.running:
+                    await scope.close()
+                scope.call = None
                 if committed:
                     end = clock.now()
                     if store is not None:
@@ -180,13 +187,12 @@ class Protected(Generic[P, R]):
                     if stale:
                         _show_committed(passed, committed)
         except BaseException as exc:
-            _let_go(holding, task, outer)
-            task = None  # this frame goes into exc's traceback; it must not point at exc's task
+            scope.call = outer
             if staged:
                 rt.coordinator.release(record)
             await self._end(rt, record, exc)
             raise
-        _let_go(holding, task, outer)
+        scope.call = outer
         if staged:
             rt.coordinator.release(record)
         cleanup = rt.cleanup
@@ -320,6 +326,8 @@ class Protected(Generic[P, R]):
     async def _run_joined(
         self,
         rt: Runtime,
+        scope: Scope,
+        spawned: bool,
         priority: int,
         passed: Sequence[Entity],
         args: tuple[Any, ...],
@@ -330,24 +338,31 @@ class Protected(Generic[P, R]):
         Staging it would wait for the enclosing call to release a target it holds until this
         call returns (a deadlock), and its own OCC commit would race the enclosing one. So it
         joins the enclosing call: it runs at once on the objects it was given (the enclosing
-        call's working copies under OCC), and the enclosing call's staging and commit cover it.
-        It still gets its own record.
+        call's working copies under OCC), and the enclosing call's staging and commit cover it;
+        made from a task the enclosing call spawned, the enclosing call waits for it before
+        committing. It still gets its own record.
         """
-        backend = rt.backend
-        now = rt.clock.now()
-        ids = tuple([e.ecs_id for e in passed])
-        record = Record(self.name, ids, type(passed[0]).__name__, priority, self.cleanup, now)
-        await backend.add_operation(record)
+        if spawned:
+            scope.enter()
         try:
-            backend.set_status(record, _EXECUTING, now)
-            result = self.fn(*args, **kwargs)
-            if self.is_async:
-                result = await result
-        except BaseException as exc:
-            await self._end(rt, record, exc)
-            raise
-        await rt.cleanup.succeeded(record, self.cleanup)
-        return result
+            backend = rt.backend
+            now = rt.clock.now()
+            ids = tuple([e.ecs_id for e in passed])
+            record = Record(self.name, ids, type(passed[0]).__name__, priority, self.cleanup, now)
+            await backend.add_operation(record)
+            try:
+                backend.set_status(record, _EXECUTING, now)
+                result = self.fn(*args, **kwargs)
+                if self.is_async:
+                    result = await result
+            except BaseException as exc:
+                await self._end(rt, record, exc)
+                raise
+            await rt.cleanup.succeeded(record, self.cleanup)
+            return result
+        finally:
+            if spawned:
+                scope.leave()
 
     async def _end(self, rt: Runtime, record: Record, exc: BaseException) -> None:
         """Give `record` its one terminal state after `exc`, without masking `exc`."""
@@ -462,20 +477,6 @@ def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: Sequence[Enti
             "call forever, or commit again on each OCC retry of it); pass the other entities "
             "to the enclosing call too, or make this call outside it"
         )
-
-
-def _let_go(
-    holding: dict[asyncio.Task[Any], tuple[UUID, ...]],
-    task: asyncio.Task[Any] | None,
-    outer: tuple[UUID, ...] | None,
-) -> None:
-    """The call running in `task` is done with its entities; an enclosing call's are back."""
-    if task is None:
-        return
-    if outer is None:
-        holding.pop(task, None)
-    else:
-        holding[task] = outer
 
 
 def _show_committed(passed: Sequence[Entity], committed: Sequence[Entity]) -> None:

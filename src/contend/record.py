@@ -12,6 +12,7 @@ leaves at once is never looked up, so it never pays for one.
 
 from __future__ import annotations
 
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -27,7 +28,7 @@ from contend.enums import (
     OperationStatus,
 )
 from contend.errors import InvalidTransitionError
-from contend.operations import ConflictResolutionOperation
+from contend.operations import ConflictResolutionOperation, view_of
 
 __all__ = ["Record", "record_of"]
 
@@ -82,7 +83,9 @@ class Record:
     made_id: UUID | None
     """The id, once made (read); None before."""
     _winner: Record | UUID | None
-    _view: ConflictResolutionOperation | None
+    _view: weakref.ref[ConflictResolutionOperation] | None
+    """The view last handed out, weakly: the view holds the record, so a strong reference back
+    would make every record a view was made of a cycle for the garbage collector."""
 
     def __init__(
         self,
@@ -150,11 +153,14 @@ class Record:
         return self.cleanup_config or CleanupConfig()
 
     def view(self) -> ConflictResolutionOperation:
-        """The public model of this record, the same object each time, kept current."""
-        view = self._view
+        """The public model of this record, kept current: the same object each time while
+        anyone holds it."""
+        ref = self._view
+        view = ref() if ref is not None else None
         if view is None:
-            view = self._view = _model(self)
-            view._record = self
+            view = _model(self)
+            _set(view, "_record", self)
+            self._view = weakref.ref(view)
         return view
 
     def snapshot(self) -> ConflictResolutionOperation:
@@ -291,8 +297,11 @@ class Record:
             self._refresh()
 
     def _refresh(self) -> None:
-        view = self._view
-        if view is not None:
+        ref = self._view
+        view = ref() if ref is not None else None
+        if view is None:
+            self._view = None
+        else:
             view.__dict__.update(_fields(self))
 
 
@@ -308,7 +317,7 @@ def _fields(record: Record) -> dict[str, Any]:
 def _model(record: Record) -> ConflictResolutionOperation:
     """A model of `record`; every value comes from a validated config, the entities of a call, or
     a store that wrote it from such a model, so none is validated again."""
-    return construct_model(ConflictResolutionOperation, _fields(record), {"_record": None})
+    return construct_model(ConflictResolutionOperation, _fields(record), None)
 
 
 def record_of(operation: ConflictResolutionOperation | Record) -> Record | None:
@@ -316,5 +325,4 @@ def record_of(operation: ConflictResolutionOperation | Record) -> Record | None:
     by hand."""
     if isinstance(operation, Record):
         return operation
-    record: Record | None = operation._record
-    return record
+    return view_of(operation)

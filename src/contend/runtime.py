@@ -105,8 +105,6 @@ class Runtime:
         """The backend's synchronous side, used on the hot path when there is one."""
         self.coordinator: Coordinator = self.backend.coordinator
         """The backend's staging coordinator."""
-        self.holding: dict[asyncio.Task[Any], tuple[UUID, ...]] = {}
-        """Tasks running a protected call, and the entities each holds (for nested calls)."""
         self.clock: Clock = clock if clock is not None else SystemClock()
         """Where every part of the runtime reads time (replaceable, see `__setattr__`)."""
         self.events = EventBus()
@@ -198,7 +196,6 @@ class Runtime:
             if old is not None and reset is not None:
                 reset()
             self.cleanup.stop()
-            self.holding.clear()
             self.loop = loop
 
     def note_function(self, name: str, strategy: str) -> None:

@@ -208,6 +208,9 @@ def _pick_aged(entries: list[Staged], waiting: dict[Record, _Waiter]) -> Record:
     return entries[0][0]
 
 
+_MAX_CONFIGS = 1024
+
+
 class LocalCoordinator:
     """Staging for the in-memory backend.
 
@@ -229,7 +232,9 @@ class LocalCoordinator:
         self._waiting: dict[Record, _Waiter] = {}
         self._settings: dict[int, tuple[PreECSConfig, float, int]] = {}
         """Per staging config (by identity): its window length and window size limit, read once
-        (a pydantic model's attribute read costs ten times a plain one)."""
+        (a pydantic model's attribute read costs ten times a plain one). At most `_MAX_CONFIGS`,
+        then forgotten all at once: a function decorated per request or session brings a
+        config of its own each time, which this must not keep forever."""
         self.on_window = on_window
 
     def in_flight(self) -> int:
@@ -297,6 +302,8 @@ class LocalCoordinator:
         loop = _running_loop()
         settings = self._settings.get(id(config))
         if settings is None or settings[0] is not config:
+            if len(self._settings) >= _MAX_CONFIGS:
+                self._settings.clear()
             settings = self._settings[id(config)] = (
                 config,
                 config.staging_timeout_ms,

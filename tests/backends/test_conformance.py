@@ -419,6 +419,26 @@ async def test_a_nested_call_on_a_held_target_runs_inside_and_commits_once(
     assert await any_runtime.registry.zombies() == []
 
 
+async def test_nested_calls_gathered_inside_a_transfer_join_it(any_runtime: Runtime) -> None:
+    """Tasks spawned inside a protected call (``gather``) run their calls inside it, not staged
+    behind it (which waited for it forever while it waited for them)."""
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=any_runtime)
+    async def move(acct: Account, x: int) -> None:
+        await asyncio.sleep(0)
+        acct.balance += x
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=any_runtime)
+    async def transfer(src: Account, dst: Account, x: int) -> None:
+        await asyncio.gather(move(src, -x), move(dst, x))
+
+    src, dst = Account(balance=100), Account()
+    await asyncio.wait_for(transfer(src, dst, 30), 5)
+    assert (src.balance, dst.balance, src.version, dst.version) == (70, 30, 1, 1)
+    assert (await _committed(any_runtime, src), await _committed(any_runtime, dst)) == (70, 30)
+    assert await any_runtime.registry.zombies() == []
+
+
 # cleanup ------------------------------------------------------------------------------------------
 async def test_immediate_cleanup_leaves_no_zombie_and_counts_each_removal(
     any_runtime: Runtime,

@@ -221,3 +221,41 @@ def test_strategy_name_is_accepted_for_cleanup() -> None:
         @with_conflict_resolution(cleanup="sometimes")
         async def other(item: Item) -> Item:
             return item
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p.append(5),
+        lambda p: p.extend([5]),
+        lambda p: p.insert(0, 5),
+        lambda p: p.remove(10),
+        lambda p: p.pop(),
+        lambda p: p.clear(),
+        lambda p: p.__setitem__(0, 5),
+        lambda p: p.__delitem__(0),
+        lambda p: p.__iadd__([5]),
+        lambda p: p.__imul__(2),
+        lambda p: p.sort(),
+        lambda p: p.reverse(),
+    ],
+)
+def test_a_config_s_priority_lists_cannot_change_under_it(change: object) -> None:
+    """A frozen config's lists were mutable: a handler appending to its operation's
+    ``cleanup_config.immediate_cleanup_priorities`` changed the cleanup of every later call of
+    that function, unvalidated (DEFAULT_CLEANUP_CONFIG's, of every function left at defaults)."""
+    import copy
+    import pickle
+
+    config = CleanupConfig(debug_retention_priorities=[OperationPriority.LOW])
+    with pytest.raises(TypeError, match="immediate_cleanup_priorities cannot be changed"):
+        change(config.immediate_cleanup_priorities)  # type: ignore[operator]
+    assert config.immediate_cleanup_priorities == [OperationPriority.CRITICAL]
+    with pytest.raises(TypeError, match="debug_retention_priorities cannot be changed"):
+        config.debug_retention_priorities.append(10)
+    assert config.debug_retention_priorities == [OperationPriority.LOW]
+    # still lists to read, compare, dump, copy and pickle
+    assert isinstance(config.immediate_cleanup_priorities, list)
+    assert config.model_dump()["immediate_cleanup_priorities"] == [10]
+    assert copy.deepcopy(config) == config == pickle.loads(pickle.dumps(config))
+    assert config.model_copy(update={"retention_minutes": 5}).immediate_cleanup_priorities == [10]

@@ -195,6 +195,30 @@ async def test_a_handler_that_retains(runtime: Runtime, clock: FakeClock) -> Non
     )
 
 
+@pytest.mark.parametrize("minutes", [-1, float("nan"), float("inf"), 1e12])
+async def test_retain_for_names_its_allowed_range(runtime: Runtime, minutes: float) -> None:
+    """retain_for(minutes=inf) failed with "cannot convert float infinity to integer" and 1e12
+    with "date value out of range"; the handler's failure now says what minutes may be."""
+    retained: list[BaseException] = []
+
+    @CleanupHandlerRegistry.register("retainer")
+    class Retainer(CleanupHandler):
+        async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+            try:
+                await self.retain_for(operation, minutes=minutes)
+            except ValueError as exc:
+                retained.append(exc)
+
+    item = Item()
+    await asyncio.gather(
+        *(custom(runtime, "retainer")(item) for _ in range(2)), return_exceptions=True
+    )
+    [error] = retained
+    assert "retain_for: minutes must be a finite number of minutes >= 0" in str(error)
+    assert repr(minutes) in str(error)
+    assert runtime.registry.zombie_count == 1  # kept, nothing scheduled
+
+
 async def test_a_handler_that_does_nothing(runtime: Runtime, clock: FakeClock) -> None:
     statuses: list[OperationStatus] = []
 
@@ -254,6 +278,18 @@ class Garbage(CleanupHandler):
         return "done!"
 
 
+class Sync(CleanupHandler):
+    def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:  # type: ignore[override]
+        pass
+
+
+class Plain:
+    """Registered without subclassing CleanupHandler (the design's registry takes any class)."""
+
+    async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> Any:
+        return 0
+
+
 class Cancelling(CleanupHandler):
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         raise asyncio.CancelledError("handler gave up")
@@ -264,13 +300,18 @@ class Cancelling(CleanupHandler):
     [
         (Raising, "audit store down"),
         (Slow, "timed out after 0.05s"),
-        (Garbage, "returned 'done!'"),
+        (Garbage, "cleanup handler 'flaky' returned 'done!'"),
+        (Plain, "cleanup handler 'flaky' returned 0"),
+        (Sync, "flaky: handle_operation_rejection returned None, not an awaitable; define it"),
         (Cancelling, "CancelledError"),
     ],
 )
 async def test_a_failing_handler_is_counted_and_the_record_kept(
     runtime: Runtime, handler: type[CleanupHandler], why: str
 ) -> None:
+    """Each failure names the handler as registered (a returned value was blamed on 'custom'),
+    and a handler written with ``def`` says so (it was "object NoneType can't be used in
+    'await' expression")."""
     CleanupHandlerRegistry.register("flaky", handler)
     bump = custom(runtime, "flaky", timeout=0.05)
     item = Item()

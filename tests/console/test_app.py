@@ -233,6 +233,10 @@ def test_a_short_token_is_refused_naming_the_field():
     with pytest.raises(ConfigurationError) as err:
         make_console(page_size=0)
     assert err.value.field == "page_size"
+    # the whole allowed range, not one bound ("Input should be greater than or equal to 1")
+    assert "page_size must be >= 1 and <= 500, got 0" in str(err.value)
+    with pytest.raises(ConfigurationError, match=r"sample_interval_seconds must be >= 1.0 and"):
+        make_console(sample_interval_seconds=1e9)
 
 
 async def test_methods_and_unknown_paths(runtime):

@@ -10,7 +10,9 @@ handler name.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 from contend.config import CleanupConfig, EffectiveCleanup
@@ -65,12 +67,7 @@ class CleanupHandler:
     async def handle(self, record: Record) -> None:
         """What the manager calls for a kept record: the design's ``handle_operation_rejection``
         with the record's public view (the stock strategies act on the record itself)."""
-        outcome: Awaitable[object] = self.handle_operation_rejection(record.view())
-        result = await outcome
-        if result is not None:
-            raise TypeError(
-                f"cleanup handler {self.name!r} returned {result!r}; a cleanup handler returns None"
-            )
+        await settle(self.name, self.handle_operation_rejection(record.view()))
 
     def bind(self, cleanup: CleanupManager) -> None:
         """Act through `cleanup` (the manager binds the handlers it makes)."""
@@ -95,13 +92,21 @@ class CleanupHandler:
     ) -> None:
         """Schedule removal `minutes` after the record's completion; the runtime's sweeper
         carries it out (counted under reason "ttl", labelled with the record's strategy)."""
-        if not minutes >= 0:
-            raise ValueError(f"retain_for: minutes must be >= 0, got {minutes!r}")
         manager = self._manager()
+        now = manager.clock.now()
+        try:
+            valid = minutes >= 0 and (now + timedelta(minutes=minutes)).year < 9999
+        except (TypeError, ValueError, OverflowError):
+            valid = False
+        if not valid:
+            raise ValueError(
+                "retain_for: minutes must be a finite number of minutes >= 0 that ends before "
+                f"the year 9999, got {minutes!r}"
+            )
         record = manager.record_of(operation)
         if record is None:
             return
-        due = record.retain_for(minutes, manager.clock.now())
+        due = record.retain_for(minutes, now)
         await manager.schedule(record, due.timestamp())
 
 
@@ -210,20 +215,33 @@ class CustomCleanupHandler(CleanupHandler):
     async def handle(self, record: Record) -> None:
         record.handled_by(self.name)
         delegate = self.delegate
-        if isinstance(delegate, CleanupHandler):
+        if isinstance(delegate, CleanupHandler) and type(delegate).handle is not _BASE_HANDLE:
             await delegate.handle(record)
             return
-        outcome: Awaitable[object] = delegate.handle_operation_rejection(record.view())
-        result = await outcome
-        if result is not None:
-            raise TypeError(
-                f"cleanup handler {self.name!r} returned {result!r}; a cleanup handler returns None"
-            )
+        await settle(self.name, delegate.handle_operation_rejection(record.view()))
 
     async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
         record = self._manager().record_of(operation)
         if record is not None:
             await self.handle(record)
+
+
+_BASE_HANDLE = CleanupHandler.handle
+
+
+async def settle(name: str, outcome: object) -> None:
+    """Await what the handler registered under `name` returned from
+    ``handle_operation_rejection``: a coroutine that gives None, or the handler has failed."""
+    if not inspect.isawaitable(outcome):
+        raise TypeError(
+            f"{name}: handle_operation_rejection returned {outcome!r}, not an awaitable; define "
+            "it with `async def` (contend awaits it)"
+        )
+    result = await outcome
+    if result is not None:
+        raise TypeError(
+            f"cleanup handler {name!r} returned {result!r}; a cleanup handler returns None"
+        )
 
 
 HandlerClass = type[CleanupHandler]

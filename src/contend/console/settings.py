@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from contend.config import RangeChecked
 from contend.errors import ConfigurationError
 
 __all__ = ["MIN_TOKEN_LENGTH", "ConsoleSettings", "console_settings"]
@@ -13,7 +14,7 @@ __all__ = ["MIN_TOKEN_LENGTH", "ConsoleSettings", "console_settings"]
 MIN_TOKEN_LENGTH = 16
 
 
-class ConsoleSettings(BaseModel):
+class ConsoleSettings(RangeChecked):
     """Console options; every bound is checked when the console is built.
 
     Actions (remove, purge, sweep) are off unless `token` is set, and then need it; with
