@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import sys
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -591,3 +592,78 @@ class Fields(tuple):  # type: ignore[type-arg]
 def _boxes(holder: Any) -> list[Box]:
     values = holder.values() if isinstance(holder, dict) else holder
     return [v for v in values if isinstance(v, Box)]
+
+
+# --- methods ---------------------------------------------------------------------------------
+
+
+class Teller:
+    """A service object whose methods are decorated, as a request handler's dependencies are."""
+
+    def __init__(self) -> None:
+        self.served: list[str] = []
+
+    @with_conflict_resolution(priority=OperationPriority.LOW)
+    async def deposit(self, box: Box, label: str) -> str:
+        self.served.append(label)
+        box.value += 1
+        return label
+
+    @with_conflict_resolution(occ=True)
+    def deposit_sync(self, box: Box, label: str) -> str:
+        self.served.append(label)
+        box.value += 1
+        return label
+
+
+async def test_a_decorated_method_keeps_its_instance_through_per_call_overrides(
+    runtime: Runtime,
+) -> None:
+    """`teller.deposit.with_priority(p)(box)` passed `box` as `self` (the override was taken
+    from the unbound function), failing with a missing argument."""
+    teller, box = Teller(), Box()
+    results = await asyncio.gather(
+        teller.deposit(box, "low"),
+        teller.deposit.with_priority(OperationPriority.HIGH)(box, "high"),
+        return_exceptions=True,
+    )
+    assert results[1] == "high"
+    assert isinstance(results[0], OperationRejectedError)
+    assert await teller.deposit.with_max_wait(50).with_priority(9)(box, "waited") == "waited"
+    assert teller.served == ["high", "waited"] and box.value == 2
+    assert teller.deposit.conflict_config is Teller.deposit.conflict_config
+    assert teller.deposit.priority == OperationPriority.LOW
+    assert teller.deposit.with_priority(9).priority == 9
+    assert list(inspect.signature(teller.deposit).parameters) == ["box", "label"]
+    assert inspect.iscoroutinefunction(teller.deposit)
+    assert not inspect.iscoroutinefunction(teller.deposit_sync)
+
+
+def test_a_decorated_sync_method_keeps_its_instance_through_per_call_overrides() -> None:
+    teller, box = Teller(), Box()
+    assert teller.deposit_sync(box, "plain") == "plain"
+    assert teller.deposit_sync.with_priority(9)(box, "high") == "high"
+    assert teller.deposit_sync.with_max_wait(10)(box, "waited") == "waited"
+    assert teller.served == ["plain", "high", "waited"] and box.value == 3
+
+
+class Counter(Entity):
+    """An entity whose own methods are its protected operations."""
+
+    hits: int = 0
+
+    @with_conflict_resolution(occ=True)
+    async def hit(self, n: int) -> int:
+        self.hits += n
+        return self.hits
+
+
+async def test_an_entitys_own_method_can_be_decorated(runtime: Runtime) -> None:
+    """Decorating a method of an Entity subclass failed at class creation: pydantic took the
+    decorated function for a field without an annotation."""
+    counter = Counter()
+    results = await asyncio.gather(*(counter.hit(1) for _ in range(3)), return_exceptions=True)
+    assert results.count(1) == 1 and counter.hits == 1 and counter.version == 1
+    assert await counter.hit.with_priority(9)(2) == 3
+    assert "hit" not in Counter.model_fields
+    assert Counter.model_validate({"hits": 4}).hits == 4

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import types
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -59,10 +58,33 @@ class _Bound(functools.partial[Any]):
     a descriptor, so a decorated method binds its instance as a function would."""
 
     def __get__(self, obj: object, owner: type | None = None) -> Any:
-        return self if obj is None else types.MethodType(self, obj)
+        return self if obj is None else _Method(self, obj)
 
     def __repr__(self) -> str:
         return f"<contend protected function {self.__qualname__}>"  # type: ignore[attr-defined]
+
+
+class _Method(functools.partial[Any]):
+    """A decorated function bound to an instance, as a method is: a partial (a call costs what a
+    bound method's does), whose `with_priority` / `with_max_wait` keep the instance (a bound
+    method's would return the function unbound); other attributes are the function's."""
+
+    def with_priority(self, priority: int) -> _Method:
+        return _Method(self._function().with_priority(priority), *self.args)
+
+    def with_max_wait(self, max_wait_ms: float) -> _Method:
+        return _Method(self._function().with_max_wait(max_wait_ms), *self.args)
+
+    def _function(self) -> ConflictResolved[..., Any]:
+        return cast("ConflictResolved[..., Any]", self.func)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "__wrapped__":  # unwrapped, inspect.signature would keep `self`
+            raise AttributeError(name)
+        return getattr(self.func, name)
+
+    def __repr__(self) -> str:
+        return f"<bound contend protected function {self.func.__qualname__} of {self.args[0]!r}>"
 
 
 def _build_config(
@@ -273,11 +295,7 @@ def _bound(protected: Protected[Any, Any], priority: int, wait: float | None) ->
     if protected.is_async:
         call = _Bound(protected.run, priority, wait)
     else:
-
-        def call_sync(*args: Any, **kwargs: Any) -> Any:
-            return _run_sync(protected, priority, wait, args, kwargs)
-
-        call = call_sync
+        call = _Bound(_run_sync, protected, priority, wait)
     functools.update_wrapper(call, protected.fn)
     _add_overrides(call, protected, priority, wait)
     setattr(call, "conflict_config", protected.config)  # noqa: B010
@@ -286,11 +304,7 @@ def _bound(protected: Protected[Any, Any], priority: int, wait: float | None) ->
 
 
 def _run_sync(
-    protected: Protected[Any, Any],
-    priority: int,
-    wait: float | None,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    protected: Protected[Any, Any], priority: int, wait: float | None, /, *args: Any, **kwargs: Any
 ) -> Any:
     try:
         asyncio.get_running_loop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,7 +20,11 @@ class Entity(BaseModel):
     """
 
     model_config = ConfigDict(
-        validate_assignment=False, revalidate_instances="never", extra="forbid"
+        validate_assignment=False,
+        revalidate_instances="never",
+        extra="forbid",
+        # a method decorated with `with_conflict_resolution` is a partial: a method, not a field
+        ignored_types=(partial,),
     )
 
     ecs_id: UUID = Field(default_factory=uuid4, description="Stable identity across versions.")
