@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from pydantic import ValidationError
 
-from contend.cleanup.handlers import CleanupHandlerRegistry
+from contend.cleanup.handlers import CleanupHandler, CleanupHandlerRegistry, CustomCleanupHandler
 from contend.config import (
     CleanupConfig,
     CleanupStrategy,
@@ -189,6 +189,28 @@ def _check_handlers(config: ConflictResolutionConfig) -> None:
                 f"no cleanup handler registered under {name!r} "
                 f"(registered: {', '.join(CleanupHandlerRegistry.names())})",
             )
+        _check_builds_bare(name, CleanupHandlerRegistry.get(name))
+
+
+def _check_builds_bare(name: str, klass: type[CleanupHandler]) -> None:
+    """contend builds a custom handler with no arguments (as the design's registry does): one
+    that needs some would fail on every zombie, so it is refused here."""
+    try:
+        inspect.signature(klass).bind()
+    except TypeError as exc:
+        hint = (
+            "; subclass CleanupHandler: CustomCleanupHandler is the wrapper contend puts around "
+            "the handler a config names"
+            if issubclass(klass, CustomCleanupHandler)
+            else ""
+        )
+        raise ConfigurationError(
+            "cleanup.custom_cleanup_handler",
+            f"{name!r} is {klass.__qualname__}, which contend builds with no arguments, but it "
+            f"cannot be: {exc} (give its parameters defaults){hint}",
+        ) from None
+    except ValueError:
+        pass  # no signature to read (a class built in C): left to the first zombie
 
 
 @overload

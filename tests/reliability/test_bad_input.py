@@ -25,6 +25,7 @@ from contend import (
     ConflictResolutionConfig,
     ConflictResolutionMode,
     ConflictResolutionOperation,
+    CustomCleanupHandler,
     Entity,
     FakeClock,
     OCCConfig,
@@ -288,6 +289,41 @@ def test_unknown_handler_name_is_refused_at_decoration() -> None:
         with_conflict_resolution(cleanup=config)
     assert exc.value.field == "cleanup.custom_cleanup_handler"
     assert "noop" in str(exc.value)
+
+
+class _NeedsAnArgument(CleanupHandler):
+    def __init__(self, archive_path: str) -> None:
+        self.archive_path = archive_path
+
+    async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+        await self.remove(operation)
+
+
+class _SubclassOfTheWrapper(CustomCleanupHandler):
+    async def handle_operation_rejection(self, operation: ConflictResolutionOperation) -> None:
+        await self.remove(operation)
+
+
+@pytest.mark.parametrize(
+    ("klass", "named"),
+    [(_NeedsAnArgument, "archive_path"), (_SubclassOfTheWrapper, "subclass CleanupHandler")],
+)
+def test_a_handler_class_that_cannot_be_built_bare_is_refused_at_decoration(
+    klass: type[CleanupHandler], named: str
+) -> None:
+    """contend builds a custom handler with no arguments: one that needs some (a subclass of
+    CustomCleanupHandler needs `name`) failed on every zombie, each counted as a handler
+    failure, instead of at decoration."""
+    CleanupHandlerRegistry.register("bad-input-needs-args", klass)
+    try:
+        with pytest.raises(ConfigurationError, match=named) as exc:
+            with_conflict_resolution(
+                cleanup={"strategy": "custom", "custom_cleanup_handler": "bad-input-needs-args"}
+            )
+        assert exc.value.field == "cleanup.custom_cleanup_handler"
+        assert klass.__qualname__ in str(exc.value)
+    finally:
+        CleanupHandlerRegistry.unregister("bad-input-needs-args")
 
 
 class _Vanishing(CleanupHandler):
