@@ -24,6 +24,7 @@ from contend import (
     with_conflict_resolution,
 )
 from contend.operations import TERMINAL_STATUSES, TRANSITIONS
+from contend.testing import runtime_in_use
 
 S = OperationStatus
 LEGAL = {
@@ -142,6 +143,25 @@ def test_schedule_cleanup_and_is_cleanup_due() -> None:
     fresh.schedule_cleanup(CleanupStrategy.IMMEDIATE)
     assert fresh.cleanup_scheduled_at is None
     assert not fresh.is_cleanup_due()
+
+
+async def test_is_cleanup_due_reads_the_runtimes_clock() -> None:
+    """A view's is_cleanup_due() compared with the wall clock: under a FakeClock (which starts at
+    2026-01-01) a 30-minute retention read as due at once, and advancing the clock meant nothing."""
+
+    @with_conflict_resolution(
+        cleanup=CleanupConfig(strategy="lazy", retention_minutes=30, debug_retention_priorities=[])
+    )
+    async def work(box: Box) -> None:
+        box.value += 1
+
+    box = Box()
+    with runtime_in_use() as rt:
+        await asyncio.gather(work(box), work(box), return_exceptions=True)
+        [zombie] = await rt.registry.zombies()
+        assert not zombie.is_cleanup_due()
+        rt.clock.advance(minutes=30)  # type: ignore[attr-defined]
+        assert zombie.is_cleanup_due()
 
 
 def test_schedule_cleanup_defaults_to_the_record_config_retention() -> None:

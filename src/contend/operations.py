@@ -16,6 +16,7 @@ from pydantic import Field
 
 from contend.clock import utcnow
 from contend.config import CleanupConfig
+from contend.current import current_runtime
 from contend.entity import Entity
 from contend.enums import (
     TERMINAL_STATUSES,
@@ -72,9 +73,9 @@ class OperationEntity(Entity):
             raise InvalidTransitionError(self.ecs_id, current.value, to.value)
         self.status = to
         if to is OperationStatus.EXECUTING:
-            self.started_at = at or utcnow()
+            self.started_at = at or _now()
         else:
-            self.completed_at = at or utcnow()
+            self.completed_at = at or _now()
 
 
 class ConflictResolutionOperation(OperationEntity):
@@ -126,7 +127,7 @@ class ConflictResolutionOperation(OperationEntity):
                 if retention_minutes is not None
                 else self.get_cleanup_config().retention_minutes
             )
-            due = (self.completed_at or now or utcnow()) + timedelta(minutes=retention)
+            due = (self.completed_at or now or _now()) + timedelta(minutes=retention)
         record = view_of(self)
         if record is not None:
             record.plan_cleanup(strategy, due)
@@ -139,14 +140,21 @@ class ConflictResolutionOperation(OperationEntity):
         self.cleanup_handler_name = strategy.value
 
     def is_cleanup_due(self, now: datetime | None = None) -> bool:
-        """True once the scheduled removal time has come."""
+        """True once the scheduled removal time has come (by default on the current runtime's
+        clock, which a test's FakeClock replaces)."""
         if self.cleanup_scheduled_at is None:
             return False
-        return (now or utcnow()) >= self.cleanup_scheduled_at
+        return (now or _now()) >= self.cleanup_scheduled_at
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready view without the config object."""
         return self.model_dump(mode="json", exclude={"cleanup_config"})
+
+
+def _now() -> datetime:
+    """The time on the current runtime's clock: the one its records are stamped and due by."""
+    now: datetime = current_runtime().clock.now()
+    return now
 
 
 def view_of(operation: ConflictResolutionOperation) -> Record | None:
