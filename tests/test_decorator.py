@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import inspect
 import sys
@@ -667,3 +668,34 @@ async def test_an_entitys_own_method_can_be_decorated(runtime: Runtime) -> None:
     assert await counter.hit.with_priority(9)(2) == 3
     assert "hit" not in Counter.model_fields
     assert Counter.model_validate({"hits": 4}).hits == 4
+
+
+class _Handler:
+    """A callable object, as a framework's handler or a tool of an agent often is."""
+
+    async def __call__(self, box: Box, n: int) -> int:
+        box.value += n
+        return box.value
+
+
+async def _add(box: Box, n: int) -> int:
+    box.value += n
+    return box.value
+
+
+@pytest.mark.parametrize(
+    ("fn", "name"),
+    [(_Handler(), "_Handler"), (functools.partial(_add, n=2), "_add")],
+    ids=["callable-object", "partial"],
+)
+async def test_a_callable_object_or_a_partial_can_be_decorated(
+    runtime: Runtime, fn: Callable[..., Any], name: str
+) -> None:
+    """Decorating an object with an async __call__ or a functools.partial failed with
+    AttributeError: no attribute '__qualname__'; the object is called (awaited) as it is."""
+    work = with_conflict_resolution(occ=True)(fn)
+    box = Box()
+    results = await asyncio.gather(work(box, n=2), work(box, n=2), return_exceptions=True)
+    assert results[0] == 2 and isinstance(results[1], OperationRejectedError)
+    [loser] = await runtime.registry.zombies()
+    assert loser.function_name == f"{__name__}.{name}"

@@ -17,6 +17,7 @@ collector walks whatever they keep on each of its passes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import weakref
@@ -68,8 +69,10 @@ class Protected(Generic[P, R]):
         self.config = config
         self.priority = priority
         self.runtime = runtime
-        self.name = f"{fn.__module__}.{fn.__qualname__}"
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.name = _name_of(fn)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            type(fn).__call__  # an object with an async __call__
+        )
         self.staging = config.pre_ecs.enabled
         self.pre_ecs = config.pre_ecs
         self.max_wait: float | None = config.pre_ecs.max_wait_ms if config.pre_ecs.waits else None
@@ -517,3 +520,12 @@ def check_wait(max_wait_ms: Any) -> float | None:
             "max_wait_ms", f"must be a number of ms from 0 to {MAX_WAIT_MS}, got {max_wait_ms!r}"
         )
     return float(max_wait_ms) if max_wait_ms > 0 else None
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    """`module.qualname` of what a decorated callable runs: a function, the function of a
+    partial, or the class of a callable object."""
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    qualname = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    module = getattr(inner, "__module__", None) or type(inner).__module__
+    return f"{module}.{qualname}"
