@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -84,9 +85,15 @@ class FakeClock:
         self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0
     ) -> datetime:
         """Move time forward and wake every sleeper whose deadline has passed."""
-        delta = timedelta(seconds=seconds, minutes=minutes, hours=hours).total_seconds()
-        if delta < 0:
-            raise ValueError(f"FakeClock.advance: delta must be >= 0, got {delta}")
+        try:
+            delta = timedelta(seconds=seconds, minutes=minutes, hours=hours).total_seconds()
+        except (OverflowError, ValueError):  # infinity, NaN, or past timedelta's range
+            delta = math.nan
+        if not delta >= 0:
+            raise ValueError(
+                "FakeClock.advance: delta must be a finite time >= 0, got "
+                f"seconds={seconds!r}, minutes={minutes!r}, hours={hours!r}"
+            )
         self._t += delta
         while self._sleepers and self._sleepers[0][0] <= self._t:
             _, _, fut = heapq.heappop(self._sleepers)

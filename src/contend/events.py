@@ -102,6 +102,10 @@ class EventBus:
         self, event_type: type[E], handler: Callable[[E], Awaitable[None] | None]
     ) -> Callable[[], None]:
         """Deliver `event_type` events (subclasses too) to `handler`; returns an unsubscriber."""
+        if not isinstance(event_type, type):
+            raise TypeError(f"subscribe: event_type must be an event class, got {event_type!r}")
+        if not callable(handler):
+            raise TypeError(f"subscribe: handler must be callable, got {handler!r}")
         self._subs.setdefault(event_type, []).append(handler)
         self._resolved.clear()
 

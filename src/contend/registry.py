@@ -102,8 +102,9 @@ class Registry:
         return _views(seen.values())
 
     async def operations_with_status(
-        self, status: OperationStatus
+        self, status: OperationStatus | str
     ) -> list[ConflictResolutionOperation]:
+        status = _status(status)
         records = await self.backend.operations_with_status(status)
         if status in TERMINAL_STATUSES:
             records = await self.cleanup.remove_due_lazy(records)
@@ -134,6 +135,15 @@ class Registry:
         return await self.cleanup.remove(
             op_id, "manual", strategy=record.cleanup_strategy or CleanupStrategy.NONE
         )
+
+
+def _status(value: OperationStatus | str) -> OperationStatus:
+    """A status given as the enum or its name (a typo would otherwise find nothing, silently)."""
+    try:
+        return OperationStatus(value)
+    except ValueError:
+        allowed = ", ".join(s.value for s in OperationStatus)
+        raise ValueError(f"status: unknown status {value!r} (allowed: {allowed})") from None
 
 
 def _views(records: Iterable[Record]) -> list[ConflictResolutionOperation]:

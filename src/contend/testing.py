@@ -31,6 +31,7 @@ from contend.clock import FakeClock
 from contend.config import CleanupConfig
 from contend.entity import Entity
 from contend.enums import CleanupStrategy
+from contend.errors import ConfigurationError
 from contend.events import OperationEvent
 from contend.runtime import Runtime, use_runtime
 
@@ -76,6 +77,14 @@ def make_runtime(
 ) -> Runtime:
     """A runtime of its own on a `FakeClock` (a new one unless given), whose memory probe always
     reads `memory_pressure`."""
+    if (
+        isinstance(memory_pressure, bool)
+        or not isinstance(memory_pressure, (int, float))
+        or not 0 <= memory_pressure <= 1
+    ):
+        raise ConfigurationError(
+            "memory_pressure", f"must be a fraction from 0 to 1, got {memory_pressure!r}"
+        )
     return Runtime(
         backend,
         clock=clock if clock is not None else FakeClock(),

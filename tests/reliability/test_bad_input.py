@@ -30,6 +30,7 @@ from contend import (
     FakeClock,
     OCCConfig,
     OperationRejectedError,
+    OperationRejectedEvent,
     OperationStatus,
     PreECSConfig,
     Runtime,
@@ -545,6 +546,41 @@ def test_fake_clock_refuses_naive_times_and_going_back() -> None:
     with pytest.raises(ValueError, match=">= 0"):
         clock.advance(-1)
     assert clock.time() == before
+
+
+@pytest.mark.parametrize("bad", [{"seconds": math.inf}, {"minutes": math.nan}, {"hours": 1e12}])
+def test_fake_clock_refuses_infinite_and_nan_advances(bad: dict[str, float]) -> None:
+    """advance(minutes=inf) said "cannot convert float infinity to integer", naming nothing."""
+    clock = FakeClock()
+    before = clock.time()
+    with pytest.raises(ValueError, match=r"FakeClock.advance: delta must be a finite time >= 0"):
+        clock.advance(**bad)
+    assert clock.time() == before
+
+
+@pytest.mark.parametrize("bad", [2, -0.1, math.nan, "0.5", True])
+def test_make_runtime_refuses_a_memory_pressure_outside_zero_to_one(bad: Any) -> None:
+    """A test's runtime read 2 or NaN as its memory pressure, quietly clamped by the monitor."""
+    with pytest.raises(ConfigurationError, match="from 0 to 1") as exc:
+        make_runtime(memory_pressure=bad)
+    assert exc.value.field == "memory_pressure"
+
+
+async def test_a_status_query_with_an_unknown_status_is_refused(rt: Runtime) -> None:
+    """operations_with_status("rejectd") found nothing, silently, like a status with no calls."""
+    with pytest.raises(ValueError, match=r"status: unknown status 'rejectd' \(allowed: pending"):
+        await rt.registry.operations_with_status("rejectd")
+    assert await rt.registry.operations_with_status("rejected") == []
+
+
+def test_event_subscriptions_are_checked() -> None:
+    """A subscriber that is not callable was accepted, then failed on every event it was sent."""
+    bus = make_runtime().events
+    with pytest.raises(TypeError, match="handler must be callable"):
+        bus.subscribe(OperationRejectedEvent, "log it")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="event_type must be an event class"):
+        bus.subscribe(OperationRejectedEvent(op_id=uuid4()), print)  # type: ignore[arg-type]
+    assert not bus.wants(OperationRejectedEvent)
 
 
 def test_handler_registry_refuses_bad_registrations() -> None:
