@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ConfigDict, PrivateAttr
 
 from contend import (
     CleanupConfig,
@@ -228,6 +229,47 @@ async def test_stale_copy_with_same_id_receives_committed_state(
     assert result is acct, "the result is the registry's committed instance"
     committed = await runtime.registry.get_entity(acct.ecs_id)
     assert committed is acct
+
+
+class Loose(Entity):
+    """An entity that keeps fields it does not declare, and a private attribute."""
+
+    model_config = ConfigDict(extra="allow")
+    balance: int = 0
+    _last_note: str = PrivateAttr(default="")
+
+
+@pytest.mark.parametrize("occ", [True, False])
+async def test_extra_fields_private_attributes_and_set_fields_are_committed(
+    runtime: Runtime, occ: bool
+) -> None:
+    """Under OCC, a write to a field kept by extra="allow" (or to a private attribute) was lost:
+    the call succeeded and bumped the version, but only the working copy's declared fields were
+    committed; so was model_fields_set, which model_dump(exclude_unset=True) reads."""
+
+    @with_conflict_resolution(occ=occ)
+    async def note(entity: Loose, text: str) -> None:
+        entity.note = text
+        entity.flagged = True
+        entity.balance += 1
+        entity._last_note = text
+
+    loose = Loose(note="first")
+    await note(loose, "second")
+    assert (loose.note, loose.flagged, loose.balance) == ("second", True, 1)
+    assert loose._last_note == "second"
+    assert loose.version == 1
+    assert loose.model_dump(exclude_unset=True, exclude={"ecs_id", "version", "last_modified"}) == {
+        "note": "second",
+        "flagged": True,
+        "balance": 1,
+    }
+    stale = loose.model_copy(deep=True)
+    await note(stale, "third")  # a second object with the same id gets the committed state too
+    assert (stale.note, stale._last_note, stale.version) == ("third", "third", 2)
+    assert (loose.note, loose._last_note, loose.version) == ("third", "third", 2)
+    stale.note = "own"
+    assert loose.note == "third", "the two objects share no extra-field dict"
 
 
 async def test_occ_result_never_exposes_a_working_copy(runtime: Runtime) -> None:

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from contend._args import substitute, substitute_call
 from contend.backends.base import Write
-from contend.entity import Entity
+from contend.entity import Entity, copy_state
 from contend.errors import OCCConflictError
 from contend.events import OperationRetriedEvent
 
@@ -95,7 +95,7 @@ async def run_with_occ(
         if conflict is None:
             for p, c in zip(passed, committed, strict=True):
                 if p is not c:
-                    p.__dict__.update(c.__dict__)
+                    copy_state(p, c)
             return substitute(result, {c.ecs_id: c for c in committed})
         metrics.occ_conflicts.inc()
         if attempt >= config.max_retries:

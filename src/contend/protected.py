@@ -28,6 +28,7 @@ from uuid import UUID
 from contend._args import find_entities, substitute_call
 from contend._fast import REJECTED_TEXT, current_task, rejection_text
 from contend.config import MAX_WAIT_MS, ConflictResolutionConfig, EffectiveCleanup
+from contend.entity import copy_state
 from contend.enums import CleanupStrategy, OperationStatus
 from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
 from contend.events import OperationRejectedEvent, OperationStartedEvent
@@ -486,7 +487,7 @@ def _show_committed(passed: Sequence[Entity], committed: Sequence[Entity]) -> No
     """The objects the caller passed hold the committed state (they were stale copies)."""
     for p, c in zip(passed, committed, strict=True):
         if p is not c:
-            p.__dict__.update(c.__dict__)
+            copy_state(p, c)
 
 
 def _check_waits(rt: Runtime) -> None:

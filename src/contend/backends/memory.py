@@ -25,6 +25,8 @@ from contend.enums import TERMINAL_STATUSES, OperationStatus
 from contend.record import Record
 from contend.staging import LocalCoordinator, Staged
 
+_set = object.__setattr__
+
 __all__ = ["MemoryBackend", "MemoryStore"]
 
 _TERMINAL = TERMINAL_STATUSES
@@ -115,10 +117,15 @@ class MemoryStore:
             if w.committed.version != w.expected:
                 return VersionConflict(w.committed.ecs_id, w.expected, w.committed.version)
         for w in writes:
-            d = w.committed.__dict__
-            d.update(w.state.__dict__)
+            committed, state = w.committed, w.state
+            d = committed.__dict__
+            d.update(state.__dict__)
             d["version"] = w.expected + 1
             d["last_modified"] = now
+            # what pydantic keeps beside the fields, taken from the working copy (thrown away)
+            _set(committed, "__pydantic_fields_set__", state.__pydantic_fields_set__)
+            _set(committed, "__pydantic_extra__", state.__pydantic_extra__)
+            _set(committed, "__pydantic_private__", state.__pydantic_private__)
         return None
 
     def bump(self, entities: Sequence[Entity], now: datetime) -> None:
