@@ -272,6 +272,30 @@ async def test_extra_fields_private_attributes_and_set_fields_are_committed(
     assert loose.note == "third", "the two objects share no extra-field dict"
 
 
+class Customer(Entity):
+    credit: int = 0
+
+
+class Order(Entity):
+    customer: Customer
+    total: int = 0
+
+
+async def test_an_entity_held_in_a_field_is_part_of_its_holders_state(runtime: Runtime) -> None:
+    """What README's Decisions say: not a target, and a value that an OCC commit replaces."""
+
+    @with_conflict_resolution(occ=True)
+    async def add(order: Order, amount: int) -> None:
+        order.total += amount
+
+    customer = Customer()
+    order = Order(customer=customer)
+    await add(order, 5)
+    assert order.total == 5 and order.customer == customer
+    assert order.customer is not customer
+    assert await runtime.registry.get_entity(customer.ecs_id) is None, "not a target"
+
+
 async def test_occ_result_never_exposes_a_working_copy(runtime: Runtime) -> None:
     @with_conflict_resolution(pre_ecs=False, occ=True)
     async def pair(t: Tally) -> tuple[Tally, list[Tally], dict[str, Tally]]:
