@@ -151,10 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve /metrics and /healthz over HTTP",
+        help="serve /metrics, /healthz and the console over HTTP",
         description=(
-            "Serve /metrics (Prometheus text) and /healthz (JSON; 503 when unhealthy) for the "
-            "default runtime of this process. A service exposes its own runtime by mounting "
+            "Serve /metrics (Prometheus text), /healthz (JSON; 503 when unhealthy) and the "
+            "operations console (/console/) for the default runtime of this process. A service exposes its own runtime by mounting "
             "contend.http.make_app() in its ASGI app, or by awaiting contend.http.serve() in its "
             "own event loop; see docs/observability.md."
         ),
