@@ -7,6 +7,7 @@ import inspect
 import logging
 import random
 from collections.abc import Callable, Sequence
+from copy import Error as CopyError
 from copy import deepcopy
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -41,17 +42,41 @@ def working_copy(entity: E) -> E:
     running deepcopy over the immutable values most fields hold (the copy is most of an OCC
     call's cost otherwise)."""
     copy = _new(type(entity))
-    _set(
-        copy,
-        "__dict__",
-        {k: (v if type(v) in _IMMUTABLE else deepcopy(v)) for k, v in entity.__dict__.items()},
-    )
+    try:
+        _set(
+            copy,
+            "__dict__",
+            {k: (v if type(v) in _IMMUTABLE else deepcopy(v)) for k, v in entity.__dict__.items()},
+        )
+        extra = entity.__pydantic_extra__
+        _set(copy, "__pydantic_extra__", None if extra is None else deepcopy(extra))
+        private = entity.__pydantic_private__
+        _set(copy, "__pydantic_private__", None if private is None else deepcopy(private))
+    except (TypeError, CopyError) as exc:
+        raise _uncopyable(entity, exc) from exc
     _set(copy, "__pydantic_fields_set__", set(entity.__pydantic_fields_set__))
-    extra = entity.__pydantic_extra__
-    _set(copy, "__pydantic_extra__", None if extra is None else deepcopy(extra))
-    private = entity.__pydantic_private__
-    _set(copy, "__pydantic_private__", None if private is None else deepcopy(private))
     return copy
+
+
+def _uncopyable(entity: Entity, exc: Exception) -> TypeError:
+    """What cannot be copied for an attempt, named (deepcopy's own error names only a type)."""
+    places = [
+        ("field", entity.__dict__),
+        ("extra field", entity.__pydantic_extra__ or {}),
+        ("private attribute", entity.__pydantic_private__ or {}),
+    ]
+    for kind, values in places:
+        for name, value in values.items():
+            try:
+                deepcopy(value)
+            except (TypeError, CopyError):
+                return TypeError(
+                    f"OCC runs each attempt on a deep copy of {type(entity).__name__} "
+                    f"{entity.ecs_id}, but its {kind} {name!r} cannot be copied ({exc}): keep "
+                    "objects such as locks, clients and connections out of entities, or turn OCC "
+                    "off for this function"
+                )
+    return TypeError(f"OCC cannot copy {type(entity).__name__} {entity.ecs_id}: {exc}")
 
 
 log = logging.getLogger("contend.occ")

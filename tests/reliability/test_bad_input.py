@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import math
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,31 @@ def test_unknown_handler_name_is_refused_at_decoration() -> None:
         with_conflict_resolution(cleanup=config)
     assert exc.value.field == "cleanup.custom_cleanup_handler"
     assert "noop" in str(exc.value)
+
+
+class Guarded(Entity):
+    """An entity holding an object deepcopy refuses (a thread lock) beside its state."""
+
+    balance: int = 0
+    _lock: Any = pydantic.PrivateAttr(default_factory=threading.Lock)
+
+
+async def test_an_entity_that_cannot_be_copied_is_named_with_what_cannot(
+    runtime: Runtime,
+) -> None:
+    """An OCC call on it failed with deepcopy's "cannot pickle '_thread.lock' object", which
+    names neither the entity nor the attribute."""
+
+    @with_conflict_resolution(occ=True)
+    async def deposit(g: Guarded) -> None:
+        g.balance += 1
+
+    guarded = Guarded()
+    with pytest.raises(TypeError, match=r"Guarded .*private attribute '_lock' cannot be copied"):
+        await deposit(guarded)
+    assert guarded.balance == 0 and guarded.version == 0
+    [failed] = await runtime.registry.zombies()
+    assert failed.status is OperationStatus.FAILED and "_lock" in (failed.error_message or "")
 
 
 class _NeedsAnArgument(CleanupHandler):
