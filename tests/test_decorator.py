@@ -6,6 +6,7 @@ import asyncio
 import functools
 import importlib.util
 import inspect
+import pickle
 import sys
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -699,3 +700,21 @@ async def test_a_callable_object_or_a_partial_can_be_decorated(
     assert results[0] == 2 and isinstance(results[1], OperationRejectedError)
     [loser] = await runtime.registry.zombies()
     assert loser.function_name == f"{__name__}.{name}"
+
+
+@with_conflict_resolution(occ=True)
+def _deposit_sync(box: Box, n: int) -> int:
+    box.value += n
+    return box.value
+
+
+def test_decorated_functions_and_methods_pickle_by_name_with_their_overrides() -> None:
+    """A sync decorated function (or a decorated method) could not be pickled, so not handed to
+    a process pool: "it's not the same object as ..."."""
+    assert pickle.loads(pickle.dumps(_deposit_sync)) is _deposit_sync
+    high = pickle.loads(pickle.dumps(_deposit_sync.with_priority(9).with_max_wait(5)))
+    assert high.priority == 9 and high(Box(), 2) == 2
+    teller = Teller()
+    method = pickle.loads(pickle.dumps(teller.deposit.with_priority(8)))
+    assert method.priority == 8 and isinstance(method.__self__, Teller)
+    assert pickle.loads(pickle.dumps(teller.deposit_sync))(Box(), "x") == "x"

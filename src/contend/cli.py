@@ -154,9 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve /metrics, /healthz and the console over HTTP",
         description=(
             "Serve /metrics (Prometheus text), /healthz (JSON; 503 when unhealthy) and the "
-            "operations console (/console/) for the default runtime of this process. A service exposes its own runtime by mounting "
-            "contend.http.make_app() in its ASGI app, or by awaiting contend.http.serve() in its "
-            "own event loop; see docs/observability.md."
+            "operations console (/console/) for the default runtime of this process. A service "
+            "exposes its own runtime by mounting contend.http.make_app() in its ASGI app, or by "
+            "awaiting contend.http.serve() in its own event loop; see docs/observability.md."
         ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
+import pickle
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -53,12 +55,18 @@ class ConflictResolved(Protocol[P, R_co]):
 
 
 class _Bound(functools.partial[Any]):
-    """A decorated async function as callers see it: `Protected.run` with the priority and the
-    wait of its calls bound. A partial, so a call creates no frame of its own before `run`'s;
-    a descriptor, so a decorated method binds its instance as a function would."""
+    """A decorated function as callers see it: `Protected.run` (a sync function: `_run_sync`)
+    with the priority and the wait of its calls bound. A partial, so a call creates no frame of
+    its own before `run`'s; a descriptor, so a decorated method binds its instance as a function
+    would; pickled by name, as a function is."""
 
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         return self if obj is None else _Method(self, obj)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """By name (a process pool can take it), with a variant's priority and wait."""
+        priority, wait = self.args[-2:]
+        return _by_name, (self.__module__, self.__qualname__, priority, wait)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<contend protected function {self.__qualname__}>"  # type: ignore[attr-defined]
@@ -75,6 +83,17 @@ class _Method(functools.partial[Any]):
     def with_max_wait(self, max_wait_ms: float) -> _Method:
         return _Method(self._function().with_max_wait(max_wait_ms), *self.args)
 
+    @property
+    def __self__(self) -> Any:
+        return self.args[0]
+
+    @property
+    def __func__(self) -> Any:
+        return self.func
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Method, (self.func, *self.args)
+
     def _function(self) -> ConflictResolved[..., Any]:
         return cast("ConflictResolved[..., Any]", self.func)
 
@@ -85,6 +104,19 @@ class _Method(functools.partial[Any]):
 
     def __repr__(self) -> str:
         return f"<bound contend protected function {self.func.__qualname__} of {self.args[0]!r}>"
+
+
+def _by_name(module: str, qualname: str, priority: int, wait: float | None) -> Any:
+    """The decorated function named `module.qualname`, with this priority and wait."""
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, _Bound):
+        raise pickle.UnpicklingError(f"{module}.{qualname} is not a contend protected function")
+    if tuple(found.args[-2:]) == (priority, wait):
+        return found
+    protected = found.args[0] if found.func is _run_sync else cast(Any, found.func).__self__
+    return _bound(protected, priority, wait)
 
 
 def _build_config(
