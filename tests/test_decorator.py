@@ -700,6 +700,9 @@ async def test_a_callable_object_or_a_partial_can_be_decorated(
     assert results[0] == 2 and isinstance(results[1], OperationRejectedError)
     [loser] = await runtime.registry.zombies()
     assert loser.function_name == f"{__name__}.{name}"
+    assert work.__name__ == name and name in repr(work)
+    with pytest.raises(pickle.PicklingError, match=f"not the object named {__name__}.{name}"):
+        pickle.dumps(work)
 
 
 @with_conflict_resolution(occ=True)

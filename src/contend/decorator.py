@@ -65,8 +65,17 @@ class _Bound(functools.partial[Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         """By name (a process pool can take it), with a variant's priority and wait."""
+        module, qualname = self.__module__, self.__qualname__  # type: ignore[attr-defined]
+        try:
+            found = _resolve(module, qualname)
+        except (ImportError, AttributeError):
+            found = None
+        if not isinstance(found, _Bound) or _protected_of(found) is not _protected_of(self):
+            raise pickle.PicklingError(
+                f"Can't pickle {self!r}: it is not the object named {module}.{qualname}"
+            )
         priority, wait = self.args[-2:]
-        return _by_name, (self.__module__, self.__qualname__, priority, wait)  # type: ignore[attr-defined]
+        return _by_name, (module, qualname, priority, wait)
 
     def __repr__(self) -> str:
         return f"<contend protected function {self.__qualname__}>"  # type: ignore[attr-defined]
@@ -106,17 +115,28 @@ class _Method(functools.partial[Any]):
         return f"<bound contend protected function {self.func.__qualname__} of {self.args[0]!r}>"
 
 
-def _by_name(module: str, qualname: str, priority: int, wait: float | None) -> Any:
-    """The decorated function named `module.qualname`, with this priority and wait."""
+def _resolve(module: str, qualname: str) -> Any:
     found: Any = importlib.import_module(module)
     for part in qualname.split("."):
         found = getattr(found, part)
+    return found
+
+
+def _protected_of(bound: _Bound) -> Protected[Any, Any]:
+    """What a decorated function runs (sync: `_run_sync`'s first argument; else `run`'s self)."""
+    if bound.func is _run_sync:
+        return cast("Protected[Any, Any]", bound.args[0])
+    return cast("Protected[Any, Any]", cast(Any, bound.func).__self__)
+
+
+def _by_name(module: str, qualname: str, priority: int, wait: float | None) -> Any:
+    """The decorated function named `module.qualname`, with this priority and wait."""
+    found = _resolve(module, qualname)
     if not isinstance(found, _Bound):
         raise pickle.UnpicklingError(f"{module}.{qualname} is not a contend protected function")
     if tuple(found.args[-2:]) == (priority, wait):
         return found
-    protected = found.args[0] if found.func is _run_sync else cast(Any, found.func).__self__
-    return _bound(protected, priority, wait)
+    return _bound(_protected_of(found), priority, wait)
 
 
 def _build_config(
@@ -351,6 +371,9 @@ def _bound(protected: Protected[Any, Any], priority: int, wait: float | None) ->
     else:
         call = _Bound(_run_sync, protected, priority, wait)
     functools.update_wrapper(call, protected.fn)
+    # named after what it runs (an object or a partial has no name of its own)
+    call.__dict__.update(__module__=protected.module, __qualname__=protected.qualname)
+    call.__dict__.setdefault("__name__", protected.qualname.rpartition(".")[2])
     _add_overrides(call, protected, priority, wait)
     setattr(call, "conflict_config", protected.config)  # noqa: B010
     setattr(call, "priority", priority)  # noqa: B010

@@ -70,7 +70,8 @@ class Protected(Generic[P, R]):
         self.config = config
         self.priority = priority
         self.runtime = runtime
-        self.name = _name_of(fn)
+        self.module, self.qualname = _name_of(fn)
+        self.name = f"{self.module}.{self.qualname}"
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             type(fn).__call__  # an object with an async __call__
         )
@@ -523,10 +524,10 @@ def check_wait(max_wait_ms: Any) -> float | None:
     return float(max_wait_ms) if max_wait_ms > 0 else None
 
 
-def _name_of(fn: Callable[..., Any]) -> str:
-    """`module.qualname` of what a decorated callable runs: a function, the function of a
-    partial, or the class of a callable object."""
+def _name_of(fn: Callable[..., Any]) -> tuple[str, str]:
+    """Module and qualified name of what a decorated callable runs: a function, the function of
+    a partial, or the class of a callable object."""
     inner = fn.func if isinstance(fn, functools.partial) else fn
     qualname = getattr(inner, "__qualname__", None) or type(inner).__qualname__
     module = getattr(inner, "__module__", None) or type(inner).__module__
-    return f"{module}.{qualname}"
+    return module, qualname
