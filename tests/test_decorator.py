@@ -21,6 +21,7 @@ from contend import (
     ConflictResolutionOperation,
     Entity,
     OCCConfig,
+    OperationCompletedEvent,
     OperationPriority,
     OperationRejectedError,
     OperationStatus,
@@ -721,3 +722,34 @@ def test_decorated_functions_and_methods_pickle_by_name_with_their_overrides() -
     method = pickle.loads(pickle.dumps(teller.deposit.with_priority(8)))
     assert method.priority == 8 and isinstance(method.__self__, Teller)
     assert pickle.loads(pickle.dumps(teller.deposit_sync))(Box(), "x") == "x"
+
+
+async def test_a_caller_cancelled_after_its_write_committed_gets_its_result(
+    runtime: Runtime,
+) -> None:
+    """With an async OperationCompletedEvent subscriber (an audit log), a caller whose
+    asyncio.timeout expired while the subscriber ran got TimeoutError although its write had
+    committed: a caller retrying on that error would deposit twice."""
+    audited: list[object] = []
+
+    async def audit(event: OperationCompletedEvent) -> None:
+        await asyncio.sleep(0.05)
+        audited.append(event.op_id)
+
+    runtime.events.subscribe(OperationCompletedEvent, audit)
+
+    @with_conflict_resolution(occ=True)
+    async def deposit(box: Box, n: int) -> int:
+        box.value += n
+        return box.value
+
+    box = Box()
+    async with asyncio.timeout(0.01):
+        assert await deposit(box, 10) == 10
+    assert box.value == 10 and box.version == 1
+    task = asyncio.ensure_future(deposit(box, 5))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    assert await task == 15, "cancelled after its commit, the call still reports it"
+    await asyncio.sleep(0.1)
+    assert len(audited) == 2, "the subscriber still ran to its end"

@@ -203,6 +203,8 @@ class Protected(Generic[P, R]):
         cleanup = rt.cleanup
         if cleanup.leaves_at_once(self.cleanup):
             cleanup.end_success(record, end or clock.now())
+        elif store is not None:
+            await _standing(cleanup.succeeded_in_task(record, self.cleanup, end))
         else:
             await cleanup.succeeded(record, self.cleanup, end)
         return result
@@ -531,3 +533,14 @@ def _name_of(fn: Callable[..., Any]) -> tuple[str, str]:
     qualname = getattr(inner, "__qualname__", None) or type(inner).__qualname__
     module = getattr(inner, "__module__", None) or type(inner).__module__
     return module, qualname
+
+
+async def _standing(end: asyncio.Task[None]) -> None:
+    """Await the end of a call whose write stands. A caller cancelled meanwhile (a timeout
+    expiring while an event subscriber runs) still gets its result, since CancelledError would
+    tell it that its write did not happen; the end finishes in its task."""
+    try:
+        await asyncio.shield(end)
+    except asyncio.CancelledError:
+        if end.cancelled():
+            raise

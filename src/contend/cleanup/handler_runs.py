@@ -12,7 +12,8 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from contend.cleanup.handlers import CleanupHandler, CleanupHandlerRegistry, CustomCleanupHandler
 from contend.enums import CleanupStrategy
@@ -88,10 +89,15 @@ class HandlerRuns:
         if not may_suspend and effective.strategy is not CleanupStrategy.CUSTOM:
             await self._handle(record, effective, config)
             return
-        task = asyncio.get_running_loop().create_task(self._handle(record, effective, config))
+        await asyncio.shield(self.spawn(self._handle(record, effective, config)))
+
+    def spawn(self, step: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a cleanup step in a task of its own, kept until it ends (a caller cancelled
+        meanwhile does not cut it short)."""
+        task = asyncio.get_running_loop().create_task(step)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
+        return task
 
     async def _handle(
         self, record: Record, effective: EffectiveCleanup, config: CleanupConfig

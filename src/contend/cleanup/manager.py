@@ -10,6 +10,7 @@ runtime.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -106,6 +107,13 @@ class CleanupManager:
             await self.backend.discard(record)
         if self.events.wants(OperationCompletedEvent):
             await self._completed(record, None)
+
+    def succeeded_in_task(
+        self, record: Record, config: CleanupConfig, at: datetime | None = None
+    ) -> asyncio.Task[None]:
+        """`succeeded` in a task of its own: it finishes even if the caller is cancelled
+        meanwhile (an event subscriber or a retained success's handler can suspend)."""
+        return self.runs.spawn(self.succeeded(record, config, at))
 
     def leaves_at_once(self, config: CleanupConfig) -> bool:
         """True when a success under `config` can end without awaiting anything (`end_success`)."""
