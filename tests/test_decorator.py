@@ -608,6 +608,7 @@ class Teller:
 
     @with_conflict_resolution(priority=OperationPriority.LOW)
     async def deposit(self, box: Box, label: str) -> str:
+        """Deposit one; `label` is returned."""
         self.served.append(label)
         box.value += 1
         return label
@@ -639,6 +640,7 @@ async def test_a_decorated_method_keeps_its_instance_through_per_call_overrides(
     assert teller.deposit.with_priority(9).priority == 9
     assert list(inspect.signature(teller.deposit).parameters) == ["box", "label"]
     assert inspect.iscoroutinefunction(teller.deposit)
+    assert teller.deposit.__doc__ == Teller.deposit.__doc__ == "Deposit one; `label` is returned."
     assert not inspect.iscoroutinefunction(teller.deposit_sync)
 
 

@@ -93,6 +93,10 @@ class _Method(functools.partial[Any]):
         return _Method(self._function().with_max_wait(max_wait_ms), *self.args)
 
     @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self.func.__doc__
+
+    @property
     def __self__(self) -> Any:
         return self.args[0]
 
