@@ -20,6 +20,16 @@ __all__ = [
 class ContendError(Exception):
     """Base of every error contend raises on purpose."""
 
+    def _rebuilt_from(self) -> tuple[object, ...] | None:
+        """The arguments that build this error again (None: its `args`, as Exception's)."""
+        return None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled and copied with the arguments it is built from (Exception's reduce passes
+        `args`, the message alone), so it crosses a process pool or a task queue."""
+        built = self._rebuilt_from()
+        return type(self), self.args if built is None else built, self.__dict__ or None
+
 
 class ConfigurationError(ContendError, ValueError):
     """A decorator or config was given values it cannot work with; the message names the field."""
@@ -27,6 +37,9 @@ class ConfigurationError(ContendError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
+
+    def _rebuilt_from(self) -> tuple[object, ...]:
+        return self.field, str(self.args[0]).removeprefix(f"{self.field}: ")
 
 
 class InvalidTransitionError(ContendError, RuntimeError):
@@ -37,6 +50,9 @@ class InvalidTransitionError(ContendError, RuntimeError):
         self.current = current
         self.requested = requested
         super().__init__(f"operation {op_id}: illegal status transition {current} -> {requested}")
+
+    def _rebuilt_from(self) -> tuple[object, ...]:
+        return self.op_id, self.current, self.requested
 
 
 class _Winner(Protocol):
@@ -110,6 +126,17 @@ class OperationRejectedError(ContendError, RuntimeError):
         error._winner_priority = None if winner is None else winner.priority
         return error
 
+    def _rebuilt_from(self) -> tuple[object, ...]:
+        return (
+            self.op_id,
+            self._target,
+            self._priority,
+            self.winner_id,
+            self._winner_priority,
+            self.reason,
+            self._function,
+        )
+
     @property
     def op_id(self) -> UUID:
         op_id = self._op_id
@@ -172,6 +199,9 @@ class OCCConflictError(ContendError, RuntimeError):
             f"after {attempts} attempt(s); nothing was committed"
         )
 
+    def _rebuilt_from(self) -> tuple[object, ...]:
+        return self.op_id, self.entity_id, self.expected_version, self.actual_version, self.attempts
+
 
 class NestedCallError(ContendError, RuntimeError):
     """A protected call made inside another one holds some of its entities but not all: it can
@@ -191,6 +221,9 @@ class OutcomeUnknownError(ContendError, RuntimeError):
     def __init__(self, op_id: UUID | None, message: str) -> None:
         self.op_id = op_id
         super().__init__(message)
+
+    def _rebuilt_from(self) -> tuple[object, ...]:
+        return self.op_id, self.args[0]
 
 
 class RuntimeBindingError(ContendError, RuntimeError):
