@@ -276,3 +276,22 @@ async def test_registry_lookups_take_an_id_as_text(runtime: Runtime) -> None:
     with pytest.raises(TypeError, match="target_id"):
         await registry.zombies(42)  # type: ignore[arg-type]
     assert await registry.remove(str(op.ecs_id))
+
+
+async def test_a_record_is_removed_by_hand_given_the_operation_a_query_returned(
+    runtime: Runtime,
+) -> None:
+    """registry.remove(op) with the operation zombies() returned raised "expected a UUID or its
+    text", though a cleanup handler's remove(op) takes just that."""
+
+    @with_conflict_resolution(cleanup="none")
+    async def touch(account: Box) -> None:
+        account.value += 1
+
+    account = Box()
+    await asyncio.gather(*(touch(account) for _ in range(3)), return_exceptions=True)
+    first, second = await runtime.registry.zombies()
+    assert await runtime.registry.remove(first) is True
+    assert await runtime.registry.remove(first) is False
+    assert await runtime.registry.remove(str(second.ecs_id)) is True
+    assert runtime.cleanup.removed == {"manual": 2} and runtime.registry.zombie_count == 0

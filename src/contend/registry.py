@@ -122,8 +122,12 @@ class Registry:
     async def zombie_counts_by_target(self) -> dict[UUID, int]:
         return await self.backend.zombie_counts_by_target()
 
-    async def remove(self, op_id: UUID | str) -> bool:
-        """Remove a record by hand (counted under reason "manual"); False if it was not there."""
+    async def remove(self, op_id: UUID | str | ConflictResolutionOperation) -> bool:
+        """Remove a record by hand (counted under reason "manual"), given its id or the
+        operation a query returned (as a handler's ``remove(op)`` is); False if it was not
+        there."""
+        if isinstance(op_id, ConflictResolutionOperation):
+            op_id = op_id.ecs_id
         op_id = _uuid(op_id, "op_id")
         record = await self.backend.get_operation(op_id)
         if record is None:
