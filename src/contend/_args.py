@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import deque
 from typing import Any
 from uuid import UUID
+
+from pydantic import BaseModel
 
 from contend.entity import Entity
 
@@ -36,7 +39,30 @@ def find_entities(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Entity
                 found.setdefault(a.ecs_id.int, a)
             elif isinstance(a, _CONTAINERS):
                 _collect(a, found)
-    return tuple(found.values())
+    return tuple(found.values()) if found else _none_found(args, kwargs)
+
+
+def _none_found(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Entity, ...]:
+    """No target: the call conflicts with nothing. An entity held by a model or a dataclass
+    among the arguments would then be written unstaged and unguarded, silently: refused."""
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, BaseModel):
+            fields = [(name, getattr(a, name, None)) for name in type(a).model_fields]
+        elif dataclasses.is_dataclass(a) and not isinstance(a, type):
+            fields = [(f.name, getattr(a, f.name, None)) for f in dataclasses.fields(a)]
+        else:
+            continue
+        for name, value in fields:
+            inside: dict[int, Entity] = {}
+            _collect(value, inside)
+            if inside:
+                raise TypeError(
+                    f"{type(a).__name__}.{name} holds an Entity, but contend finds entities only "
+                    "among a call's arguments (and in lists, tuples, sets, deques and dict values "
+                    "there), not inside models or dataclasses: this call would be neither staged "
+                    "nor guarded; pass the entities themselves as arguments"
+                )
+    return ()
 
 
 def _collect(obj: Any, found: dict[int, Entity]) -> None:

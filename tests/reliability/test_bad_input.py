@@ -506,6 +506,36 @@ async def test_non_entity_arguments_are_not_targets(rt: Runtime) -> None:
     assert await rt.registry.get_entity(plain.ecs_id) is None
 
 
+class TransferRequest(pydantic.BaseModel):
+    """A request body bundling the entities a call changes, as a web handler receives it."""
+
+    source: Account
+    dest: Account
+    amount: int
+
+
+@dataclasses.dataclass
+class Command:
+    accounts: list[Account]
+
+
+async def test_a_call_whose_entities_are_all_inside_a_model_is_refused(rt: Runtime) -> None:
+    """transfer(TransferRequest(source=a, dest=b, ...)) found no entity among its arguments, so
+    it ran unstaged and unguarded: five concurrent transfers of 10 from 100 left 90 + 50."""
+
+    @with_conflict_resolution(runtime=rt, occ=True)
+    async def transfer(request: Any) -> None:
+        raise AssertionError("never runs")
+
+    a, b = Account(balance=100), Account()
+    with pytest.raises(TypeError, match=r"TransferRequest.source holds an Entity"):
+        await transfer(TransferRequest(source=a, dest=b, amount=10))
+    with pytest.raises(TypeError, match=r"Command.accounts holds an Entity"):
+        await transfer(request=Command([a]))
+    assert await rt.backend.operations_with_status(OperationStatus.FAILED) == []
+    assert await rt.registry.get_entity(a.ecs_id) is None
+
+
 async def test_entities_in_containers_are_targets(rt: Runtime) -> None:
     seen: list[tuple[UUID | None, tuple[UUID, ...]]] = []
 
