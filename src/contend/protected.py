@@ -536,11 +536,6 @@ def _name_of(fn: Callable[..., Any]) -> tuple[str, str]:
 
 
 async def _standing(end: asyncio.Task[None]) -> None:
-    """Await the end of a call whose write stands. A caller cancelled meanwhile (a timeout
-    expiring while an event subscriber runs) still gets its result, since CancelledError would
-    tell it that its write did not happen; the end finishes in its task."""
-    try:
-        await asyncio.shield(end)
-    except asyncio.CancelledError:
-        if end.cancelled():
-            raise
+    """Await the end of a call whose write stands. A caller cancelled meanwhile is cancelled (a
+    TaskGroup or a shutdown must be able to stop it), while the end finishes in its own task."""
+    await asyncio.shield(end)
