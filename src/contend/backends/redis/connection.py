@@ -7,20 +7,26 @@ as its inner step completes), and the command itself still finishes, so its outc
 learnt. Failures become `RedisUnavailableError` (and an outage logged once, with counts, until
 Redis answers again) or `RedisDataError` (a bad key, logged and counted once per key). Writes
 that must happen eventually wait in a queue and are retried as soon as Redis answers.
+
+The client is a single node's (``redis.asyncio.Redis``) or a cluster's (``RedisCluster``); a
+client whose kind was left open is settled by asking Redis (``INFO cluster``) before the first
+command, and a cluster client learns the slots then, once, before any concurrent use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contend.backends.redis import scripts as lua
@@ -31,12 +37,22 @@ if TYPE_CHECKING:
     from prometheus_client import Counter
     from redis.commands.core import AsyncScript
 
-__all__ = ["UNAVAILABLE", "Connection", "Outage", "sleep_or_wake"]
+__all__ = ["UNAVAILABLE", "Client", "Connection", "Outage", "sleep_or_wake"]
 
 log = logging.getLogger("contend.backends.redis")
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What redis-py raises when Redis cannot be reached or does not answer in time."""
+Client: TypeAlias = "aioredis.Redis | RedisCluster"
+
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
+"""What redis-py raises when Redis cannot be reached or does not answer in time (on a cluster
+also: no node reachable, a slot not served, the cluster down or resharding)."""
 
 _NOT_SERVING = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
 """Error replies of a Redis that cannot serve right now (loading, a replica, a script running
@@ -130,8 +146,23 @@ class Outage:
 class Connection:
     """The client, the key prefix, this worker's id and the scripts, with errors mapped."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, description: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        description: str,
+        *,
+        detect: Callable[[], Awaitable[Client]] | None = None,
+        wait_timeout: float = 5.0,
+    ) -> None:
         self.client = client
+        self._settle: Callable[[], Awaitable[Client]] | None = detect
+        """Decides the client before the first command (a cluster found behind a plain URL)."""
+        if self._settle is None and isinstance(client, RedisCluster):
+            self._settle = self._initialized
+        self._settling: asyncio.Future[None] | None = None
+        self.wait_timeout = wait_timeout
+        self._free_slots: asyncio.Semaphore | None = None
         self.prefix = prefix
         self.p = f"{{{prefix}}}:"
         self.route = f"{self.p}seq"
@@ -142,9 +173,8 @@ class Connection:
         self.dropped_writes = 0
         self.bad_key_metric: Counter | None = None
         self._bad_seen: dict[str, None] = {}
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(getattr(lua, name)) for name in lua.__all__
-        }
+        self._scripts: dict[str, AsyncScript] = {}
+        self._register_scripts()
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred: collections.deque[tuple[str, Callable[[], Awaitable[None]]]] = (
             collections.deque()
@@ -155,6 +185,59 @@ class Connection:
         self.closing = False
         self.on_answer: list[Callable[[], None]] = []
         """Run when Redis answers again after an outage (reconnect what waits for it)."""
+
+    # the client ---------------------------------------------------------------------------------
+    @property
+    def cluster(self) -> bool:
+        """Whether the client is a Redis Cluster's (settled by `ready` when it was left open)."""
+        return isinstance(self.client, RedisCluster)
+
+    def _register_scripts(self) -> None:
+        # a cluster client loads a script on every primary when one answers NOSCRIPT
+        sharded = isinstance(self.client, RedisCluster)
+        self._scripts = {
+            name: self.client.register_script(_source(name, sharded)) for name in lua.__all__
+        }
+        self._free_slots = None
+        if isinstance(self.client, RedisCluster):
+            # redis-py's cluster pool raises at its limit instead of waiting for a connection:
+            # at most that many commands are in flight at once, the others wait their turn
+            kwargs = self.client.nodes_manager.connection_kwargs
+            self._free_slots = asyncio.Semaphore(kwargs.get("max_connections", 100))
+
+    def settle_with(self, detect: Callable[[], Awaitable[Client]]) -> None:
+        """Let `detect` choose the client before the first command (it may return a new one)."""
+        self._settle = detect
+
+    async def _initialized(self) -> Client:
+        client = self.client
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+        return client
+
+    async def ready(self) -> None:
+        """Settle the client before its first use (once; concurrent callers wait for it)."""
+        if self._settle is None:
+            return
+        if self._settling is None:
+            self._settling = self.spawn(self._settle_once())
+        await asyncio.shield(self._settling)
+
+    async def _settle_once(self) -> None:
+        settle = self._settle
+        try:
+            client = await settle() if settle is not None else self.client
+        except BaseException:
+            self._settling = None  # the next command tries again
+            raise
+        if client is not self.client:
+            old, self.client = self.client, client
+            self._register_scripts()
+            with contextlib.suppress(Exception):
+                await old.aclose()
+        if isinstance(client, RedisCluster) and settle is not self._initialized:
+            await client.initialize()
+        self._settle = None
 
     # running commands ---------------------------------------------------------------------------
     def start(self, name: str, *args: Any) -> asyncio.Task[Any]:
@@ -177,7 +260,17 @@ class Connection:
 
     async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            out = await factory()
+            if self._settle is not None:
+                await self.ready()
+            if self._free_slots is None:
+                out = await factory()
+            else:
+                async with asyncio.timeout(self.wait_timeout):
+                    await self._free_slots.acquire()
+                try:
+                    out = await factory()
+                finally:
+                    self._free_slots.release()
         except UNAVAILABLE as exc:
             if not self.closing:
                 self.outage.failed(exc)
@@ -300,8 +393,13 @@ class Connection:
         self._retrier = None
         self._retry_wake = None
         self._drained.clear()
-        pool: Any = self.client.connection_pool
-        pool.reset()
+        self._settling = None
+        client: Any = self.client
+        if isinstance(client, RedisCluster):
+            _forget_cluster_connections(client)
+            self._register_scripts()  # a fresh semaphore: the old one belongs to the old loop
+        else:
+            client.connection_pool.reset()
 
     async def close(self) -> None:
         self.closing = True
@@ -309,3 +407,21 @@ class Connection:
             if task is not None and not task.done():
                 task.cancel()
         await self.client.aclose()
+
+
+def _source(name: str, sharded: bool) -> str:
+    """Script `name`'s Lua; on a cluster its releases are published on the shard of its keys
+    (``SPUBLISH``: the channel carries the keys' hash tag), not broadcast to every node."""
+    source: str = getattr(lua, name)
+    return source.replace("'PUBLISH'", "'SPUBLISH'") if sharded else source
+
+
+def _forget_cluster_connections(client: RedisCluster) -> None:
+    """Drop a cluster client's connections of a dead event loop without closing them (they
+    cannot be awaited any more); redis-py's cluster client has no public way to do it."""
+    nodes: Any = client.nodes_manager
+    for node in {*nodes.nodes_cache.values(), *nodes.startup_nodes.values()}:
+        node._connections.clear()
+        node._free.clear()
+    guard: Any = client
+    guard._lock = None
