@@ -420,7 +420,7 @@ def _forget_cluster_connections(client: RedisCluster) -> None:
     """Drop a cluster client's connections of a dead event loop without closing them (they
     cannot be awaited any more); redis-py's cluster client has no public way to do it."""
     nodes: Any = client.nodes_manager
-    for node in {*nodes.nodes_cache.values(), *nodes.startup_nodes.values()}:
+    for node in [*nodes.nodes_cache.values(), *nodes.startup_nodes.values()]:
         node._connections.clear()
         node._free.clear()
     guard: Any = client
