@@ -27,8 +27,14 @@ from uuid import UUID
 from contend._args import find_entities, substitute_call
 from contend._fast import REJECTED_TEXT, current_task, rejection_text
 from contend.config import MAX_WAIT_MS, ConflictResolutionConfig, EffectiveCleanup
+from contend.entity import shard_key_of
 from contend.enums import CleanupStrategy, OperationStatus
-from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
+from contend.errors import (
+    ConfigurationError,
+    CrossShardError,
+    NestedCallError,
+    OperationRejectedError,
+)
 from contend.events import OperationRejectedEvent, OperationStartedEvent
 from contend.occ import run_with_occ
 from contend.record import Record
@@ -97,6 +103,8 @@ class Protected(Generic[P, R]):
                 if _holds_all(held, passed):
                     return await self._run_joined(rt, priority, passed, args, kwargs)
                 _refuse_partly_held(self.name, held, passed)
+        if passed and (len(passed) > 1 or type(passed[0]).__contend_shard_key__ is not None):
+            _check_shard_keys(self.name, passed, rt.backend)
         store = rt.store
         backend = rt.backend
         if store is not None:
@@ -462,6 +470,15 @@ def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: Sequence[Enti
             "call forever, or commit again on each OCC retry of it); pass the other entities "
             "to the enclosing call too, or make this call outside it"
         )
+
+
+def _check_shard_keys(name: str, passed: Sequence[Entity], backend: Any) -> None:
+    """Every backend checks shard keys' values (an entity of a class with a shard key); one that
+    places entities by shard key (Redis: ``one_shard_per_call``) also refuses a call whose
+    entities have different ones, before anything is recorded."""
+    keys = {e.ecs_id: shard_key_of(e) for e in passed}
+    if len(set(keys.values())) > 1 and getattr(backend, "one_shard_per_call", False):
+        raise CrossShardError(name, keys, {e.ecs_id: type(e).__name__ for e in passed})
 
 
 def _let_go(

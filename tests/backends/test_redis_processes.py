@@ -247,7 +247,7 @@ def test_two_workers_waiting_on_one_target_get_every_call_through(
     ]
 
     def balance(i: str) -> int:
-        return w.Account.model_validate_json(r.hget(f"{{{prefix}}}:e:{i}", "d") or "{}").balance
+        return w.Pocket.model_validate_json(r.hget(f"{{{prefix}}}:e:{i}", "d") or "{}").balance
 
     moved = sum(res["moved"] for res in results)
     assert balance(source) == -moved

@@ -60,6 +60,9 @@ class RedisBackend:
     """
 
     name = "redis"
+    one_shard_per_call = True
+    """A call's entities must share one shard key (`contend.entity.shard_key_of`): on Redis
+    Cluster their keys then share one slot and the call's compare-and-set stays one script."""
 
     def __init__(
         self,
