@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 
 from contend.backends.redis.connection import Connection
 from contend.backends.redis.entities import Entities
+from contend.backends.redis.keys import Keys
 from contend.backends.redis.leases import Calls
 from contend.backends.redis.orphans import Orphans
 from contend.backends.redis.records import Records
@@ -211,6 +212,11 @@ class RedisBackend:
 
     def in_flight(self) -> int:
         return self.staging.in_flight()
+
+    @property
+    def keys(self) -> Keys:
+        """The key layout: a target's bucket (``keys.of``), co-location (``keys.co_locate``)."""
+        return self.conn.keys
 
     @property
     def owner(self) -> str:

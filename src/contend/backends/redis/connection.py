@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import time
 import uuid
@@ -24,12 +25,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contend.backends.redis import scripts as lua
+from contend.backends.redis.batching import Batcher
 from contend.backends.redis.errors import RedisDataError, RedisUnavailableError
+from contend.backends.redis.keys import Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from prometheus_client import Counter
-    from redis.commands.core import AsyncScript
 
 __all__ = ["UNAVAILABLE", "Connection", "Outage", "sleep_or_wake"]
 
@@ -128,13 +130,18 @@ class Outage:
 
 
 class Connection:
-    """The client, the key prefix, this worker's id and the scripts, with errors mapped."""
+    """The client, the key layout, this worker's id and the scripts, with errors mapped.
+
+    Scripts and commands go through a `Batcher`: those issued in one event-loop tick share one
+    pipelined write. A script runs on one bucket (`keys.Keys`): its ``P`` (ARGV[1]) is the
+    bucket's key prefix and its one KEYS entry a key of that bucket, for routing."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, description: str) -> None:
         self.client = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.p = f"{{{prefix}}}:"
-        self.route = f"{self.p}seq"
+        """The prefix's own tag (the release channel)."""
         self.description = description
         self.owner = uuid.uuid4().hex
         self.outage = Outage(description)
@@ -142,9 +149,9 @@ class Connection:
         self.dropped_writes = 0
         self.bad_key_metric: Counter | None = None
         self._bad_seen: dict[str, None] = {}
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(getattr(lua, name)) for name in lua.__all__
-        }
+        sources = {name: getattr(lua, name) for name in lua.__all__}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
+        self.batch = Batcher(client, {self._shas[n]: src for n, src in sources.items()})
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred: collections.deque[tuple[str, Callable[[], Awaitable[None]]]] = (
             collections.deque()
@@ -157,22 +164,32 @@ class Connection:
         """Run when Redis answers again after an outage (reconnect what waits for it)."""
 
     # running commands ---------------------------------------------------------------------------
-    def start(self, name: str, *args: Any) -> asyncio.Task[Any]:
-        """Run script `name` in a task of its own (kept alive until done)."""
-        return self.spawn(self._script(name, args))
+    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Task[Any]:
+        """Run script `name` on `bucket` in a task of its own (kept alive until done)."""
+        return self.spawn(self._script(name, bucket, args))
 
-    async def run(self, name: str, *args: Any) -> Any:
-        """Run script `name`; a cancelled caller stops waiting at once, the script goes on."""
-        return await asyncio.shield(self.start(name, *args))
+    async def run(self, name: str, bucket: int, *args: Any) -> Any:
+        """Run script `name` on `bucket`; a cancelled caller stops waiting at once, the script
+        goes on."""
+        return await asyncio.shield(self.start(name, bucket, *args))
+
+    async def run_all(self, name: str, args: list[tuple[int, list[Any]]]) -> list[Any]:
+        """Run script `name` once per (bucket, args), pipelined; replies in order."""
+        return list(await asyncio.gather(*(self.run(name, b, *a) for b, a in args)))
 
     async def command(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         """A plain command (a read), with the same cancellation and error handling."""
         return await asyncio.shield(self.spawn(self._guard(what, factory)))
 
-    async def _script(self, name: str, args: tuple[Any, ...]) -> Any:
+    async def call(self, *command: Any) -> Any:
+        """A plain command, pipelined with the others of this tick."""
+        return await self.command(str(command[0]), lambda: self.batch.send(*command))
+
+    async def _script(self, name: str, bucket: int, args: tuple[Any, ...]) -> Any:
+        tag = self.keys.tag(bucket)
+        sha = self._shas[name]
         return await self._guard(
-            f"script {name}",
-            lambda: self._scripts[name](keys=[self.route], args=[self.p, *args]),
+            f"script {name}", lambda: self.batch.send("EVALSHA", sha, 1, tag, tag, *args)
         )
 
     async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
@@ -300,6 +317,7 @@ class Connection:
         self._retrier = None
         self._retry_wake = None
         self._drained.clear()
+        self.batch.reset()
         pool: Any = self.client.connection_pool
         pool.reset()
 

@@ -126,6 +126,8 @@ local LEASE = tonumber(ARGV[2])
 local OUT_TTL = tonumber(ARGV[3])
 local SCALE = 1099511627776
 local WINDOW_LIFE = 4 * LEASE + 60000
+-- the prefix's release channel, {prefix}:released (P is the bucket's {prefix:bucket}:)
+local CHAN = string.match(P, '^(.*):%d+}:$') .. '}:released'
 local function reap(now)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, 16)
   for _, id in ipairs(ids) do redis.call('ZADD', P .. 'inflight', now + LEASE, id) end
@@ -178,7 +180,7 @@ local function resolve_window(tid, now, always_publish)
   end
   if not winner then
     for _, id in ipairs(lost) do redis.call('SET', P .. 'out:' .. id, 'E', 'PX', OUT_TTL) end
-    redis.call('PUBLISH', P .. 'released', tid)
+    redis.call('PUBLISH', CHAN, tid)
     return false
   end
   -- The lease ends no later than its worker's heartbeat: a worker that dies blocks the target
@@ -220,9 +222,9 @@ local function resolve_window(tid, now, always_publish)
     for _, id in ipairs(lost) do decided[#decided + 1] = id end
     for _, id in ipairs(dead) do decided[#decided + 1] = id end
     local msg = tid .. '|' .. winner .. '|' .. wprio .. '|' .. table.concat(decided, ',')
-    redis.call('PUBLISH', P .. 'released', msg)
+    redis.call('PUBLISH', CHAN, msg)
   elseif always_publish or contenders > 1 or #dead > 0 then
-    redis.call('PUBLISH', P .. 'released', tid)
+    redis.call('PUBLISH', CHAN, tid)
   end
   return winner
 end
@@ -727,10 +729,12 @@ redis.call('SET', P .. 'hb:' .. ARGV[3], '1', 'PX', lease)
 local lost = {}
 for i = 0, n - 1 do
   local key = P .. 'lease:' .. ARGV[5 + 2 * i]
-  if redis.call('GET', key) == ARGV[6 + 2 * i] then
+  local op = ARGV[6 + 2 * i]
+  if redis.call('GET', key) == op then
     redis.call('PEXPIRE', key, lease)
-  else
-    lost[#lost + 1] = ARGV[6 + 2 * i]
+  elseif not TERMINAL[redis.call('HGET', P .. 'op:' .. op, 's') or 'succeeded'] then
+    -- lost only if its call still runs: a lease its commit (or its end) released is not
+    lost[#lost + 1] = op
   end
 end
 for i = 5 + 2 * n, #ARGV do redis.call('ZADD', P .. 'inflight', 'XX', now + lease, ARGV[i]) end
@@ -769,7 +773,9 @@ end
 
 # ARGV: P, n, n x index key suffix, cursor score ('' = from the start), cursor id, rows wanted,
 #       entries to examine at most, status ('' = any), function needle (lower case, '' = any),
-#       priority ('' = any), completed at or after (us, '' = any), at or before (us, '' = any).
+#       priority ('' = any), completed at or after (us, '' = any), at or before (us, '' = any),
+#       'i' for every entry examined, as (id, 1 if it matches else 0, status, -, score), without
+#       the record's JSON (a page merged over buckets reads the JSON of those it shows after).
 # One page of zombies in completion order, merged over the indexes given (each ordered by
 # completion time, then id): examines entries from the cursor on, up to the limit, and returns
 # the matching records, the cursor of the last entry examined (none at the end), how many were
@@ -784,6 +790,7 @@ local cscore, cid, want, budget = num(ARGV[b]), ARGV[b + 1], tonumber(ARGV[b + 2
   tonumber(ARGV[b + 3])
 local status, needle, prio = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
 local after, before = num(ARGV[b + 7]), num(ARGV[b + 8])
+local ids_only = ARGV[b + 9] == 'i'
 local CHUNK = math.max(1, math.min(budget, 128))
 local srcs = {}
 for i = 1, n do
@@ -832,7 +839,13 @@ while #rows < want and scanned < budget do
   elseif (status == '' or f[2] == status)
     and (prio == '' or f[3] == prio)
     and (needle == '' or string.find(f[4] or '', needle, 1, true)) then
-    rows[#rows + 1] = {id, f[1], f[2] or false}
+    if ids_only then
+      rows[#rows + 1] = {id, 1, f[2] or false, false, us(score)}
+    else
+      rows[#rows + 1] = {id, f[1], f[2] or false, false, us(score)}
+    end
+  elseif ids_only then
+    rows[#rows + 1] = {id, 0, f[2] or false, false, us(score)}
   end
 end
 local total = 0
