@@ -1,10 +1,11 @@
 """The Lua scripts of the Redis backend: each step of a call is one atomic script, one round trip.
 
-Every key shares the hash tag ``{prefix}``, so on Redis Cluster all of them live in one slot and
-the scripts may touch keys derived inside Lua (ARGV[1] is the key prefix ``{prefix}:``; KEYS[1]
-is a key of the same slot, used for routing only).
+Each script runs on one bucket (``keys.py``): every key it touches starts with the bucket's tag,
+so on Redis Cluster they live in one slot and the scripts may touch keys derived inside Lua
+(ARGV[1] is the bucket's key prefix ``{prefix:bucket}:``; KEYS[1] is that prefix itself, used for
+routing only). A target's keys are in its bucket; what is not a target's is one key per bucket.
 
-Key layout (P = ``{prefix}:``):
+Key layout (P = ``{prefix:bucket}:``):
   P e:<id>        hash  v (version), d (entity JSON)
   P op:<id>       hash  j (record JSON), s (status), t (primary target), ts (targets csv),
                         w (owner: the worker that staged it), p (priority), wd (wait
@@ -24,8 +25,8 @@ Key layout (P = ``{prefix}:``):
   P oc:<token>    a commit's outcome: 1 applied, v voided (settled as never applied)
   P rm:<id>       the token of the REMOVE that took the record (a resend counts it once)
   P r:<token>     the reply of a sweep batch, kept until acknowledged (replayed after a lost reply)
-  P sweeper       the sweeper lock (SET NX PX)        P seq  submission counter
-  channel P released   a target's window was resolved or its lease released (payload: the
+  P sweeper       the bucket's sweeper lock (SET NX PX)   P seq  submission counter
+  channel {prefix}:released   a target's window was resolved or its lease released (payload: the
                        target; when waiters were carried on: target|winner|its priority|ids of
                        the calls decided, the only ones to wake)
 
