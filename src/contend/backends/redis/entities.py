@@ -213,7 +213,7 @@ class Entities:
         bucket = self.conn.keys.bucket_of_targets(e.ecs_id for e in entities)
         head: list[Any] = [self.lease_ms, self.out_ttl_ms, token, self.outcome_ttl_ms]
         tail = self.calls.fences(e.ecs_id for e in entities)
-        tail += call.end_args() if call is not None else ["", "", ""]
+        tail += call.end_args() if call is not None else ["", "", "", ""]
         task = self.conn.start(script, bucket, *head, *args, *tail)
         if call is not None:
             call.unsettled = True

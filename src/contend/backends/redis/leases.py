@@ -76,10 +76,12 @@ class Call:
         return config is not None and config.retain_succeeded and config.strategy in _RETAINING
 
     def end_args(self) -> list[str]:
-        """COMMIT/BUMP arguments that end the call in the same script: op, release, mode."""
+        """COMMIT/BUMP arguments that end the call in the same script: op, release, mode,
+        targets."""
         if self.key is None:
-            return [self.oid, "", ""]
-        return [self.oid, self.key if self.lease else "", "k" if self.retained else "d"]
+            return [self.oid, "", "", ""]
+        targets = ",".join(str(t) for t in self.op.target_entity_ids)
+        return [self.oid, self.key if self.lease else "", "k" if self.retained else "d", targets]
 
 
 class Calls:

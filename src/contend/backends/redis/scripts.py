@@ -127,6 +127,7 @@ local LEASE = tonumber(ARGV[2])
 local OUT_TTL = tonumber(ARGV[3])
 local SCALE = 1099511627776
 local WINDOW_LIFE = 4 * LEASE + 60000
+local HOT_MS = 1000
 -- the prefix's release channel, {prefix}:released (P is the bucket's {prefix:bucket}:)
 local CHAN = string.match(P, '^(.*):%d+}:$') .. '}:released'
 local function reap(now)
@@ -260,6 +261,28 @@ local function end_call(op, rel, mode, now)
     redis.call('ZREM', P .. 'inflight', op)
   end
 end
+-- The end of a winner's last write, when the same script has just checked that `op` holds the
+-- lease of `tid` (so its record is in flight, executing, staged on `tid`, with the targets
+-- `ts`): the lease goes, the record leaves its indexes ('d') or is kept as succeeded ('k'), and
+-- a window waiting behind the lease is resolved at once.
+local function end_won(op, tid, ts, mode)
+  local k = P .. 'op:' .. op
+  redis.call('DEL', P .. 'lease:' .. tid)
+  redis.call('ZREM', P .. 'inflight', op)
+  if mode == 'd' then
+    redis.call('DEL', k)
+    redis.call('SREM', P .. 'os:executing', op)
+    for t in string.gmatch(ts, '[^,]+') do redis.call('SREM', P .. 'ot:' .. t, op) end
+  elseif mode == 'k' then
+    redis.call('SMOVE', P .. 'os:executing', P .. 'os:succeeded', op)
+    redis.call('HSET', k, 's', 'succeeded')
+  end
+  if redis.call('EXISTS', P .. 'wq:' .. tid) == 1 then
+    local now = now_ms()
+    local close = num(redis.call('GET', P .. 'wc:' .. tid)) or 0
+    if close <= now then resolve_window(tid, now, true) end
+  end
+end
 -- Outcomes of `ops` once their window is resolved (read, not consumed: a resent RESOLVE gets the
 -- same answer; `C`: carried into the next window, still waiting), plus the states of entities
 -- whose version differs from the caller's copy.
@@ -270,7 +293,13 @@ local function outcomes(tid, ops, ents)
   for i, op in ipairs(ops) do
     local v = redis.call('GET', P .. 'out:' .. op)
     if not v then
-      if redis.call('ZSCORE', wq, op) then v, waiting = 'C', true else v = 'X' end
+      if redis.call('ZSCORE', wq, op) then
+        v, waiting = 'C', true
+      elseif redis.call('GET', P .. 'lease:' .. tid) == op then
+        v = 'W'  -- it won at once, without a window (a resent join asks again)
+      else
+        v = 'X'
+      end
     end
     if string.sub(v, 1, 1) == 'W' then won = true end
     o[i] = v
@@ -348,16 +377,23 @@ local n = tonumber(ARGV[6])
 
 _FENCES_AND_END = """
 local m = tonumber(ARGV[base])
+local e = base + 1 + 2 * m
+local end_op, end_rel, end_mode, end_ts = ARGV[e], ARGV[e + 1], ARGV[e + 2], ARGV[e + 3]
+local checked = false
 for j = 0, m - 1 do
   local tid, op = ARGV[base + 1 + 2 * j], ARGV[base + 2 + 2 * j]
   if redis.call('GET', P .. 'lease:' .. tid) ~= op then return reply({k = 'L', t = tid}) end
+  if tid == end_rel and op == end_op then checked = true end
 end
-local e = base + 1 + 2 * m
-local end_op, end_rel, end_mode = ARGV[e], ARGV[e + 1], ARGV[e + 2]
+local function finish()
+  if checked then end_won(end_op, end_rel, end_ts, end_mode) else
+    end_call(end_op, end_rel, end_mode, now_ms())
+  end
+end
 """
 
 # ARGV: P, LEASE, OUT_TTL, token, oc ttl, n, n x (id, expected, json), m, m x (target, op)
-#       fences, then the call's end: op, release target, mode ('d', 'k' or '').
+#       fences, then the call's end: op, release target, mode ('d', 'k' or ''), its targets csv.
 COMMIT = (
     _PRELUDE
     + _STAGING
@@ -385,7 +421,7 @@ for i = 0, n - 1 do
   redis.call('HSET', P .. 'e:' .. ARGV[7 + 3 * i], 'v', ARGV[8 + 3 * i] + 1, 'd', ARGV[9 + 3 * i])
 end
 redis.call('SET', ock, '1', 'PX', oc_ttl)
-end_call(end_op, end_rel, end_mode, now_ms())
+finish()
 return reply({k = 'OK'})
 """
 )
@@ -405,7 +441,7 @@ for i = 0, n - 1 do
   redis.call('HSET', P .. 'e:' .. ARGV[7 + 3 * i], 'v', ARGV[8 + 3 * i], 'd', ARGV[9 + 3 * i])
 end
 redis.call('SET', ock, '1', 'PX', oc_ttl)
-end_call(end_op, end_rel, end_mode, now_ms())
+finish()
 return reply({k = 'OK'})
 """
 )
@@ -419,7 +455,8 @@ if not o then redis.call('SET', k, 'v', 'PX', ARGV[3]) end
 return 0
 """
 
-# ARGV: P, LEASE, OUT_TTL, tid, window_ms, max_pending, owner, n,
+# ARGV: P, LEASE, OUT_TTL, tid, window_ms, max_pending, owner, n, quick ('1': a call alone on
+#       an idle target that was not contended for HOT_MS wins at once, without a window),
 #       n x (id, priority, json, targets, wait), then the rest: (entity id, local version) pairs.
 # `wait` is how long the call may wait for the target (ms, wait policy; '' = reject it when it
 # loses): its record gets the deadline `wd` (Redis time), before which a loss carries it on.
@@ -428,21 +465,46 @@ JOIN = (
     + _STAGING
     + """
 local tid, window_ms, maxpend, owner = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local n = tonumber(ARGV[8])
+local n, quick = tonumber(ARGV[8]), ARGV[9] == '1'
 local now = now_ms()
-redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
 local wq, wc = P .. 'wq:' .. tid, P .. 'wc:' .. tid
+local lease, hot = P .. 'lease:' .. tid, P .. 'hot:' .. tid
+if quick and n == 1 and redis.call('EXISTS', wq, lease, hot) == 0 then
+  -- An idle target nobody contended lately: the call wins now, without a window. Calls of
+  -- other workers arriving meanwhile wait behind its lease, and mark the target contended.
+  local id, prio, rec, ts = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+  redis.call('HSET', P .. 'op:' .. id, 'j', rec, 's', 'executing', 't', tid, 'ts', ts, 'w', owner,
+    'p', prio)
+  redis.call('SADD', P .. 'os:executing', id)
+  for t in string.gmatch(ts, '[^,]+') do redis.call('SADD', P .. 'ot:' .. t, id) end
+  redis.call('SET', lease, id, 'PX', LEASE)
+  redis.call('ZADD', P .. 'inflight', now + LEASE, id)
+  local e = {}
+  for i = 15, #ARGV, 2 do
+    local ek = P .. 'e:' .. ARGV[i]
+    local v = redis.call('HGET', ek, 'v')
+    if v and num(v) ~= num(ARGV[i + 1]) then
+      e[#e + 1] = {ARGV[i], redis.call('HGET', ek, 'd') or false}
+    end
+  end
+  return reply({k = 'R', o = {'W'}, e = e, f = {}, g = {}, j = {id}})
+end
+redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
 local card = redis.call('ZCARD', wq)
+if n > 1 or card > 0 or redis.call('EXISTS', lease) == 1 then
+  redis.call('SET', hot, '1', 'PX', HOT_MS)  -- contended: windows of min_window_ms for a while
+end
 local ops, full, gone = {}, {}, {}
 for i = 0, n - 1 do
-  local b = 9 + 5 * i
+  local b = 10 + 5 * i
   local id, prio, rec, ts = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
   local k = P .. 'op:' .. id
   local s = redis.call('HGET', k, 's')
   if s and TERMINAL[s] then
     gone[#gone + 1] = id
-  elseif redis.call('ZSCORE', wq, id) or redis.call('EXISTS', P .. 'out:' .. id) == 1 then
-    ops[#ops + 1] = id
+  elseif redis.call('ZSCORE', wq, id) or redis.call('EXISTS', P .. 'out:' .. id) == 1
+    or redis.call('GET', lease) == id then
+    ops[#ops + 1] = id  -- joined already (a resent join)
   elseif card >= maxpend then
     full[#full + 1] = id
   else
@@ -458,7 +520,7 @@ for i = 0, n - 1 do
   end
 end
 local ents = {}
-for i = 9 + 5 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
+for i = 10 + 5 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
 local claimed = reap(now)
 if #ops == 0 then return reply({k = 'R', o = {}, e = {}, f = full, g = gone, c = claimed}) end
 if not redis.call('GET', wc) then redis.call('SET', wc, now + window_ms) end

@@ -316,7 +316,8 @@ class Staging:
         if not live:
             return
         args: list[Any] = [self.lease_ms, self.out_ttl_ms, key, window]
-        args += [config.max_pending_per_target, self.conn.owner, len(live)]
+        quick = "1" if config.staging_timeout_ms == 0 else "0"
+        args += [config.max_pending_per_target, self.conn.owner, len(live), quick]
         now = asyncio.get_running_loop().time()
         for call in live:
             op = call.op
