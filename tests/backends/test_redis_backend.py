@@ -458,3 +458,37 @@ async def test_a_waiter_past_its_deadline_in_redis_neither_wins_nor_is_carried(
     error = results[1]
     assert isinstance(error, OperationRejectedError)
     assert str(error.op_id) == late and error.winner_priority == OperationPriority.NORMAL
+
+
+# lease renewal ------------------------------------------------------------------------------------
+async def test_a_lease_its_commit_released_is_not_counted_lost_by_a_renewal(
+    redis_runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal that runs after a winner's commit released its lease in Redis, but before the
+    commit's reply reached the worker (another connection's reply can come first), must not
+    report the lease lost: the call ended, nothing of it was refused."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    commit = backend.conn._shas["COMMIT"]
+    original = backend.conn.batch.execute
+    renewed: list[int] = []
+
+    async def execute(commands: list[tuple[object, ...]]) -> list[object]:
+        out = await original(commands)
+        if not renewed and any(c[:2] == ("EVALSHA", commit) for c in commands):
+            renewed.append(len(backend.calls.held))  # the worker still lists the lease
+            await backend.calls.renew()
+        return out
+
+    backend.conn.batch.execute = execute  # type: ignore[method-assign]
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def touch(acct: Account) -> None:
+        acct.balance += 1
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    await touch(acct)
+    assert renewed == [1]
+    assert backend.calls.lost_leases == 0
+    assert "lost their lease" not in caplog.text
