@@ -492,3 +492,36 @@ async def test_a_lease_its_commit_released_is_not_counted_lost_by_a_renewal(
     assert renewed == [1]
     assert backend.calls.lost_leases == 0
     assert "lost their lease" not in caplog.text
+
+
+# the key layout -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("staged", [True, False])
+async def test_a_call_on_entities_of_different_buckets_fails_naming_them(
+    redis_runtime: Runtime, staged: bool
+) -> None:
+    """Entities written together must share a bucket (one script, one slot): a call whose
+    targets do not fails at call time with an error naming each target and its bucket, and
+    writes nothing."""
+    from contend.backends.redis.keys import CrossBucketError
+
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    src = Account(balance=10)
+    dst = Account()
+    while backend.keys.of(dst.ecs_id) == backend.keys.of(src.ecs_id):
+        dst = Account()
+    await redis_runtime.registry.register(src)
+    await redis_runtime.registry.register(dst)
+
+    @with_conflict_resolution(pre_ecs=staged, occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def transfer(a: Account, b: Account) -> None:
+        a.balance -= 5
+        b.balance += 5
+
+    with pytest.raises(CrossBucketError) as err:
+        await transfer(src, dst)
+    for acct in (src, dst):
+        assert f"bucket {backend.keys.of(acct.ecs_id)}: {acct.ecs_id}" in str(err.value)
+    stored = await backend.get_entity(src.ecs_id, Account)
+    assert isinstance(stored, Account) and stored.balance == 10
+    assert backend.footprint()["inflight"] == backend.footprint()["leases"] == 0

@@ -386,7 +386,9 @@ for j = 0, m - 1 do
   if tid == end_rel and op == end_op then checked = true end
 end
 local function finish()
-  if checked then end_won(end_op, end_rel, end_ts, end_mode) else
+  if checked then
+    end_won(end_op, end_rel, end_ts, end_mode)
+  elseif end_rel ~= '' or end_mode ~= '' then
     end_call(end_op, end_rel, end_mode, now_ms())
   end
 end
