@@ -474,10 +474,11 @@ def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: Sequence[Enti
 
 def _check_shard_keys(name: str, passed: Sequence[Entity], backend: Any) -> None:
     """Every backend checks shard keys' values (an entity of a class with a shard key); one that
-    places entities by shard key (Redis: ``one_shard_per_call``) also refuses a call whose
+    places entities by shard key (Redis: it has ``shard_key(entity)``) also refuses a call whose
     entities have different ones, before anything is recorded."""
-    keys = {e.ecs_id: shard_key_of(e) for e in passed}
-    if len(set(keys.values())) > 1 and getattr(backend, "one_shard_per_call", False):
+    placed = getattr(backend, "shard_key", None)
+    keys = {e.ecs_id: (shard_key_of(e) if placed is None else placed(e)) for e in passed}
+    if placed is not None and len(set(keys.values())) > 1:
         raise CrossShardError(name, keys, {e.ecs_id: type(e).__name__ for e in passed})
 
 

@@ -159,14 +159,6 @@ class Slot(Entity):
     value: int = 0
 
 
-class Pocket(Entity, shard_key="bank"):
-    """An account that transfers move money between: one shard key for all of them, so a
-    transfer's entities share one Redis Cluster slot."""
-
-    balance: int = 0
-    bank: str = "main"
-
-
 def _runtime(url: str, prefix: str, lease_ms: int = 2000) -> Runtime:
     return Runtime(
         backend=RedisBackend.from_url(url, prefix=prefix, lease_ms=lease_ms),
@@ -331,14 +323,15 @@ def waiting_transfers(
         wait = PreECSConfig(conflict_policy="wait", max_wait_ms=60_000)
 
         @with_conflict_resolution(pre_ecs=wait, occ=occ, cleanup="immediate", runtime=rt)
-        async def transfer(src: Pocket, dst: Pocket, amount: int) -> None:
+        async def transfer(src: Account, dst: Account, amount: int) -> None:
             src.balance -= amount
             await asyncio.sleep(0)
             dst.balance += amount
 
-        src = Pocket(ecs_id=UUID(source))
-        targets = [Pocket(ecs_id=UUID(d)) for d in dests]
+        src = Account(ecs_id=UUID(source))
+        targets = [Account(ecs_id=UUID(d)) for d in dests]
         for a in (src, *targets):
+            rt.backend.keys.co_locate(a.ecs_id, source)  # type: ignore[attr-defined]
             await rt.registry.register(a)
         ended = {"succeeded": 0, "rejected": 0, "other": 0, "moved": 0}
 

@@ -62,7 +62,12 @@ async def _written(rt: Runtime) -> None:
 
 
 async def _registered(rt: Runtime, *accounts: Account) -> None:
+    """Register accounts; on Redis, accounts registered together share a shard key (a call may
+    write several of them in one script only if they share a bucket)."""
+    keys = getattr(rt.backend, "keys", None)
     for a in accounts:
+        if keys is not None and len(accounts) > 1:
+            keys.co_locate(a.ecs_id, str(accounts[0].ecs_id))
         await rt.registry.register(a)
 
 

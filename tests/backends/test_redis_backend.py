@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import redis
+import redis_keys as rk
 from redis_workers import RedisServer
 
 from contend import (
@@ -79,7 +80,7 @@ async def test_state_is_json_and_another_process_view_loads_it_into_its_class(
     await deposit(acct, 50.0)
     assert (acct.balance, acct.version) == (150.0, 1)
 
-    raw = _sync(redis_server).hget(f"{{{prefix}}}:e:{acct.ecs_id}", "d")
+    raw = _sync(redis_server).hget(rk.key(prefix, acct.ecs_id, f"e:{acct.ecs_id}"), "d")
     assert json.loads(raw or "")["balance"] == 150.0
 
     other = Runtime(backend=RedisBackend.from_url(redis_server.url, prefix=prefix))
@@ -119,7 +120,9 @@ async def test_same_tick_calls_one_winner_losers_are_json_zombies(
     assert {z.status for z in zombies} == {OperationStatus.REJECTED}
     assert {z.ecs_id for z in zombies} == {r.op_id for r in rejected}
     assert redis_runtime.backend.zombie_count == 4
-    stored = _sync(redis_server).hget(f"{{{prefix}}}:op:{rejected[0].op_id}", "j")
+    stored = _sync(redis_server).hget(
+        rk.found(_sync(redis_server), prefix, f"op:{rejected[0].op_id}"), "j"
+    )
     assert json.loads(stored or "")["status"] == "rejected"
 
 
@@ -158,7 +161,7 @@ async def test_deferred_removal_at_due_time_on_the_fake_clock(
     await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
     (zombie,) = await redis_runtime.registry.zombies(acct.ecs_id)
     assert zombie.cleanup_scheduled_at is not None
-    ttl = _sync(redis_server).pttl(f"{{{prefix}}}:op:{zombie.ecs_id}")
+    ttl = _sync(redis_server).pttl(rk.found(_sync(redis_server), prefix, f"op:{zombie.ecs_id}"))
     assert ttl > 30 * 60 * 1000  # the key-expiry backstop lies beyond the due time
 
     redis_runtime.cleanup.stop()  # this test drives the sweeps itself
@@ -179,11 +182,11 @@ async def test_one_sweeper_at_a_time_across_workers(
     mine = redis_runtime.backend
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     r = _sync(redis_server)
-    r.zadd(f"{{{prefix}}}:due", {str(first): 1.0, str(second): 2.0, str(third): 3.0})
+    r.zadd(rk.everywhere(prefix, "due")[0], {str(first): 1.0, str(second): 2.0, str(third): 3.0})
     assert await mine.pop_due(10.0, 1) == [first]
     assert await other.pop_due(10.0, 10) == []  # locked out while the first sweeper holds it
     assert await mine.pop_due(10.0, 1) == [second]
-    r.pexpire(f"{{{prefix}}}:sweeper", 1)  # the first sweeper died: its lock runs out
+    r.pexpire(rk.everywhere(prefix, "sweeper")[0], 1)  # the first sweeper died: its lock runs out
     await asyncio.sleep(0.01)
     assert await other.pop_due(10.0, 10) == [third]
     await other.close()
@@ -440,16 +443,85 @@ async def test_a_waiter_past_its_deadline_in_redis_neither_wins_nor_is_carried(
     await asyncio.sleep(0.02)
     second = asyncio.ensure_future(work(acct, "second"))
     sync = _sync(redis_server)
-    window = f"{{{prefix}}}:wq:{acct.ecs_id}"
+    window = rk.key(prefix, acct.ecs_id, f"wq:{acct.ecs_id}")
     for _ in range(200):
         if sync.zcard(window) == 2:
             break
         await asyncio.sleep(0.005)
     late = sync.zrange(window, 0, 0)[0]
-    sync.hset(f"{{{prefix}}}:op:{late}", "wd", 1)  # its deadline passed, as far as Redis knows
+    sync.hset(
+        rk.key(prefix, acct.ecs_id, f"op:{late}"), "wd", 1
+    )  # its deadline passed, as far as Redis knows
     gate.set()
     results = await asyncio.gather(holder, first, second, return_exceptions=True)
     assert results[0] == "holder" and results[2] == "second"
     error = results[1]
     assert isinstance(error, OperationRejectedError)
     assert str(error.op_id) == late and error.winner_priority == OperationPriority.NORMAL
+
+
+# lease renewal ------------------------------------------------------------------------------------
+async def test_a_lease_its_commit_released_is_not_counted_lost_by_a_renewal(
+    redis_runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal that runs after a winner's commit released its lease in Redis, but before the
+    commit's reply reached the worker (another connection's reply can come first), must not
+    report the lease lost: the call ended, nothing of it was refused."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    commit = backend.conn._shas["COMMIT"]
+    original = backend.conn.batch.execute
+    renewed: list[int] = []
+
+    async def execute(commands: list[tuple[object, ...]]) -> list[object]:
+        out = await original(commands)
+        if not renewed and any(c[:2] == ("EVALSHA", commit) for c in commands):
+            renewed.append(len(backend.calls.held))  # the worker still lists the lease
+            await backend.calls.renew()
+        return out
+
+    backend.conn.batch.execute = execute  # type: ignore[method-assign]
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def touch(acct: Account) -> None:
+        acct.balance += 1
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    await touch(acct)
+    assert renewed == [1]
+    assert backend.calls.lost_leases == 0
+    assert "lost their lease" not in caplog.text
+
+
+# the key layout -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("staged", [True, False])
+async def test_a_call_on_entities_of_different_buckets_fails_naming_them(
+    redis_runtime: Runtime, staged: bool
+) -> None:
+    """Entities written together must share a bucket (one script, one slot): a call whose
+    targets do not fails at call time with an error naming each target and its shard key, and
+    writes nothing."""
+    from contend import CrossShardError
+
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    src = Account(balance=10)
+    dst = Account()
+    while backend.keys.of(dst.ecs_id) == backend.keys.of(src.ecs_id):
+        dst = Account()
+    await redis_runtime.registry.register(src)
+    await redis_runtime.registry.register(dst)
+
+    @with_conflict_resolution(pre_ecs=staged, occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def transfer(a: Account, b: Account) -> None:
+        a.balance -= 5
+        b.balance += 5
+
+    with pytest.raises(CrossShardError) as err:
+        await transfer(src, dst)
+    for acct in (src, dst):
+        assert f"Account {acct.ecs_id} (shard key '{acct.ecs_id}')" in str(err.value)
+    stored = await backend.get_entity(src.ecs_id, Account)
+    assert isinstance(stored, Account) and stored.balance == 10
+    assert backend.footprint()["inflight"] == backend.footprint()["leases"] == 0

@@ -159,7 +159,8 @@ def _adder(rt: Runtime, **options: Any) -> Any:
 
 def _node_of_target(cluster: LocalCluster, rt: Runtime, acct: Account) -> int:
     """The index of the node that holds `acct`'s keys (its window, lease, state)."""
-    return cluster.node_of(f"{{{_backend(rt).prefix}}}")
+    keys = _backend(rt).keys
+    return cluster.node_of(keys.tag(keys.of(acct.ecs_id)))
 
 
 @pytest.mark.parametrize("form", ["node", "scheme"])

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+import redis_keys as rk
 from redis_workers import RedisServer, free_port
 
 from conftest import Account, book_zombies, call, contend_on, fail_on, keep, written
@@ -161,7 +162,7 @@ async def test_the_pages_follow_every_way_a_zombie_leaves(worker_and_console, re
     assert (await reader.page(ZombieFilter(), None, 1, 1)).total == 3 + 2  # nothing stale
     (expired, *_) = await worker.backend.zombies(accounts[1].ecs_id)
     prefix = console_rt.backend.prefix  # type: ignore[attr-defined]
-    redis_server.client().delete(f"{{{prefix}}}:op:{expired.ecs_id}")
+    redis_server.client().delete(rk.found(redis_server.client(), prefix, f"op:{expired.ecs_id}"))
     page = await reader.page(ZombieFilter(), None, 50, 1_000)
     ids = {op.ecs_id for op in page.records}
     assert ids == {op.ecs_id for op in await worker.backend.zombies()}

@@ -19,11 +19,13 @@ from redis.exceptions import RedisClusterException
 
 from contend.backends.redis.connection import Client, Connection
 from contend.backends.redis.entities import Entities
+from contend.backends.redis.keys import Keys
 from contend.backends.redis.leases import Calls
 from contend.backends.redis.orphans import Orphans
 from contend.backends.redis.records import Records
 from contend.backends.redis.staging import Staging
 from contend.backends.redis.wakeups import Wakeups
+from contend.entity import shard_key_of
 from contend.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -60,9 +62,6 @@ class RedisBackend:
     """
 
     name = "redis"
-    one_shard_per_call = True
-    """A call's entities must share one shard key (`contend.entity.shard_key_of`): on Redis
-    Cluster their keys then share one slot and the call's compare-and-set stays one script."""
 
     def __init__(
         self,
@@ -247,6 +246,11 @@ class RedisBackend:
         return self.staging.in_flight()
 
     @property
+    def keys(self) -> Keys:
+        """The key layout: a target's bucket (``keys.of``), co-location (``keys.co_locate``)."""
+        return self.conn.keys
+
+    @property
     def owner(self) -> str:
         """This worker's id in Redis (its heartbeat, its records' owner field)."""
         return self.conn.owner
@@ -261,7 +265,22 @@ class RedisBackend:
         """The global zombie count, read from Redis now (the health check uses it)."""
         return await self.records.refresh_zombie_count()
 
+    def shard_key(self, entity: Entity) -> str:
+        """Where `entity`'s keys live: the shard key its class names (`shard_key_of`), or
+        one `keys.co_locate` gave it. A call's entities must share one (checked before the call
+        begins, `CrossShardError`), so on Redis Cluster its compare-and-set is one script in one
+        slot; the first sight of an entity of a class with a shard key co-locates it."""
+        given = self.keys.shard_key(entity.ecs_id)
+        if given is not None:
+            return given
+        key = shard_key_of(entity)
+        if type(entity).__contend_shard_key__ is not None:
+            self.keys.co_locate(entity.ecs_id, key)
+        return key
+
     async def ensure_entity(self, entity: Entity) -> Entity:
+        if type(entity).__contend_shard_key__ is not None:
+            self.shard_key(entity)
         return await self.entities.ensure(entity)
 
     async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:

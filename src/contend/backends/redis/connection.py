@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import time
 import uuid
@@ -30,12 +31,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contend.backends.redis import scripts as lua
+from contend.backends.redis.batching import Batcher
 from contend.backends.redis.errors import RedisDataError, RedisUnavailableError
+from contend.backends.redis.keys import Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from prometheus_client import Counter
-    from redis.commands.core import AsyncScript
 
 __all__ = ["UNAVAILABLE", "Client", "Connection", "Outage", "sleep_or_wake"]
 
@@ -144,7 +146,11 @@ class Outage:
 
 
 class Connection:
-    """The client, the key prefix, this worker's id and the scripts, with errors mapped."""
+    """The client, the key layout, this worker's id and the scripts, with errors mapped.
+
+    Scripts and commands go through a `Batcher`: those issued in one event-loop tick share one
+    pipelined write. A script runs on one bucket (`keys.Keys`): its ``P`` (ARGV[1]) is the
+    bucket's key prefix and its one KEYS entry a key of that bucket, for routing."""
 
     def __init__(
         self,
@@ -164,8 +170,9 @@ class Connection:
         self.wait_timeout = wait_timeout
         self._free_slots: asyncio.Semaphore | None = None
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.p = f"{{{prefix}}}:"
-        self.route = f"{self.p}seq"
+        """The prefix's own tag (the release channel)."""
         self.description = description
         self.owner = uuid.uuid4().hex
         self.outage = Outage(description)
@@ -173,8 +180,8 @@ class Connection:
         self.dropped_writes = 0
         self.bad_key_metric: Counter | None = None
         self._bad_seen: dict[str, None] = {}
-        self._scripts: dict[str, AsyncScript] = {}
-        self._register_scripts()
+        self._shas: dict[str, str] = {}
+        self.batch = self._register_scripts()
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred: collections.deque[tuple[str, Callable[[], Awaitable[None]]]] = (
             collections.deque()
@@ -192,18 +199,20 @@ class Connection:
         """Whether the client is a Redis Cluster's (settled by `ready` when it was left open)."""
         return isinstance(self.client, RedisCluster)
 
-    def _register_scripts(self) -> None:
-        # a cluster client loads a script on every primary when one answers NOSCRIPT
+    def _register_scripts(self) -> Batcher:
+        """The scripts for this client, and the batcher that sends them (a cluster client loads
+        a script on every primary when one answers NOSCRIPT)."""
         sharded = isinstance(self.client, RedisCluster)
-        self._scripts = {
-            name: self.client.register_script(_source(name, sharded)) for name in lua.__all__
-        }
+        sources = {name: _source(name, sharded) for name in lua.__all__}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
         self._free_slots = None
         if isinstance(self.client, RedisCluster):
             # redis-py's cluster pool raises at its limit instead of waiting for a connection:
             # at most that many commands are in flight at once, the others wait their turn
             kwargs = self.client.nodes_manager.connection_kwargs
             self._free_slots = asyncio.Semaphore(kwargs.get("max_connections", 100))
+        client: Any = self.client
+        return Batcher(client, {self._shas[n]: src for n, src in sources.items()})
 
     def settle_with(self, detect: Callable[[], Awaitable[Client]]) -> None:
         """Let `detect` choose the client before the first command (it may return a new one)."""
@@ -232,7 +241,7 @@ class Connection:
             raise
         if client is not self.client:
             old, self.client = self.client, client
-            self._register_scripts()
+            self.batch = self._register_scripts()
             with contextlib.suppress(Exception):
                 await old.aclose()
         if isinstance(client, RedisCluster) and settle is not self._initialized:
@@ -240,22 +249,32 @@ class Connection:
         self._settle = None
 
     # running commands ---------------------------------------------------------------------------
-    def start(self, name: str, *args: Any) -> asyncio.Task[Any]:
-        """Run script `name` in a task of its own (kept alive until done)."""
-        return self.spawn(self._script(name, args))
+    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Task[Any]:
+        """Run script `name` on `bucket` in a task of its own (kept alive until done)."""
+        return self.spawn(self._script(name, bucket, args))
 
-    async def run(self, name: str, *args: Any) -> Any:
-        """Run script `name`; a cancelled caller stops waiting at once, the script goes on."""
-        return await asyncio.shield(self.start(name, *args))
+    async def run(self, name: str, bucket: int, *args: Any) -> Any:
+        """Run script `name` on `bucket`; a cancelled caller stops waiting at once, the script
+        goes on."""
+        return await asyncio.shield(self.start(name, bucket, *args))
+
+    async def run_all(self, name: str, args: list[tuple[int, list[Any]]]) -> list[Any]:
+        """Run script `name` once per (bucket, args), pipelined; replies in order."""
+        return list(await asyncio.gather(*(self.run(name, b, *a) for b, a in args)))
 
     async def command(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
         """A plain command (a read), with the same cancellation and error handling."""
         return await asyncio.shield(self.spawn(self._guard(what, factory)))
 
-    async def _script(self, name: str, args: tuple[Any, ...]) -> Any:
+    async def call(self, *command: Any) -> Any:
+        """A plain command, pipelined with the others of this tick."""
+        return await self.command(str(command[0]), lambda: self.batch.send(*command))
+
+    async def _script(self, name: str, bucket: int, args: tuple[Any, ...]) -> Any:
+        tag = self.keys.tag(bucket)
+        sha = self._shas[name]
         return await self._guard(
-            f"script {name}",
-            lambda: self._scripts[name](keys=[self.route], args=[self.p, *args]),
+            f"script {name}", lambda: self.batch.send("EVALSHA", sha, 1, tag, tag, *args)
         )
 
     async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
@@ -394,10 +413,11 @@ class Connection:
         self._retry_wake = None
         self._drained.clear()
         self._settling = None
+        self.batch.reset()
         client: Any = self.client
         if isinstance(client, RedisCluster):
             _forget_cluster_connections(client)
-            self._register_scripts()  # a fresh semaphore: the old one belongs to the old loop
+            self.batch = self._register_scripts()  # its semaphore belongs to the old loop
         else:
             client.connection_pool.reset()
 
@@ -409,11 +429,20 @@ class Connection:
         await self.client.aclose()
 
 
+_NODE_CHANNEL = "local CHAN = string.match(P, '^(.*):%d+}:$') .. '}:released'"
+_SHARD_CHANNEL = "local CHAN = P .. 'released'"
+
+
 def _source(name: str, sharded: bool) -> str:
-    """Script `name`'s Lua; on a cluster its releases are published on the shard of its keys
-    (``SPUBLISH``: the channel carries the keys' hash tag), not broadcast to every node."""
+    """Script `name`'s Lua. On a cluster its releases are published on its bucket's own
+    channel (``{prefix:bucket}:released``, in the slot of its keys) with ``SPUBLISH``, so they
+    reach only the shard that holds the target, not every node (`wakeups.Wakeups`)."""
     source: str = getattr(lua, name)
-    return source.replace("'PUBLISH'", "'SPUBLISH'") if sharded else source
+    if not sharded or "'PUBLISH'" not in source:
+        return source
+    if _NODE_CHANNEL not in source:
+        raise RuntimeError(f"script {name} publishes on a channel the cluster variant misses")
+    return source.replace(_NODE_CHANNEL, _SHARD_CHANNEL).replace("'PUBLISH'", "'SPUBLISH'")
 
 
 def _forget_cluster_connections(client: RedisCluster) -> None:

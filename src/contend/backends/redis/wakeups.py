@@ -191,15 +191,17 @@ class Wakeups:
         """Sleep until a message wakes `interest` or `ms` pass, whichever is first."""
         await sleep_or_wake(interest.fut, (ms if ms > 0 else 1) / 1000 + 0.005)
 
-    async def ready(self, channel: str | None = None) -> None:
-        """Make sure `channel` (the release channel of the keys a join touches; by default the
-        prefix's) is subscribed before the join (waits for the first subscription only; later
-        reconnects happen in the background)."""
-        channel = channel or self.channel
+    async def ready(self, bucket: int) -> None:
+        """Make sure the release channel of `bucket` is subscribed before a join on it (the
+        prefix's one channel on a single node, the bucket's own on a cluster); waits for the
+        first subscription only, later reconnects happen in the background."""
         try:
             await self.conn.ready()
         except UNAVAILABLE:
             return  # the join that follows meets the outage itself
+        channel = self.channel
+        if self.conn.cluster:
+            channel = self.conn.keys.tag(bucket) + "released"
         listener = self._listener_for(channel)
         subscribed = listener.want(channel)
         if not subscribed.done():
