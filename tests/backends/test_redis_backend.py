@@ -10,6 +10,7 @@ import uuid
 import pytest
 import redis
 import redis_keys as rk
+from redis_scenarios import count_scripts
 from redis_workers import RedisServer
 
 from contend import (
@@ -296,19 +297,6 @@ async def test_a_contested_window_is_reported_once_across_workers_by_the_winners
 
 
 # the wait conflict policy -------------------------------------------------------------------------
-def _count_scripts(backend: RedisBackend) -> dict[str, int]:
-    """How many times each script is run (a wrapper that counts, then runs it)."""
-    counts: dict[str, int] = {}
-    start = backend.conn.start
-
-    def counted(name: str, *args: object) -> asyncio.Task[object]:
-        counts[name] = counts.get(name, 0) + 1
-        return start(name, *args)
-
-    backend.conn.start = counted  # type: ignore[method-assign]
-    return counts
-
-
 async def test_a_carried_waiter_is_not_woken_for_windows_it_does_not_win(
     redis_runtime: Runtime,
 ) -> None:
@@ -319,7 +307,7 @@ async def test_a_carried_waiter_is_not_woken_for_windows_it_does_not_win(
 
     backend = redis_runtime.backend
     assert isinstance(backend, RedisBackend)
-    counts = _count_scripts(backend)
+    counts = count_scripts(backend)
     order: list[int] = []
 
     @with_conflict_resolution(

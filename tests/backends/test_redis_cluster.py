@@ -23,12 +23,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis_cluster import LocalCluster
+from redis_scenarios import Account, count_scripts, waiters_through_a_restart
 
 from contend import (
     CleanupConfig,
     CleanupStrategy,
     ConfigurationError,
-    Entity,
     OperationCleanedEvent,
     PreECSConfig,
     Runtime,
@@ -47,19 +47,6 @@ def aof_cluster() -> Iterator[LocalCluster]:
     cluster.start()
     yield cluster
     cluster.stop()
-
-
-def _count_scripts(backend: RedisBackend) -> dict[str, int]:
-    """Count the scripts the backend runs, by name, from now on."""
-    counts: dict[str, int] = {}
-    start = backend.conn.start
-
-    def counted(name: str, *args: object) -> asyncio.Task[object]:
-        counts[name] = counts.get(name, 0) + 1
-        return start(name, *args)
-
-    backend.conn.start = counted  # type: ignore[method-assign]
-    return counts
 
 
 def _keys_per_node(cluster: LocalCluster, prefix: str, n: int) -> dict[int, list[str]]:
@@ -127,10 +114,6 @@ async def test_a_paused_node_stalls_only_its_own_clients_until_the_pause_ends(
 
 
 # the backend on a cluster -------------------------------------------------------------------------
-class Account(Entity):
-    balance: int = 0
-
-
 NONE = CleanupConfig(
     strategy=CleanupStrategy.NONE, immediate_cleanup_priorities=[], debug_retention_priorities=[]
 )
@@ -211,21 +194,27 @@ def test_a_runtime_moved_to_a_new_event_loop_keeps_working_on_a_cluster(
     assert asyncio.run(last(2)) == 3
 
 
-async def test_a_paused_node_fails_calls_within_the_socket_timeout_then_serves_again(
+async def test_a_paused_node_fails_only_its_targets_calls_within_the_socket_timeout(
     redis_cluster: LocalCluster, prefix: str
 ) -> None:
-    """The cluster client gets from_url's timeouts: a call on a paused node fails with
-    `RedisUnavailableError` (nothing written) after about twice `socket_timeout` (one resend),
-    instead of waiting for the pause to end; once it ends, calls go through."""
+    """The cluster client gets from_url's timeouts: a call on a target of a paused node fails
+    with `RedisUnavailableError` (nothing written) after about twice `socket_timeout` (one
+    resend) instead of waiting for the pause to end, while a target on another node goes on;
+    once the pause ends, calls on the first go through again."""
     rt = _worker(redis_cluster.url, prefix, socket_timeout=0.2, connect_timeout=0.2)
     add = _adder(rt, occ=True)
-    acct = Account()
-    assert await add(acct, 1) == 1
-    redis_cluster.pause(_node_of_target(redis_cluster, rt, acct), 2500)
+    acct, other = Account(), Account()
+    assert await asyncio.gather(add(acct, 1), add(other, 1)) == [1, 1]
+    paused = _node_of_target(redis_cluster, rt, acct)
+    while _node_of_target(redis_cluster, rt, other) == paused:
+        other = Account()
+        assert await add(other, 1) == 1
+    redis_cluster.pause(paused, 2500)
     started = time.monotonic()
     with pytest.raises(RedisUnavailableError):
         await add(acct, 1)
     assert time.monotonic() - started < 1.5
+    assert await add(other, 1) == 2
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -247,7 +236,7 @@ async def test_waiters_on_a_cluster_are_woken_by_sharded_messages_of_their_targe
     add = _adder(rt, pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=20_000))
     acct = Account()
     assert await add(acct, 0) == 0
-    counts = _count_scripts(_backend(rt))
+    counts = count_scripts(_backend(rt))
     tasks = []
     for _ in range(40):
         tasks.append(asyncio.ensure_future(add(acct, 1)))
@@ -268,37 +257,11 @@ async def test_waiters_wait_through_a_node_restart_and_go_through(
     subscribes again, scripts the restarted node no longer knows are loaded again (NOSCRIPT),
     and the waiters all go through; the calls under the reject policy fail at once."""
     rt = _worker(aof_cluster.url, prefix, socket_timeout=0.3, connect_timeout=0.2, lease_ms=5000)
-    entered = asyncio.Event()
-    gate = asyncio.Event()
 
-    @with_conflict_resolution(
-        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=20_000), cleanup=NONE, runtime=rt
-    )
-    async def add(acct: Account, amount: int) -> int:
-        if amount == 0:
-            entered.set()
-            await gate.wait()
-        acct.balance += amount
-        return amount
+    async def restart(acct: Account) -> None:
+        await asyncio.to_thread(aof_cluster.restart, _node_of_target(aof_cluster, rt, acct))
 
-    acct = Account()
-    await rt.registry.register(acct)
-    holder = asyncio.ensure_future(add(acct, 0))
-    await entered.wait()
-    waiters = [asyncio.ensure_future(add(acct, 1)) for _ in range(4)]
-    rejecting = add.with_max_wait(0)
-    waiters += [asyncio.ensure_future(rejecting(acct, 1)) for _ in range(2)]
-    await asyncio.sleep(0.05)
-    index = _node_of_target(aof_cluster, rt, acct)
-    await asyncio.to_thread(aof_cluster.restart, index)
-    gate.set()
-    results = await asyncio.wait_for(asyncio.gather(holder, *waiters, return_exceptions=True), 15)
-    assert results[:5] == [0, 1, 1, 1, 1]
-    assert all(isinstance(r, RedisUnavailableError) for r in results[5:]), results
-    assert await asyncio.wait_for(add(acct, 10), 5) == 10
-    assert await _backend(rt).drain(5)
-    stored = await rt.backend.get_entity(acct.ecs_id, Account)
-    assert isinstance(stored, Account) and stored.balance == 14
+    await waiters_through_a_restart(rt, restart)
     await rt.aclose()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 import redis_keys as rk
+from redis_scenarios import waiters_through_a_restart
 from redis_workers import RedisServer
 
 from contend import (
@@ -565,46 +566,14 @@ async def test_waiters_wait_through_a_redis_restart_and_go_through(
     are in Redis, their deadlines still hold) and all go through once it answers; the calls
     under the reject policy staged with them fail at once (`RedisUnavailableError`, nothing
     written); no record stays pending or executing."""
-    from contend import PreECSConfig
-
-    # the holder's lease must outlast the outage (a restart takes ~1 s, more on a loaded host):
-    # a holder whose lease ran out while Redis was down is refused its write, as it should be
     rt = _worker(server, prefix, socket_timeout=0.3, connect_timeout=0.2, lease_ms=5000)
-    entered = asyncio.Event()
-    gate = asyncio.Event()
 
-    @with_conflict_resolution(
-        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=20_000),
-        cleanup=NONE,
-        runtime=rt,
-    )
-    async def add(acct: Account, amount: int) -> int:
-        if amount == 0:
-            entered.set()
-            await gate.wait()
-        acct.balance += amount
-        return amount
+    async def restart(_: Any) -> None:
+        server.kill()
+        await asyncio.sleep(0.3)
+        server.start()
 
-    acct = Account()
-    await rt.registry.register(acct)
-    holder = asyncio.ensure_future(add(acct, 0))
-    await entered.wait()
-    waiters = [asyncio.ensure_future(add(acct, 1)) for _ in range(4)]
-    rejecting = add.with_max_wait(0)
-    waiters += [asyncio.ensure_future(rejecting(acct, 1)) for _ in range(2)]
-    await asyncio.sleep(0.05)
-    server.kill()
-    await asyncio.sleep(0.3)
-    server.start()
-    gate.set()
-    results = await asyncio.wait_for(asyncio.gather(holder, *waiters, return_exceptions=True), 15)
-    assert results[:5] == [0, 1, 1, 1, 1]
-    assert all(isinstance(r, RedisUnavailableError) for r in results[5:]), results
-    applied = 4
-    assert await asyncio.wait_for(add(acct, 10), 5) == 10
-    assert await _redis(rt).drain(5)
-    stored = await rt.backend.get_entity(acct.ecs_id, Account)
-    assert isinstance(stored, Account) and stored.balance == applied + 10
+    results, acct = await waiters_through_a_restart(rt, restart)
     sync = server.client()
     assert rk.total(sync, prefix, "scard", "os:pending") == 0
     assert rk.total(sync, prefix, "scard", "os:executing") == 0
