@@ -119,7 +119,7 @@ class Batcher:
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(
-                b"".join([pack_command(c) for c in commands]), check_health=False
+                b"".join([_packed(c) for c in commands]), check_health=False
             )
             out: list[Any] = []
             for _ in commands:
@@ -139,6 +139,23 @@ class Batcher:
             source = self.scripts.get(str(command[1]))
             if source is not None:
                 await self.client.script_load(source)
+
+
+def _packed(command: tuple[Any, ...]) -> bytes:
+    try:
+        return bytes(pack_command(command))
+    except TypeError:  # an int or str subclass (an enum): as its plain value
+        return bytes(pack_command(tuple(_plain(a) for a in command)))
+
+
+def _plain(arg: Any) -> Any:
+    if isinstance(arg, (bytes, float)):
+        return arg
+    if isinstance(arg, int):
+        return int(arg)
+    if isinstance(arg, str):
+        return "".join((arg,))  # its characters, whatever its __str__ says
+    return str(arg)
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:
