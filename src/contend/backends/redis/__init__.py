@@ -7,8 +7,8 @@ See docs/redis.md for guarantees, what each error means for the write, recovery 
 key layout and limits.
 
 One module per job, importing only downward:
-``scripts`` (the Lua), ``errors`` and ``keys`` (the key layout) <- ``batching`` (one pipelined
-write per loop tick) <- ``connection`` (script runner, outages, bad keys, deferred writes) <-
+``scripts`` (the Lua), ``errors``, ``keys`` (the key layout) and ``cluster`` (a tick's commands
+per cluster node) <- ``batching`` (one pipelined write per loop tick) <- ``connection`` (script runner, outages, bad keys, deferred writes) <-
 ``leases`` (running calls, fencing, renewal) and ``wakeups`` (pub/sub) <- ``entities`` (state
 and settled writes) <- ``records`` (records, zombie books, sweeps) <- ``orphans`` <- ``staging``
 (cross-worker windows) <- ``backend`` (`RedisBackend`).

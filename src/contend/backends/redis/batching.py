@@ -19,6 +19,8 @@ from hiredis import pack_command
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from contend.backends.redis.cluster import write_by_node
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
@@ -108,10 +110,8 @@ class Batcher:
                 # one, as redis-py's own retry would (every script is idempotent); a timeout
                 # is not retried (Redis is slow: the caller learns it at once)
                 return await self._write_on(pool, commands)
-        pipe = self.client.pipeline(transaction=False)  # a cluster client routes by key
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(await pipe.execute(raise_on_error=False))
+        cluster: Any = self.client  # a cluster client (it has no single pool): per node
+        return await write_by_node(cluster, commands, _packed)
 
     async def _write_on(self, pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         """One connection of the pool: the commands packed by hiredis in one write, then the
