@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import logging
 import time
@@ -164,9 +165,12 @@ class Connection:
         """Run when Redis answers again after an outage (reconnect what waits for it)."""
 
     # running commands ---------------------------------------------------------------------------
-    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Task[Any]:
-        """Run script `name` on `bucket` in a task of its own (kept alive until done)."""
-        return self.spawn(self._script(name, bucket, args))
+    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Future[Any]:
+        """Run script `name` on `bucket`: a future of its reply (errors mapped), settled when
+        its pipeline is answered whether or not anyone still waits for it."""
+        tag = self.keys.tag(bucket)
+        sha = self._shas[name]
+        return self._mapped(f"script {name}", self.batch.send("EVALSHA", sha, 1, tag, tag, *args))
 
     async def run(self, name: str, bucket: int, *args: Any) -> Any:
         """Run script `name` on `bucket`; a cancelled caller stops waiting at once, the script
@@ -177,37 +181,51 @@ class Connection:
         """Run script `name` once per (bucket, args), pipelined; replies in order."""
         return list(await asyncio.gather(*(self.run(name, b, *a) for b, a in args)))
 
-    async def command(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        """A plain command (a read), with the same cancellation and error handling."""
-        return await asyncio.shield(self.spawn(self._guard(what, factory)))
-
     async def call(self, *command: Any) -> Any:
-        """A plain command, pipelined with the others of this tick."""
-        return await self.command(str(command[0]), lambda: self.batch.send(*command))
+        """A plain command (a read), pipelined with the others of this tick, with the same
+        cancellation and error handling."""
+        return await asyncio.shield(self._mapped(str(command[0]), self.batch.send(*command)))
 
-    async def _script(self, name: str, bucket: int, args: tuple[Any, ...]) -> Any:
-        tag = self.keys.tag(bucket)
-        sha = self._shas[name]
-        return await self._guard(
-            f"script {name}", lambda: self.batch.send("EVALSHA", sha, 1, tag, tag, *args)
-        )
+    def _mapped(self, what: str, sent: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        out: asyncio.Future[Any] = sent.get_loop().create_future()
+        sent.add_done_callback(functools.partial(self._settle, what, out))
+        return out
 
-    async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        try:
-            out = await factory()
-        except UNAVAILABLE as exc:
+    def _settle(self, what: str, out: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+        if sent.cancelled():
+            if not out.done():
+                out.cancel()
+            return
+        exc = sent.exception()
+        if exc is None:
+            self.answered()
+            if not out.done():
+                out.set_result(sent.result())
+            return
+        mapped = self._error(what, exc)
+        if not out.done():
+            out.set_exception(mapped)
+            out.exception()  # retrieved: its caller may have stopped waiting for it
+
+    def _error(self, what: str, exc: BaseException) -> BaseException:
+        """What a caller gets for a failed command: `RedisUnavailableError` (an outage, logged
+        once) or `RedisDataError` (Redis refused it)."""
+        mapped: BaseException = exc
+        if isinstance(exc, UNAVAILABLE):
             if not self.closing:
                 self.outage.failed(exc)
-            raise self.unavailable(exc) from exc
-        except ResponseError as exc:
+            mapped = self.unavailable(exc)
+        elif isinstance(exc, ResponseError):
             if str(exc).startswith(_NOT_SERVING):
                 if not self.closing:
                     self.outage.failed(exc)
-                raise self.unavailable(exc) from exc
-            self.answered()
-            raise self.bad("reply", what, f"Redis refused it: {exc}") from exc
-        self.answered()
-        return out
+                mapped = self.unavailable(exc)
+            else:
+                self.answered()
+                mapped = self.bad("reply", what, f"Redis refused it: {exc}")
+        if mapped is not exc:
+            mapped.__cause__ = exc
+        return mapped
 
     def unavailable(self, exc: BaseException) -> RedisUnavailableError:
         return RedisUnavailableError(
