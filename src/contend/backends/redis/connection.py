@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -162,10 +163,10 @@ class Connection:
         wait_timeout: float = 5.0,
     ) -> None:
         self.client = client
-        self._settle: Callable[[], Awaitable[Client]] | None = detect
+        self._settle_client: Callable[[], Awaitable[Client]] | None = detect
         """Decides the client before the first command (a cluster found behind a plain URL)."""
-        if self._settle is None and isinstance(client, RedisCluster):
-            self._settle = self._initialized
+        if self._settle_client is None and isinstance(client, RedisCluster):
+            self._settle_client = self._initialized
         self._settling: asyncio.Future[None] | None = None
         self.wait_timeout = wait_timeout
         self._free_slots: asyncio.Semaphore | None = None
@@ -216,7 +217,7 @@ class Connection:
 
     def settle_with(self, detect: Callable[[], Awaitable[Client]]) -> None:
         """Let `detect` choose the client before the first command (it may return a new one)."""
-        self._settle = detect
+        self._settle_client = detect
 
     async def _initialized(self) -> Client:
         client = self.client
@@ -226,14 +227,14 @@ class Connection:
 
     async def ready(self) -> None:
         """Settle the client before its first use (once; concurrent callers wait for it)."""
-        if self._settle is None:
+        if self._settle_client is None:
             return
         if self._settling is None:
             self._settling = self.spawn(self._settle_once())
         await asyncio.shield(self._settling)
 
     async def _settle_once(self) -> None:
-        settle = self._settle
+        settle = self._settle_client
         try:
             client = await settle() if settle is not None else self.client
         except BaseException:
@@ -246,12 +247,15 @@ class Connection:
                 await old.aclose()
         if isinstance(client, RedisCluster) and settle is not self._initialized:
             await client.initialize()
-        self._settle = None
+        self._settle_client = None
 
     # running commands ---------------------------------------------------------------------------
-    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Task[Any]:
-        """Run script `name` on `bucket` in a task of its own (kept alive until done)."""
-        return self.spawn(self._script(name, bucket, args))
+    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Future[Any]:
+        """Run script `name` on `bucket`: a future of its reply (errors mapped), settled when
+        its pipeline is answered whether or not anyone still waits for it."""
+        tag = self.keys.tag(bucket)
+        sha = self._shas[name]
+        return self._mapped(f"script {name}", self._sent("EVALSHA", sha, 1, tag, tag, *args))
 
     async def run(self, name: str, bucket: int, *args: Any) -> Any:
         """Run script `name` on `bucket`; a cancelled caller stops waiting at once, the script
@@ -262,47 +266,71 @@ class Connection:
         """Run script `name` once per (bucket, args), pipelined; replies in order."""
         return list(await asyncio.gather(*(self.run(name, b, *a) for b, a in args)))
 
-    async def command(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        """A plain command (a read), with the same cancellation and error handling."""
-        return await asyncio.shield(self.spawn(self._guard(what, factory)))
-
     async def call(self, *command: Any) -> Any:
-        """A plain command, pipelined with the others of this tick."""
-        return await self.command(str(command[0]), lambda: self.batch.send(*command))
+        """A plain command (a read), pipelined with the others of this tick, with the same
+        cancellation and error handling."""
+        return await asyncio.shield(self._mapped(str(command[0]), self._sent(*command)))
 
-    async def _script(self, name: str, bucket: int, args: tuple[Any, ...]) -> Any:
-        tag = self.keys.tag(bucket)
-        sha = self._shas[name]
-        return await self._guard(
-            f"script {name}", lambda: self.batch.send("EVALSHA", sha, 1, tag, tag, *args)
-        )
+    def _sent(self, *command: Any) -> asyncio.Future[Any]:
+        """`command` handed to the batcher: at once, or, before the client is settled or on a
+        cluster, once it is and once its turn comes (redis-py's cluster pool raises at its
+        limit instead of waiting: at most that many commands are in flight at once)."""
+        if self._settle_client is None and self._free_slots is None:
+            return self.batch.send(*command)
+        return asyncio.ensure_future(self._send_in_turn(command))
 
-    async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+    async def _send_in_turn(self, command: tuple[Any, ...]) -> Any:
+        await self.ready()
+        turns = self._free_slots
+        if turns is None:
+            return await self.batch.send(*command)
+        async with asyncio.timeout(self.wait_timeout):
+            await turns.acquire()
         try:
-            if self._settle is not None:
-                await self.ready()
-            if self._free_slots is None:
-                out = await factory()
-            else:
-                async with asyncio.timeout(self.wait_timeout):
-                    await self._free_slots.acquire()
-                try:
-                    out = await factory()
-                finally:
-                    self._free_slots.release()
-        except UNAVAILABLE as exc:
+            return await self.batch.send(*command)
+        finally:
+            turns.release()
+
+    def _mapped(self, what: str, sent: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        out: asyncio.Future[Any] = sent.get_loop().create_future()
+        sent.add_done_callback(functools.partial(self._settle, what, out))
+        return out
+
+    def _settle(self, what: str, out: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+        if sent.cancelled():
+            if not out.done():
+                out.cancel()
+            return
+        exc = sent.exception()
+        if exc is None:
+            self.answered()
+            if not out.done():
+                out.set_result(sent.result())
+            return
+        mapped = self._error(what, exc)
+        if not out.done():
+            out.set_exception(mapped)
+            out.exception()  # retrieved: its caller may have stopped waiting for it
+
+    def _error(self, what: str, exc: BaseException) -> BaseException:
+        """What a caller gets for a failed command: `RedisUnavailableError` (an outage, logged
+        once) or `RedisDataError` (Redis refused it)."""
+        mapped: BaseException = exc
+        if isinstance(exc, UNAVAILABLE):
             if not self.closing:
                 self.outage.failed(exc)
-            raise self.unavailable(exc) from exc
-        except ResponseError as exc:
+            mapped = self.unavailable(exc)
+        elif isinstance(exc, ResponseError):
             if str(exc).startswith(_NOT_SERVING):
                 if not self.closing:
                     self.outage.failed(exc)
-                raise self.unavailable(exc) from exc
-            self.answered()
-            raise self.bad("reply", what, f"Redis refused it: {exc}") from exc
-        self.answered()
-        return out
+                mapped = self.unavailable(exc)
+            else:
+                self.answered()
+                mapped = self.bad("reply", what, f"Redis refused it: {exc}")
+        if mapped is not exc:
+            mapped.__cause__ = exc
+        return mapped
 
     def unavailable(self, exc: BaseException) -> RedisUnavailableError:
         return RedisUnavailableError(
