@@ -89,7 +89,7 @@ def test_serve_reports_the_shared_totals_over_http(redis_server: RedisServer, pr
         proc.wait(10)
 
 
-def test_health_and_serve_read_a_cluster_from_one_nodes_url(
+def test_health_reads_a_cluster_from_one_nodes_url(
     redis_cluster: LocalCluster, prefix: str
 ) -> None:
     """`--redis-url` of one node of a Redis Cluster: the backend finds out it is a cluster and
