@@ -299,3 +299,26 @@ async def test_a_killed_worker_blocks_its_target_on_a_cluster_only_until_its_lea
     event = await asyncio.wait_for(cleaned.get(), 10)
     assert (event.status, event.reason) == ("failed", "immediate")
     await rt.aclose()
+
+
+async def test_calls_beyond_a_nodes_connections_wait_their_turn_instead_of_failing(
+    redis_cluster: LocalCluster, prefix: str
+) -> None:
+    """redis-py's cluster pool raises at `max_connections` instead of waiting: while a node is
+    slow, calls made one tick after another (each tick's commands one pipeline, on a connection
+    of its own) would fail with a healthy cluster. They wait for a command to be answered."""
+    rt = _worker(redis_cluster.url, prefix, max_connections=2)
+    add = _adder(rt, occ=True)
+    accounts = []
+    while len(accounts) < 8:
+        acct = Account()
+        if _node_of_target(redis_cluster, rt, acct) == 1:
+            accounts.append(acct)
+    assert await add(accounts[0], 1) == 1
+    redis_cluster.pause(1, 300)
+    calls = []
+    for acct in accounts:
+        calls.append(asyncio.ensure_future(add(acct, 1)))
+        await asyncio.sleep(0.01)
+    assert await asyncio.gather(*calls, return_exceptions=True) == [2] + [1] * 7
+    await rt.aclose()

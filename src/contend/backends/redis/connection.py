@@ -169,7 +169,10 @@ class Connection:
             self._settle_client = self._initialized
         self._settling: asyncio.Future[None] | None = None
         self.wait_timeout = wait_timeout
-        self._free_slots: asyncio.Semaphore | None = None
+        self._limit: int | None = None
+        """At most this many commands in flight (a cluster client's pool size), else None."""
+        self._in_flight = 0
+        self._turns: collections.deque[asyncio.Future[None]] = collections.deque()
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.p = f"{{{prefix}}}:"
@@ -206,12 +209,12 @@ class Connection:
         sharded = isinstance(self.client, RedisCluster)
         sources = {name: _source(name, sharded) for name in lua.__all__}
         self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
-        self._free_slots = None
+        self._limit = None
         if isinstance(self.client, RedisCluster):
             # redis-py's cluster pool raises at its limit instead of waiting for a connection:
             # at most that many commands are in flight at once, the others wait their turn
             kwargs = self.client.nodes_manager.connection_kwargs
-            self._free_slots = asyncio.Semaphore(kwargs.get("max_connections", 100))
+            self._limit = int(kwargs.get("max_connections", 100))
         client: Any = self.client
         return Batcher(client, {self._shas[n]: src for n, src in sources.items()})
 
@@ -273,23 +276,46 @@ class Connection:
 
     def _sent(self, *command: Any) -> asyncio.Future[Any]:
         """`command` handed to the batcher: at once, or, before the client is settled or on a
-        cluster, once it is and once its turn comes (redis-py's cluster pool raises at its
-        limit instead of waiting: at most that many commands are in flight at once)."""
-        if self._settle_client is None and self._free_slots is None:
-            return self.batch.send(*command)
+        cluster with `_limit` commands in flight (redis-py's cluster pool raises at its limit
+        instead of waiting), once it is settled and a command before it is answered."""
+        if self._settle_client is None:
+            if self._limit is None:
+                return self.batch.send(*command)
+            if self._in_flight < self._limit and not self._turns:
+                return self._counted(self.batch.send(*command))
         return asyncio.ensure_future(self._send_in_turn(command))
 
     async def _send_in_turn(self, command: tuple[Any, ...]) -> Any:
         await self.ready()
-        turns = self._free_slots
-        if turns is None:
-            return await self.batch.send(*command)
-        async with asyncio.timeout(self.wait_timeout):
-            await turns.acquire()
-        try:
-            return await self.batch.send(*command)
-        finally:
-            turns.release()
+        if self._limit is not None and (self._in_flight >= self._limit or self._turns):
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            try:
+                async with asyncio.timeout(self.wait_timeout):
+                    await turn
+            finally:
+                if not turn.done():
+                    self._turns.remove(turn)
+                    turn.cancel()
+        sent = self.batch.send(*command)
+        if self._limit is not None:
+            self._counted(sent)
+        return await sent
+
+    def _counted(self, sent: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        self._in_flight += 1
+        sent.add_done_callback(self._answered_one)
+        return sent
+
+    def _answered_one(self, _: asyncio.Future[Any]) -> None:
+        """A command was answered: the longest waiting one may go (commands bound connections
+        from above, since a pipeline carries many on one: a few over the limit are harmless)."""
+        self._in_flight -= 1
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                break
 
     def _mapped(self, what: str, sent: asyncio.Future[Any]) -> asyncio.Future[Any]:
         out: asyncio.Future[Any] = sent.get_loop().create_future()
@@ -445,7 +471,8 @@ class Connection:
         client: Any = self.client
         if isinstance(client, RedisCluster):
             _forget_cluster_connections(client)
-            self.batch = self._register_scripts()  # its semaphore belongs to the old loop
+            self._turns.clear()  # futures of the old loop
+            self._in_flight = 0
         else:
             client.connection_pool.reset()
 
