@@ -560,4 +560,4 @@ async def test_a_winner_gets_a_full_lease_in_a_bucket_its_heartbeat_was_about_to
     _sync(redis_server).set(hb, "1", px=30)  # left by an earlier call, about to lapse
     results = await asyncio.gather(slow(acct), slow(acct), return_exceptions=True)
     assert results.count(None) == 1, results
-    assert isinstance([r for r in results if r is not None][0], OperationRejectedError)
+    assert isinstance(next(r for r in results if r is not None), OperationRejectedError)
