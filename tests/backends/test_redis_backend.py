@@ -513,3 +513,39 @@ async def test_a_call_on_entities_of_different_buckets_fails_naming_them(
     stored = await backend.get_entity(src.ecs_id, Account)
     assert isinstance(stored, Account) and stored.balance == 10
     assert backend.footprint()["inflight"] == backend.footprint()["leases"] == 0
+
+
+async def test_the_next_due_time_is_the_earliest_of_every_bucket(redis_runtime: Runtime) -> None:
+    """The sweeper sleeps until the next due time: the earliest over all buckets."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    assert await backend.next_due() is None
+    first, second = uuid.uuid4(), uuid.uuid4()
+    while backend.keys.of(second) == backend.keys.of(first):
+        second = uuid.uuid4()
+    await backend.client.zadd(backend.keys.key(first, "due"), {str(first): 20.5})
+    await backend.client.zadd(backend.keys.key(second, "due"), {str(second): 7.25})
+    assert await backend.next_due() == 7.25
+
+
+async def test_a_winner_gets_a_full_lease_in_a_bucket_its_heartbeat_was_about_to_leave(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    """A worker's heartbeat lives in each bucket it uses and is renewed only where it has calls
+    in flight; a join proves the worker alive, so a window it wins there grants a full lease,
+    not what was left of an old heartbeat."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def slow(acct: Account) -> None:
+        await asyncio.sleep(0.15)
+        acct.balance += 1
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    hb = rk.key(prefix, acct.ecs_id, f"hb:{backend.owner}")
+    _sync(redis_server).set(hb, "1", px=30)  # left by an earlier call, about to lapse
+    results = await asyncio.gather(slow(acct), slow(acct), return_exceptions=True)
+    assert results.count(None) == 1, results
+    assert isinstance(next(r for r in results if r is not None), OperationRejectedError)

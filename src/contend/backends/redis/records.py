@@ -507,7 +507,7 @@ class Records:
         firsts = await asyncio.gather(
             *(self.conn.call("ZRANGE", keys.tag(b) + "due", 0, 0, "WITHSCORES") for b in keys.all())
         )
-        due = [float(f[1]) for f in firsts if f]
+        due = [float(_pairs(f)[0][1]) for f in firsts if f]
         return min(due) if due else None
 
     # reads --------------------------------------------------------------------------------------
@@ -547,7 +547,7 @@ class Records:
         )
         out: dict[UUID, int] = {}
         for b, raw in zip(buckets, raws, strict=True):
-            for t, n in (raw or {}).items():
+            for t, n in _pairs(raw):
                 if not t:
                     continue
                 try:
@@ -792,6 +792,18 @@ def _parse_cursor(cursor: str | None, tag: str) -> list[str]:
 def _total(size: int, target_id: UUID | None, status: OperationStatus | None) -> int | None:
     """The size of the set the filters select from, when the index read is that set."""
     return size if target_id is None or status is None else None
+
+
+def _pairs(raw: Any) -> list[Any]:
+    """A reply of pairs (ZRANGE WITHSCORES, HGETALL) as a list of pairs, whether the connection
+    speaks RESP3 (pairs, or a map) or RESP2 (a flat list)."""
+    if not raw:
+        return []
+    if isinstance(raw, dict):
+        return list(raw.items())
+    if isinstance(raw[0], (list, tuple)):
+        return list(raw)
+    return list(zip(raw[::2], raw[1::2], strict=True))
 
 
 def _reason(strategy: CleanupStrategy | None) -> str:

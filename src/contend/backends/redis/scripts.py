@@ -491,7 +491,9 @@ if quick and n == 1 and redis.call('EXISTS', wq, lease, hot) == 0 then
   end
   return reply({k = 'R', o = {'W'}, e = e, f = {}, g = {}, j = {id}})
 end
-redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
+-- the worker is alive (it sent this join): its heartbeat in this bucket lives a lease from now
+-- (a bucket where it had nothing in flight was not renewed)
+redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE)
 local card = redis.call('ZCARD', wq)
 if n > 1 or card > 0 or redis.call('EXISTS', lease) == 1 then
   redis.call('SET', hot, '1', 'PX', HOT_MS)  -- contended: windows of min_window_ms for a while
