@@ -322,3 +322,18 @@ async def test_calls_beyond_a_nodes_connections_wait_their_turn_instead_of_faili
         await asyncio.sleep(0.01)
     assert await asyncio.gather(*calls, return_exceptions=True) == [2] + [1] * 7
     await rt.aclose()
+
+
+async def test_a_user_whose_acl_refuses_info_is_served_as_a_single_node(
+    redis_server: w.RedisServer, prefix: str
+) -> None:
+    """The question `from_url` asks a plain URL's node (``INFO cluster``) may be refused by its
+    ACL: the node is then taken as a single node, and calls work."""
+    user = f"u{prefix}"
+    with contextlib.closing(redis_server.client()) as admin:
+        admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-info")
+    url = redis_server.url.replace("redis://", f"redis://{user}:pw@")
+    rt = _worker(url, prefix)
+    assert await _adder(rt, occ=True)(Account(), 3) == 3
+    assert not isinstance(_backend(rt).client, RedisCluster)
+    await rt.aclose()

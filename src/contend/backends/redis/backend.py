@@ -15,7 +15,7 @@ from prometheus_client import Counter
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
+from redis.exceptions import RedisClusterException, ResponseError
 
 from contend.backends.redis.connection import Client, Connection
 from contend.backends.redis.entities import Entities
@@ -449,8 +449,13 @@ def _address(url: str) -> str:
 
 async def _settle_kind(node: aioredis.Redis, url: str, options: dict[str, Any]) -> Client:
     """The client `url` needs: `node` itself, or a cluster client when the node says it is
-    part of a Redis Cluster."""
-    info = await node.info("cluster")
+    part of a Redis Cluster (a user whose ACL refuses ``INFO`` gets `node`: say
+    ``cluster=True`` or ``redis+cluster://`` for a cluster then)."""
+    try:
+        info = await node.info("cluster")
+    except ResponseError as exc:
+        log.info("Redis at %s refused INFO (%s): taken as a single node", _address(url), exc)
+        return node
     if not info.get("cluster_enabled"):
         return node
     log.info("Redis at %s is a cluster node: using a Redis Cluster client", _address(url))
