@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from hiredis import pack_command
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from contend.backends.redis.cluster import write_by_node
+from contend.backends.redis.cluster import exchange, write_by_node
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -118,19 +118,7 @@ class Batcher:
         replies read in order (redis-py's pipeline does the same with ~3x the instructions)."""
         conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(
-                b"".join([_packed(c) for c in commands]), check_health=False
-            )
-            out: list[Any] = []
-            for _ in commands:
-                try:
-                    out.append(await conn.read_response())
-                except ResponseError as exc:
-                    out.append(exc)
-            return out
-        except BaseException:
-            await conn.disconnect(nowait=True)  # replies may be left unread on it
-            raise
+            return await exchange(conn, commands, _packed)
         finally:
             await pool.release(conn)
 

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 if TYPE_CHECKING:
     from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-__all__ = ["write_by_node"]
+__all__ = ["exchange", "write_by_node"]
 
 _REDIRECTED = (AskError, TryAgainError, ClusterDownError)
 """Replies of a node that does not (or no longer) serve a command's slot (MOVED is an AskError):
@@ -89,6 +89,18 @@ async def _write_on(
 ) -> list[Any]:
     conn = node.acquire_connection()
     try:
+        return await exchange(conn, commands, packed)
+    finally:
+        node.release(conn)
+
+
+async def exchange(
+    conn: Any, commands: list[Command], packed: Callable[[Command], bytes]
+) -> list[Any]:
+    """On one connection: the commands packed in one write, then each reply (or its error
+    reply) read in order. A connection that fails on the way is closed (replies may be left
+    unread on it) and the failure raised."""
+    try:
         await conn.send_packed_command(b"".join([packed(c) for c in commands]), check_health=False)
         out: list[Any] = []
         for _ in commands:
@@ -98,7 +110,5 @@ async def _write_on(
                 out.append(exc)
         return out
     except BaseException:
-        await conn.disconnect(nowait=True)  # replies may be left unread on it
+        await conn.disconnect(nowait=True)
         raise
-    finally:
-        node.release(conn)
