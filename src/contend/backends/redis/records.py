@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from contend.backends.redis.errors import RedisUnavailableError
 from contend.clock import utcnow
-from contend.config import CleanupStrategy
+from contend.config import CleanupConfig, CleanupStrategy
 from contend.enums import OperationStatus
 from contend.record import Record
 
@@ -742,14 +742,61 @@ class Records:
 
     def _parse(self, oid: str, j: str, s: str | None) -> Record | None:
         try:
+            if j.startswith("["):
+                return from_staged(oid, j, OperationStatus(s) if s else None)
             op = Record.from_json(j, OperationStatus(s) if s else None)
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, TypeError, IndexError) as exc:
             self.conn.bad("record", f"op:{oid}", f"unreadable record ({exc!s:.200})")
             return None
         return op
 
     def footprint(self) -> int:
         return len(self._dirty) + len(self._unacked) + len(self._pending)
+
+
+def staged_json(op: Record, configs: dict[int, tuple[CleanupConfig, str]]) -> str:
+    """What Redis keeps of a call while it is in flight: only what ending it as an orphan (or a
+    query meeting it) needs, its function, targets, priority, creation time and cleanup config;
+    a call that succeeds never has its full record written (a zombie's booking writes it).
+    `configs` caches each cleanup config's JSON (configs are frozen and shared by calls)."""
+    config = op.cleanup_config
+    cfg: str | None = None
+    if config is not None:
+        known = configs.get(id(config))
+        if known is None or known[0] is not config:
+            if len(configs) > 1024:
+                configs.clear()
+            known = configs[id(config)] = (config, config.model_dump_json())
+        cfg = known[1]
+    return json.dumps(
+        [
+            1,
+            op.function_name,
+            [str(t) for t in op.target_entity_ids],
+            op.target_type,
+            int(op.priority),
+            op.created_at.isoformat(),
+            cfg,
+        ]
+    )
+
+
+def from_staged(oid: str, text: str, status: OperationStatus | None) -> Record:
+    """The record of a call in flight from `staged_json`'s text."""
+    _, fn, targets, kind, priority, created, cfg = json.loads(text)
+    config = None if cfg is None else CleanupConfig.model_validate_json(cfg)
+    op = Record(
+        fn,
+        tuple(uuid.UUID(t) for t in targets),
+        kind,
+        priority,
+        config,
+        datetime.fromisoformat(created),
+        uuid.UUID(oid),
+    )
+    if status is not None:
+        op.set_status(status)
+    return op
 
 
 def _stub(oid: str, status: str, target: str) -> Record:

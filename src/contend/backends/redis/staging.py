@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from contend._fast import current_task, loop_is_idle, yield_once
 from contend.backends.base import Lost
 from contend.backends.redis.errors import RedisUnavailableError
+from contend.backends.redis.records import staged_json
 from contend.enums import OperationStatus
 from contend.record import Record
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from contend.backends.redis.leases import Call, Calls
     from contend.backends.redis.orphans import Orphans
     from contend.backends.redis.wakeups import Interest, Wakeups
-    from contend.config import PreECSConfig
+    from contend.config import CleanupConfig, PreECSConfig
 
 __all__ = ["Staging"]
 
@@ -163,6 +164,8 @@ class Staging:
         """The runtime's window observer (see `Hooks.observe_window`)."""
         self._batches: dict[str, _Batch] = {}
         self._joining: dict[str, asyncio.Future[None]] = {}
+        self._configs: dict[int, tuple[CleanupConfig, str]] = {}
+        """Cleanup configs' JSON, written with each staged record (see `staged_json`)."""
 
     def in_flight(self) -> int:
         return len(set(self.calls.inflight.values()) | self._batches.keys())
@@ -324,7 +327,7 @@ class Staging:
             targets = ",".join(str(t) for t in op.target_entity_ids)
             until = call.wait_until
             wait = "" if until is None else max(1, int((until - now) * 1000))
-            args += [call.oid, op.priority, op.to_json(), targets, wait]
+            args += [call.oid, op.priority, staged_json(op, self._configs), targets, wait]
         args += ents
         interest = self.wakeups.watch(key, frozenset(c.oid for c in live))
         try:
