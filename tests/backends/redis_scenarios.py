@@ -73,7 +73,7 @@ async def waiters_through_a_restart(
     await restart(acct)
     gate.set()
     results = await asyncio.wait_for(asyncio.gather(holder, *waiters, return_exceptions=True), 15)
-    assert results[:5] == [0, 1, 1, 1, 1]
+    assert results[:5] == [0, 1, 1, 1, 1], results
     assert all(isinstance(r, RedisUnavailableError) for r in results[5:]), results
     assert await asyncio.wait_for(add(acct, 10), 5) == 10
     backend = rt.backend

@@ -261,6 +261,16 @@ async def test_waiters_wait_through_a_node_restart_and_go_through(
 
     async def restart(acct: Account) -> None:
         await asyncio.to_thread(aof_cluster.restart, _node_of_target(aof_cluster, rt, acct))
+        # until the restarted node serves the target again: for a moment after a restart a
+        # node may answer CLUSTERDOWN, which fails a write (nothing written) as an outage does
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await rt.backend.get_entity(acct.ecs_id, Account)
+                return
+            except RedisUnavailableError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
 
     await waiters_through_a_restart(rt, restart)
     await rt.aclose()

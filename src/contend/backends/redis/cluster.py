@@ -90,6 +90,10 @@ async def _write_on(
     conn = node.acquire_connection()
     try:
         return await exchange(conn, commands, packed)
+    except AttributeError as exc:
+        # the cluster client closed this node's connections under us (it re-reads the slots
+        # after a failure and drops the nodes it had): a lost connection like any other
+        raise RedisConnectionError(f"connection to {node.name} closed while in use") from exc
     finally:
         node.release(conn)
 
