@@ -74,6 +74,7 @@ from contend.backends.redis import (  # noqa: E402
     RedisDataError,
     RedisUnavailableError,
 )
+from contend.backends.redis.keys import Keys  # noqa: E402
 
 WORKERS = 4
 TASKS = 16
@@ -331,14 +332,19 @@ def _recover(url: str, prefix: str, lease_ms: int) -> dict[str, Any]:
         rt = Runtime(backend=backend, memory_probe=lambda: 0.0, name="soak-monitor")
         started = time.monotonic()
         client = backend.client
-        p = f"{{{prefix}}}:"
+        keys = backend.keys
+
+        async def total(command: str, suffix: str) -> int:
+            pipe = client.pipeline(transaction=False)
+            for b in keys.all():
+                getattr(pipe, command)(keys.tag(b) + suffix)
+            return sum(int(n or 0) for n in await pipe.execute())
+
         left = -1
         while time.monotonic() - started < 3 * lease_ms / 1000 + 5:
             await backend.reap_orphans()
-            left = int(await client.scard(f"{p}os:pending")) + int(
-                await client.scard(f"{p}os:executing")
-            )
-            if left == 0 and not await client.zcard(f"{p}inflight"):
+            left = await total("scard", "os:pending") + await total("scard", "os:executing")
+            if left == 0 and not await total("zcard", "inflight"):
                 break
             await asyncio.sleep(lease_ms / 4000)
         await rt.aclose()
@@ -354,7 +360,7 @@ def _final_state(port: int, prefix: str, counter_ids: list[str]) -> list[Counter
     client = redis.Redis(port=port, decode_responses=True)
     out = []
     for i in counter_ids:
-        raw = client.hget(f"{{{prefix}}}:e:{i}", "d")
+        raw = client.hget(Keys(prefix).key(i, f"e:{i}"), "d")
         out.append(Counter.model_validate_json(raw) if raw else Counter(ecs_id=uuid.UUID(i)))
     client.close()
     return out

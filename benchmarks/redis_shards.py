@@ -5,10 +5,10 @@ own (uncontended), for the same variants on both topologies:
 
 - ``lua``: the hand-written Lua compare-and-set peer of redis_peer.py, one key per account, so on
   the cluster the accounts spread over the shards (the baseline: this scales);
-- ``staged``: contend, staged + OCC (the default), and ``occ``: contend, OCC only. On the cluster
-  the backend is given redis-py's asyncio cluster client. Today every key of a prefix shares one
-  hash slot, so all of contend's keys sit on one shard; once keys are hashed per target the same
-  run shows the load spread.
+- ``staged``: contend, staged + OCC (the default), and ``occ``: contend, OCC only, through
+  ``RedisBackend.from_url`` of one node's URL on both topologies (on the cluster it finds out it
+  is one and uses redis-py's cluster client). Keys are hashed per target into buckets, each
+  bucket a hash tag of its own, so the accounts spread over the shards.
 
 1 shard is a plain redis-server; 3 shards a local Redis Cluster (tests/backends/redis_cluster.py),
 started for the run on 127.0.0.1. Reported: ops/s (3 shards against 1: the scaling); each
@@ -71,11 +71,11 @@ async def _client(ports: Nodes) -> Any:
 
 
 async def _variant(variant: str, ports: Nodes, prefix: str, worker: int) -> Variant:
-    client = await _client(ports)
     if variant == "lua":
-        return LuaPeer(client, f"{prefix}:w{worker}", TASKS)
-    # A cluster client goes to the constructor: from_url makes a single-node client.
-    return Contend(RedisBackend(client, prefix=prefix), variant, TASKS)
+        return LuaPeer(await _client(ports), f"{prefix}:w{worker}", TASKS)
+    return Contend(
+        RedisBackend.from_url(f"redis://127.0.0.1:{ports[0]}/0", prefix=prefix), variant, TASKS
+    )
 
 
 def _worker(

@@ -6,9 +6,9 @@ calls are uncontended and the figure is what the coordination itself costs. The 
 runtime runs the same tasks in one process (the baseline). A local redis-server is started on a
 free port for the run.
 
-Round trips per call are counted by a wrapper around the client's ``execute_command`` (every
-step is one command, nothing is pipelined, so commands = round trips; ``INFO commandstats`` would
-also count the commands inside the Lua scripts), for single sequential calls in three shapes:
+Round trips per call are counted by a wrapper around the backend's writes (``Batcher.execute``:
+the commands of one loop tick go in one pipelined write, one round trip; ``INFO commandstats``
+would also count the commands inside the Lua scripts), for single sequential calls in three shapes:
 OCC only (staging off), staged with the default 2 ms cross-process window, and staged with
 ``min_window_ms=0``; and for WAITERS calls under the wait policy on one account, all gathered
 at once or submitted one per loop tick (a call carried from window to window must not cost a
@@ -109,20 +109,20 @@ def _memory_ops(seconds: float) -> float:
 
 
 class _Counter:
-    """Counts the commands a client sends (each is one round trip: nothing is pipelined), but
-    not lease renewals, which run on a timer, not per call."""
+    """Counts the writes the backend sends (one per pipeline: the commands of one loop tick go
+    together), but not lease renewals, which run on a timer, not per call."""
 
     def __init__(self, backend: RedisBackend) -> None:
         self.sent = 0
-        send = backend.client.execute_command
+        send = backend.conn.batch.execute
         renew = hashlib.sha1(scripts.RENEW.encode()).hexdigest()
 
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            if args[:2] != ("EVALSHA", renew):
+        async def counted(commands: list[tuple[Any, ...]]) -> list[Any]:
+            if any(c[:2] != ("EVALSHA", renew) for c in commands):
                 self.sent += 1
-            return await send(*args, **kwargs)
+            return await send(commands)
 
-        backend.client.execute_command = counted  # type: ignore[method-assign]
+        backend.conn.batch.execute = counted  # type: ignore[method-assign]
 
 
 def _round_trips(port: int, calls: int, *, staged: bool, min_window_ms: int) -> float:

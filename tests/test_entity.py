@@ -9,7 +9,14 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
-from contend import CleanupStrategy, Entity, FakeClock, Runtime, with_conflict_resolution
+from contend import (
+    CleanupStrategy,
+    ConfigurationError,
+    Entity,
+    FakeClock,
+    Runtime,
+    with_conflict_resolution,
+)
 from contend._args import find_entities, substitute
 
 
@@ -87,3 +94,31 @@ def test_substitute_rebuilds_only_what_changed() -> None:
     pair = substitute(Pair(a, b), {a.ecs_id: a2})
     assert isinstance(pair, Pair)
     assert pair.left is a2
+
+
+def test_a_shard_key_names_a_field_or_property_and_places_the_entity_by_its_value() -> None:
+    from contend import shard_key_of
+
+    class Order(Entity, shard_key="customer"):
+        customer: str = "c1"
+
+    class Line(Order):
+        qty: int = 0
+
+    class ByRegion(Entity, shard_key="region"):
+        @property
+        def region(self) -> str:
+            return "eu"
+
+    plain = Entity()
+    assert shard_key_of(plain) == str(plain.ecs_id)
+    assert shard_key_of(Order()) == shard_key_of(Line()) == "c1"
+    assert shard_key_of(ByRegion()) == "eu"
+
+
+@pytest.mark.parametrize("name", ["nope", "not a name", ""])
+def test_a_shard_key_that_names_nothing_fails_when_the_class_is_made(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"Broken\.shard_key"):
+
+        class Broken(Entity, shard_key=name):
+            balance: int = 0

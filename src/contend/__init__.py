@@ -25,10 +25,11 @@ from contend.config import (
     PreECSConfig,
 )
 from contend.decorator import ConflictResolved, no_conflict_resolution, with_conflict_resolution
-from contend.entity import Entity
+from contend.entity import Entity, shard_key_of
 from contend.errors import (
     ConfigurationError,
     ContendError,
+    CrossShardError,
     InvalidTransitionError,
     NestedCallError,
     OCCConflictError,
@@ -78,6 +79,7 @@ __all__ = [
     "ConflictResolutionOperation",
     "ConflictResolved",
     "ContendError",
+    "CrossShardError",
     "CustomCleanupHandler",
     "DeferredCleanupHandler",
     "Entity",
@@ -116,6 +118,7 @@ __all__ = [
     "no_conflict_resolution",
     "reset_runtime",
     "set_runtime",
+    "shard_key_of",
     "use_runtime",
     "with_conflict_resolution",
 ]

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 __all__ = [
     "ConfigurationError",
     "ContendError",
+    "CrossShardError",
     "InvalidTransitionError",
     "NestedCallError",
     "OCCConflictError",
@@ -207,6 +208,24 @@ class NestedCallError(ContendError, RuntimeError):
     """A protected call made inside another one holds some of its entities but not all: it can
     neither join the enclosing call nor be staged on its own (it would wait for the enclosing
     call forever, or commit again on each of its OCC retries). Nothing was run or written."""
+
+
+class CrossShardError(ContendError, ValueError):
+    """A call's entities have different shard keys, on a backend that places entities by shard
+    key (Redis): its compare-and-set could not be one script in one slot. Nothing was run or
+    written. `shard_keys` maps each entity's id to its shard key."""
+
+    def __init__(self, function: str, shard_keys: dict[UUID, str], kinds: dict[UUID, str]) -> None:
+        self.function = function
+        self.shard_keys = shard_keys
+        named = ", ".join(f"{kinds[i]} {i} (shard key {k!r})" for i, k in shard_keys.items())
+        super().__init__(
+            f"{function} was called on entities of {len(set(shard_keys.values()))} shard keys: "
+            f"{named}. On Redis a call's entities must share one shard key (one Redis Cluster "
+            "slot), so its compare-and-set is one script: give their classes a shard key they "
+            'share (class Account(Entity, shard_key="customer_id")), or make one call per '
+            "entity"
+        )
 
 
 class OutcomeUnknownError(ContendError, RuntimeError):

@@ -28,9 +28,14 @@ from uuid import UUID
 from contend._args import find_entities, substitute_call
 from contend._fast import REJECTED_TEXT, current_task, rejection_text
 from contend.config import MAX_WAIT_MS, ConflictResolutionConfig, EffectiveCleanup
-from contend.entity import copy_state
+from contend.entity import copy_state, shard_key_of
 from contend.enums import CleanupStrategy, OperationStatus
-from contend.errors import ConfigurationError, NestedCallError, OperationRejectedError
+from contend.errors import (
+    ConfigurationError,
+    CrossShardError,
+    NestedCallError,
+    OperationRejectedError,
+)
 from contend.events import OperationRejectedEvent, OperationStartedEvent
 from contend.nesting import Scope, enclosing, scope_of
 from contend.occ import run_with_occ
@@ -109,6 +114,8 @@ class Protected(Generic[P, R]):
                             rt, scope, spawned, priority, passed, args, kwargs
                         )
                     scope = None  # a failed attempt's copies: a call of its own
+        if passed and (len(passed) > 1 or type(passed[0]).__contend_shard_key__ is not None):
+            _check_shard_keys(self.name, passed, rt.backend)
         store = rt.store
         backend = rt.backend
         if store is not None:
@@ -484,6 +491,16 @@ def _refuse_partly_held(name: str, held: tuple[UUID, ...], passed: Sequence[Enti
             "call forever, or commit again on each OCC retry of it); pass the other entities "
             "to the enclosing call too, or make this call outside it"
         )
+
+
+def _check_shard_keys(name: str, passed: Sequence[Entity], backend: Any) -> None:
+    """Every backend checks shard keys' values (an entity of a class with a shard key); one that
+    places entities by shard key (Redis: it has ``shard_key(entity)``) also refuses a call whose
+    entities have different ones, before anything is recorded."""
+    placed = getattr(backend, "shard_key", None)
+    keys = {e.ecs_id: (shard_key_of(e) if placed is None else placed(e)) for e in passed}
+    if placed is not None and len(set(keys.values())) > 1:
+        raise CrossShardError(name, keys, {e.ecs_id: type(e).__name__ for e in passed})
 
 
 def _show_committed(passed: Sequence[Entity], committed: Sequence[Entity]) -> None:

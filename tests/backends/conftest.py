@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 from redis_cluster import LocalCluster, redis_cluster
 from redis_workers import RedisServer, redis_server
 
@@ -38,16 +37,15 @@ async def redis_runtime(redis_server: RedisServer, prefix: str) -> AsyncIterator
 @pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def any_runtime(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Runtime]:
     """The same runtime on each backend: the conformance suite runs once per backend, and on
-    Redis once on a single node and once on a cluster (through redis-py's cluster client)."""
+    Redis once on a single node and once on a cluster (one node's URL: `from_url` finds out it
+    is a cluster and uses redis-py's cluster client)."""
     backend = None
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         backend = RedisBackend.from_url(server.url, prefix=prefix, lease_ms=2000)
     elif request.param == "redis-cluster":
         cluster: LocalCluster = request.getfixturevalue("redis_cluster")
-        client = RedisCluster(startup_nodes=cluster.startup_nodes, decode_responses=True)
-        await client.initialize()  # before concurrent use: redis-py's lazy first use races
-        backend = RedisBackend(client, prefix=prefix, lease_ms=2000)
+        backend = RedisBackend.from_url(cluster.url, prefix=prefix, lease_ms=2000)
     rt = Runtime(backend=backend, clock=FakeClock(), memory_probe=lambda: 0.0)
     yield rt
     rt.cleanup.stop()

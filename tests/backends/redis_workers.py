@@ -331,6 +331,7 @@ def waiting_transfers(
         src = Account(ecs_id=UUID(source))
         targets = [Account(ecs_id=UUID(d)) for d in dests]
         for a in (src, *targets):
+            rt.backend.keys.co_locate(a.ecs_id, source)  # type: ignore[attr-defined]
             await rt.registry.register(a)
         ended = {"succeeded": 0, "rejected": 0, "other": 0, "moved": 0}
 

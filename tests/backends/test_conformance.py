@@ -18,7 +18,9 @@ from contend import (
     CleanupHandler,
     CleanupHandlerRegistry,
     CleanupStrategy,
+    ConfigurationError,
     ConflictResolutionOperation,
+    CrossShardError,
     Entity,
     FakeClock,
     OCCConfig,
@@ -41,6 +43,12 @@ class Account(Entity):
     balance: int = 0
 
 
+class Pocket(Account, shard_key="owner"):
+    """An account that transfers write together with others: they share a shard key."""
+
+    owner: str = "ada"
+
+
 def _clock(rt: Runtime) -> FakeClock:
     assert isinstance(rt.clock, FakeClock)
     return rt.clock
@@ -54,7 +62,12 @@ async def _written(rt: Runtime) -> None:
 
 
 async def _registered(rt: Runtime, *accounts: Account) -> None:
+    """Register accounts; on Redis, accounts registered together share a shard key (a call may
+    write several of them in one script only if they share a bucket)."""
+    keys = getattr(rt.backend, "keys", None)
     for a in accounts:
+        if keys is not None and len(accounts) > 1:
+            keys.co_locate(a.ecs_id, str(accounts[0].ecs_id))
         await rt.registry.register(a)
 
 
@@ -89,7 +102,7 @@ async def _toucher(rt: Runtime, cleanup: CleanupConfig) -> tuple[Any, Account]:
 
 async def _committed(rt: Runtime, acct: Account) -> int:
     """The committed balance as the backend holds it (Redis: read back from Redis)."""
-    found = await rt.backend.get_entity(acct.ecs_id, Account)
+    found = await rt.backend.get_entity(acct.ecs_id, type(acct))
     assert isinstance(found, Account)
     return found.balance
 
@@ -281,17 +294,17 @@ async def test_a_multi_target_commit_is_all_or_nothing(any_runtime: Runtime) -> 
     go = asyncio.Event()
 
     @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
-    async def transfer(src: Account, dst: Account, amount: int) -> None:
+    async def transfer(src: Pocket, dst: Pocket, amount: int) -> None:
         entered.set()
         await go.wait()
         src.balance -= amount
         dst.balance += amount
 
     @with_conflict_resolution(pre_ecs=False, occ=occ, cleanup=NONE, runtime=any_runtime)
-    async def deposit(acct: Account, amount: int) -> None:
+    async def deposit(acct: Pocket, amount: int) -> None:
         acct.balance += amount
 
-    src, dst = Account(balance=50), Account(balance=0)
+    src, dst = Pocket(balance=50), Pocket(balance=0)
     await _registered(any_runtime, src, dst)
     moving = asyncio.ensure_future(transfer(src, dst, 30))
     await entered.wait()
@@ -399,6 +412,66 @@ async def test_a_caller_cancelled_while_executing_ends_cancelled_and_frees_the_t
     assert await _committed(any_runtime, acct) == 1
 
 
+# shard keys ---------------------------------------------------------------------------------------
+class Tagged(Account, shard_key="tag"):
+    tag: Any = "t"
+
+
+async def test_a_call_on_entities_of_one_shard_key_commits_them_together(
+    any_runtime: Runtime,
+) -> None:
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=any_runtime)
+    async def transfer(src: Pocket, dst: Pocket, amount: int) -> None:
+        src.balance -= amount
+        dst.balance += amount
+
+    src, dst = Pocket(balance=10, owner="bo"), Pocket(owner="bo")
+    await transfer(src, dst, 4)
+    assert (await _committed(any_runtime, src), await _committed(any_runtime, dst)) == (6, 4)
+
+
+async def test_a_call_across_shard_keys_is_refused_on_redis_and_runs_in_memory(
+    any_runtime: Runtime,
+) -> None:
+    """Redis places entities by shard key (a Redis Cluster slot each): a call whose entities
+    have different ones is refused at once, naming each entity and its shard key, on a single
+    node too (so it cannot first work on one node and then fail on a cluster); nothing runs,
+    nothing is recorded. The memory backend has no placement and runs it (docs/redis.md)."""
+    ran = []
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=any_runtime)
+    async def transfer(src: Pocket, dst: Account, amount: int) -> None:
+        ran.append(amount)
+        src.balance -= amount
+        dst.balance += amount
+
+    src, dst = Pocket(balance=10, owner="bo"), Account()
+    if any_runtime.backend.name == "memory":
+        await transfer(src, dst, 4)
+        assert ran == [4]
+        return
+    with pytest.raises(CrossShardError) as refused:
+        await transfer(src, dst, 4)
+    assert refused.value.shard_keys == {src.ecs_id: "bo", dst.ecs_id: str(dst.ecs_id)}
+    assert f"Pocket {src.ecs_id} (shard key 'bo')" in str(refused.value)
+    assert f"Account {dst.ecs_id}" in str(refused.value)
+    assert ran == []
+    assert await any_runtime.registry.operations_for_target(src.ecs_id) == []
+
+
+@pytest.mark.parametrize("bad", ["", "a{b}", "x" * 257, 1.5, True, None])
+async def test_a_bad_shard_key_value_is_refused_on_every_backend_naming_the_field(
+    any_runtime: Runtime, bad: Any
+) -> None:
+    @with_conflict_resolution(cleanup=NONE, runtime=any_runtime)
+    async def touch(item: Tagged) -> None:
+        item.balance += 1
+
+    with pytest.raises(ConfigurationError, match=r"Tagged\.tag: a shard key must be"):
+        await touch(Tagged(tag=bad))
+    assert await touch(Tagged(tag=7)) is None
+
+
 # nested calls -------------------------------------------------------------------------------------
 async def test_a_nested_call_on_a_held_target_runs_inside_and_commits_once(
     any_runtime: Runtime,
@@ -433,6 +506,7 @@ async def test_nested_calls_gathered_inside_a_transfer_join_it(any_runtime: Runt
         await asyncio.gather(move(src, -x), move(dst, x))
 
     src, dst = Account(balance=100), Account()
+    await _registered(any_runtime, src, dst)
     await asyncio.wait_for(transfer(src, dst, 30), 5)
     assert (src.balance, dst.balance, src.version, dst.version) == (70, 30, 1, 1)
     assert (await _committed(any_runtime, src), await _committed(any_runtime, dst)) == (70, 30)
@@ -606,14 +680,14 @@ async def _idle(rt: Runtime) -> None:
 async def test_waiting_gets_every_gathered_transfer_through(any_runtime: Runtime) -> None:
     """The issue's bank: transfers gathered over a few accounts. Under reject, one per account
     per window gets through; under wait, all of them, no money lost, no overlapping winners."""
-    accounts = [Account(balance=1_000) for _ in range(6)]
+    accounts = [Pocket(balance=1_000) for _ in range(6)]
     await _registered(any_runtime, *accounts)
     running: dict[Any, int] = {a.ecs_id: 0 for a in accounts}
     overlaps = []
     occ = OCCConfig(max_retries=100, base_delay_ms=0.1, max_delay_ms=2)
 
     @with_conflict_resolution(pre_ecs=WAIT, occ=occ, cleanup=IMMEDIATE, runtime=any_runtime)
-    async def transfer(source: Account, dest: Account, amount: int) -> None:
+    async def transfer(source: Pocket, dest: Pocket, amount: int) -> None:
         running[source.ecs_id] += 1
         if running[source.ecs_id] > 1:
             overlaps.append(source.ecs_id)

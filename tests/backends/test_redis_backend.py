@@ -9,6 +9,8 @@ import uuid
 
 import pytest
 import redis
+import redis_keys as rk
+from redis_scenarios import count_scripts
 from redis_workers import RedisServer
 
 from contend import (
@@ -79,7 +81,7 @@ async def test_state_is_json_and_another_process_view_loads_it_into_its_class(
     await deposit(acct, 50.0)
     assert (acct.balance, acct.version) == (150.0, 1)
 
-    raw = _sync(redis_server).hget(f"{{{prefix}}}:e:{acct.ecs_id}", "d")
+    raw = _sync(redis_server).hget(rk.key(prefix, acct.ecs_id, f"e:{acct.ecs_id}"), "d")
     assert json.loads(raw or "")["balance"] == 150.0
 
     other = Runtime(backend=RedisBackend.from_url(redis_server.url, prefix=prefix))
@@ -119,7 +121,9 @@ async def test_same_tick_calls_one_winner_losers_are_json_zombies(
     assert {z.status for z in zombies} == {OperationStatus.REJECTED}
     assert {z.ecs_id for z in zombies} == {r.op_id for r in rejected}
     assert redis_runtime.backend.zombie_count == 4
-    stored = _sync(redis_server).hget(f"{{{prefix}}}:op:{rejected[0].op_id}", "j")
+    stored = _sync(redis_server).hget(
+        rk.found(_sync(redis_server), prefix, f"op:{rejected[0].op_id}"), "j"
+    )
     assert json.loads(stored or "")["status"] == "rejected"
 
 
@@ -158,7 +162,7 @@ async def test_deferred_removal_at_due_time_on_the_fake_clock(
     await asyncio.gather(touch(acct), touch(acct), return_exceptions=True)
     (zombie,) = await redis_runtime.registry.zombies(acct.ecs_id)
     assert zombie.cleanup_scheduled_at is not None
-    ttl = _sync(redis_server).pttl(f"{{{prefix}}}:op:{zombie.ecs_id}")
+    ttl = _sync(redis_server).pttl(rk.found(_sync(redis_server), prefix, f"op:{zombie.ecs_id}"))
     assert ttl > 30 * 60 * 1000  # the key-expiry backstop lies beyond the due time
 
     redis_runtime.cleanup.stop()  # this test drives the sweeps itself
@@ -179,11 +183,11 @@ async def test_one_sweeper_at_a_time_across_workers(
     mine = redis_runtime.backend
     first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     r = _sync(redis_server)
-    r.zadd(f"{{{prefix}}}:due", {str(first): 1.0, str(second): 2.0, str(third): 3.0})
+    r.zadd(rk.everywhere(prefix, "due")[0], {str(first): 1.0, str(second): 2.0, str(third): 3.0})
     assert await mine.pop_due(10.0, 1) == [first]
     assert await other.pop_due(10.0, 10) == []  # locked out while the first sweeper holds it
     assert await mine.pop_due(10.0, 1) == [second]
-    r.pexpire(f"{{{prefix}}}:sweeper", 1)  # the first sweeper died: its lock runs out
+    r.pexpire(rk.everywhere(prefix, "sweeper")[0], 1)  # the first sweeper died: its lock runs out
     await asyncio.sleep(0.01)
     assert await other.pop_due(10.0, 10) == [third]
     await other.close()
@@ -293,19 +297,6 @@ async def test_a_contested_window_is_reported_once_across_workers_by_the_winners
 
 
 # the wait conflict policy -------------------------------------------------------------------------
-def _count_scripts(backend: RedisBackend) -> dict[str, int]:
-    """How many times each script is run (a wrapper that counts, then runs it)."""
-    counts: dict[str, int] = {}
-    start = backend.conn.start
-
-    def counted(name: str, *args: object) -> asyncio.Task[object]:
-        counts[name] = counts.get(name, 0) + 1
-        return start(name, *args)
-
-    backend.conn.start = counted  # type: ignore[method-assign]
-    return counts
-
-
 async def test_a_carried_waiter_is_not_woken_for_windows_it_does_not_win(
     redis_runtime: Runtime,
 ) -> None:
@@ -316,7 +307,7 @@ async def test_a_carried_waiter_is_not_woken_for_windows_it_does_not_win(
 
     backend = redis_runtime.backend
     assert isinstance(backend, RedisBackend)
-    counts = _count_scripts(backend)
+    counts = count_scripts(backend)
     order: list[int] = []
 
     @with_conflict_resolution(
@@ -440,16 +431,121 @@ async def test_a_waiter_past_its_deadline_in_redis_neither_wins_nor_is_carried(
     await asyncio.sleep(0.02)
     second = asyncio.ensure_future(work(acct, "second"))
     sync = _sync(redis_server)
-    window = f"{{{prefix}}}:wq:{acct.ecs_id}"
+    window = rk.key(prefix, acct.ecs_id, f"wq:{acct.ecs_id}")
     for _ in range(200):
         if sync.zcard(window) == 2:
             break
         await asyncio.sleep(0.005)
     late = sync.zrange(window, 0, 0)[0]
-    sync.hset(f"{{{prefix}}}:op:{late}", "wd", 1)  # its deadline passed, as far as Redis knows
+    sync.hset(
+        rk.key(prefix, acct.ecs_id, f"op:{late}"), "wd", 1
+    )  # its deadline passed, as far as Redis knows
     gate.set()
     results = await asyncio.gather(holder, first, second, return_exceptions=True)
     assert results[0] == "holder" and results[2] == "second"
     error = results[1]
     assert isinstance(error, OperationRejectedError)
     assert str(error.op_id) == late and error.winner_priority == OperationPriority.NORMAL
+
+
+# lease renewal ------------------------------------------------------------------------------------
+async def test_a_lease_its_commit_released_is_not_counted_lost_by_a_renewal(
+    redis_runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal that runs after a winner's commit released its lease in Redis, but before the
+    commit's reply reached the worker (another connection's reply can come first), must not
+    report the lease lost: the call ended, nothing of it was refused."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    commit = backend.conn._shas["COMMIT"]
+    original = backend.conn.batch.execute
+    renewed: list[int] = []
+
+    async def execute(commands: list[tuple[object, ...]]) -> list[object]:
+        out = await original(commands)
+        if not renewed and any(c[:2] == ("EVALSHA", commit) for c in commands):
+            renewed.append(len(backend.calls.held))  # the worker still lists the lease
+            await backend.calls.renew()
+        return out
+
+    backend.conn.batch.execute = execute  # type: ignore[method-assign]
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def touch(acct: Account) -> None:
+        acct.balance += 1
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    await touch(acct)
+    assert renewed == [1]
+    assert backend.calls.lost_leases == 0
+    assert "lost their lease" not in caplog.text
+
+
+# the key layout -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("staged", [True, False])
+async def test_a_call_on_entities_of_different_buckets_fails_naming_them(
+    redis_runtime: Runtime, staged: bool
+) -> None:
+    """Entities written together must share a bucket (one script, one slot): a call whose
+    targets do not fails at call time with an error naming each target and its shard key, and
+    writes nothing."""
+    from contend import CrossShardError
+
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    src = Account(balance=10)
+    dst = Account()
+    while backend.keys.of(dst.ecs_id) == backend.keys.of(src.ecs_id):
+        dst = Account()
+    await redis_runtime.registry.register(src)
+    await redis_runtime.registry.register(dst)
+
+    @with_conflict_resolution(pre_ecs=staged, occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def transfer(a: Account, b: Account) -> None:
+        a.balance -= 5
+        b.balance += 5
+
+    with pytest.raises(CrossShardError) as err:
+        await transfer(src, dst)
+    for acct in (src, dst):
+        assert f"Account {acct.ecs_id} (shard key '{acct.ecs_id}')" in str(err.value)
+    stored = await backend.get_entity(src.ecs_id, Account)
+    assert isinstance(stored, Account) and stored.balance == 10
+    assert backend.footprint()["inflight"] == backend.footprint()["leases"] == 0
+
+
+async def test_the_next_due_time_is_the_earliest_of_every_bucket(redis_runtime: Runtime) -> None:
+    """The sweeper sleeps until the next due time: the earliest over all buckets."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+    assert await backend.next_due() is None
+    first, second = uuid.uuid4(), uuid.uuid4()
+    while backend.keys.of(second) == backend.keys.of(first):
+        second = uuid.uuid4()
+    await backend.client.zadd(backend.keys.key(first, "due"), {str(first): 20.5})
+    await backend.client.zadd(backend.keys.key(second, "due"), {str(second): 7.25})
+    assert await backend.next_due() == 7.25
+
+
+async def test_a_winner_gets_a_full_lease_in_a_bucket_its_heartbeat_was_about_to_leave(
+    redis_server: RedisServer, prefix: str, redis_runtime: Runtime
+) -> None:
+    """A worker's heartbeat lives in each bucket it uses and is renewed only where it has calls
+    in flight; a join proves the worker alive, so a window it wins there grants a full lease,
+    not what was left of an old heartbeat."""
+    backend = redis_runtime.backend
+    assert isinstance(backend, RedisBackend)
+
+    @with_conflict_resolution(occ=True, cleanup=NONE, runtime=redis_runtime)
+    async def slow(acct: Account) -> None:
+        await asyncio.sleep(0.15)
+        acct.balance += 1
+
+    acct = Account()
+    await redis_runtime.registry.register(acct)
+    hb = rk.key(prefix, acct.ecs_id, f"hb:{backend.owner}")
+    _sync(redis_server).set(hb, "1", px=30)  # left by an earlier call, about to lapse
+    results = await asyncio.gather(slow(acct), slow(acct), return_exceptions=True)
+    assert results.count(None) == 1, results
+    assert isinstance(next(r for r in results if r is not None), OperationRejectedError)

@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
+from redis_cluster import LocalCluster
 from redis_workers import RedisServer, free_port, make_zombies
+
+from contend.backends.redis.keys import Keys
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +87,24 @@ def test_serve_reports_the_shared_totals_over_http(redis_server: RedisServer, pr
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_health_reads_a_cluster_from_one_nodes_url(
+    redis_cluster: LocalCluster, prefix: str
+) -> None:
+    """`--redis-url` of one node of a Redis Cluster: the backend finds out it is a cluster and
+    walks every bucket, on whichever node serves it."""
+    targets = [str(uuid.uuid4())]
+    while len({redis_cluster.node_of(_tag(prefix, t)) for t in targets}) < 2:
+        targets[1:] = [str(uuid.uuid4())]  # a second target on another node
+    rejected = {t: make_zombies(redis_cluster.url, prefix, t, 3, 100) for t in targets}
+    done = _contend("health", "--redis-url", redis_cluster.url, "--redis-prefix", prefix)
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["total_zombie_operations"] == sum(rejected.values())
+    assert body["zombie_counts_by_target"] == rejected
+
+
+def _tag(prefix: str, target: str) -> str:
+    keys = Keys(prefix)
+    return keys.tag(keys.of(target))

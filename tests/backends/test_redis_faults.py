@@ -3,8 +3,8 @@ malformed keys, outages, cancellations. Each test names the item of issue 12 it 
 
 Faults are real: ``DEBUG SLEEP`` blocks the server, ``kill``/``start`` stop and restart it (with
 an append-only file, so acknowledged writes survive), keys are written directly. Where a fault
-must hit one precise command, `_on_script` starts it from the client's ``evalsha`` just before
-(or after) that command; the command itself still goes to the real server.
+must hit one precise command, `_on_script` starts it from the backend's writes (`Batcher.execute`)
+just before (or after) the write carrying that command; the command still goes to the real server.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import redis
+import redis_keys as rk
+from redis_scenarios import waiters_through_a_restart
 from redis_workers import RedisServer
 
 from contend import (
@@ -68,8 +70,8 @@ def _redis(rt: Runtime) -> RedisBackend:
     return rt.backend
 
 
-def _k(prefix: str, suffix: str) -> str:
-    return f"{{{prefix}}}:{suffix}"
+def _k(prefix: str, target: object, suffix: str) -> str:
+    return rk.key(prefix, target, suffix)
 
 
 def _debug_sleep(server: RedisServer, seconds: float) -> threading.Thread:
@@ -101,25 +103,25 @@ async def _on_script(
 
     Every script is loaded first, so the matching call is the one Redis runs (not a NOSCRIPT
     attempt that redis-py repeats after loading the script)."""
-    client = _redis(rt).client
+    batch = _redis(rt).conn.batch
     for name in scripts.__all__:
-        await client.script_load(getattr(scripts, name))
-    original = client.evalsha
+        await batch.client.script_load(getattr(scripts, name))
+    original = batch.execute
     fired = False
 
-    async def evalsha(sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+    async def execute(commands: list[tuple[Any, ...]]) -> list[Any]:
         nonlocal fired
-        hit = not fired and when(keys_and_args)
+        hit = not fired and any(c[0] == "EVALSHA" and when(c[3:]) for c in commands)
         if hit:
             fired = True
             if before is not None:
                 await before()
-        out = await original(sha, numkeys, *keys_and_args)
+        out = await original(commands)
         if hit and after is not None:
             await after()
         return out
 
-    client.evalsha = evalsha  # type: ignore[method-assign]
+    batch.execute = execute  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -155,7 +157,7 @@ async def test_a_refused_unguarded_write_leaves_no_stale_copy_behind(
     @with_conflict_resolution(occ=False, cleanup=NONE, runtime=a)
     async def add_on_a(acct: Account, amount: int) -> None:
         if amount == 1:  # the first call: its lease runs out while it works
-            sync.pexpire(_k(prefix, f"lease:{acct.ecs_id}"), 1)
+            sync.pexpire(_k(prefix, acct.ecs_id, f"lease:{acct.ecs_id}"), 1)
             await add_on_b(b_acct, 10)  # another worker takes the target and commits
         acct.balance += amount
 
@@ -191,13 +193,15 @@ async def test_a_sweep_meeting_an_unreadable_record_removes_and_counts_the_whole
     """Items 3 and 9: one record with unparsable JSON among the due ones."""
     ids = await _deferred_zombies(worker, 5)
     worker.cleanup.stop()
-    redis_server.client().hset(_k(prefix, f"op:{ids[2]}"), "j", "{not json")
+    redis_server.client().hset(
+        rk.found(redis_server.client(), prefix, f"op:{ids[2]}"), "j", "{not json"
+    )
     assert isinstance(worker.clock, FakeClock)
     worker.clock.advance(minutes=31)
     assert await worker.cleanup.sweep() == 5
     assert worker.cleanup.removed["ttl"] == 5
     assert await _redis(worker).refresh_zombie_count() == 0
-    assert redis_server.client().zcard(_k(prefix, "due")) == 0
+    assert rk.total(redis_server.client(), prefix, "zcard", "due") == 0
     assert _redis(worker).conn.bad_keys["record"] == 1
 
 
@@ -225,7 +229,7 @@ async def test_a_sweep_whose_reply_is_lost_is_replayed_and_counted(
     await rt.cleanup.sweep()
     assert rt.cleanup.removed["ttl"] == 4
     assert await _redis(rt).refresh_zombie_count() == 0
-    assert redis_server.client().zcard(_k(prefix, "due")) == 0
+    assert rk.total(redis_server.client(), prefix, "zcard", "due") == 0
     await rt.aclose()
 
 
@@ -245,8 +249,9 @@ async def test_a_zombie_is_booked_with_its_due_time_and_expiry_in_one_step(
     rt.cleanup.stop()
     server.start()
     sync = server.client()
-    assert sync.zscore(_k(prefix, "due"), str(ids[0])) is not None
-    assert sync.pttl(_k(prefix, f"op:{ids[0]}")) > 30 * 60 * 1000
+    where = rk.found(sync, prefix, f"op:{ids[0]}")
+    assert sync.zscore(where.replace(f"op:{ids[0]}", "due"), str(ids[0])) is not None
+    assert sync.pttl(where) > 30 * 60 * 1000
     await rt.aclose()
 
 
@@ -374,7 +379,7 @@ async def test_a_release_that_failed_is_retried_as_soon_as_redis_answers(
     with pytest.raises(ValueError, match="boom"):
         await fail(acct)
     server.start()
-    assert server.client().get(_k(prefix, f"lease:{acct.ecs_id}")) is not None
+    assert server.client().get(_k(prefix, acct.ecs_id, f"lease:{acct.ecs_id}")) is not None
     started = time.monotonic()
     assert await asyncio.wait_for(touch(acct), 15) == "ok"
     assert time.monotonic() - started < 3.0
@@ -388,7 +393,7 @@ async def test_a_non_uuid_field_in_the_zombie_counts_leaves_the_health_check_wor
     worker: Runtime, redis_server: RedisServer, prefix: str
 ) -> None:
     await _deferred_zombies(worker, 2)
-    redis_server.client().hset(_k(prefix, "zt"), "not-a-target", "3")
+    redis_server.client().hset(rk.everywhere(prefix, "zt")[0], "not-a-target", "3")
     report = await cleanup_system_health_check(worker)
     assert list(report["zombie_counts_by_target"].values()) == [2]
     assert _redis(worker).conn.bad_keys["count"] == 1
@@ -400,7 +405,7 @@ async def test_an_unreadable_record_is_left_out_of_listings_and_the_health_check
 ) -> None:
     ids = await _deferred_zombies(worker, 3)
     sync = redis_server.client()
-    sync.hset(_k(prefix, f"op:{ids[0]}"), "j", "[1, 2")
+    sync.hset(rk.found(sync, prefix, f"op:{ids[0]}"), "j", "[1, 2")
     zombies = await worker.registry.zombies()
     assert {z.ecs_id for z in zombies} == set(ids[1:])
     report = await cleanup_system_health_check(worker)
@@ -419,7 +424,7 @@ async def test_a_non_numeric_entity_version_fails_only_calls_on_that_entity(
 
     broken, fine = Account(), Account()
     await deposit(broken, 1)
-    redis_server.client().hset(_k(prefix, f"e:{broken.ecs_id}"), "v", "one")
+    redis_server.client().hset(_k(prefix, broken.ecs_id, f"e:{broken.ecs_id}"), "v", "one")
     with pytest.raises(RedisDataError, match=f"e:{broken.ecs_id}") as info:
         await deposit(broken, 1)
     assert "not a number" in str(info.value)
@@ -438,7 +443,7 @@ async def test_a_lease_without_ttl_blocks_no_longer_than_a_lease(
         return "ok"
 
     acct = Account()
-    redis_server.client().set(_k(prefix, f"lease:{acct.ecs_id}"), "someone-long-gone")
+    redis_server.client().set(_k(prefix, acct.ecs_id, f"lease:{acct.ecs_id}"), "someone-long-gone")
     started = time.monotonic()
     assert await asyncio.wait_for(touch(acct), 5) == "ok"
     assert time.monotonic() - started < 1.5
@@ -561,48 +566,17 @@ async def test_waiters_wait_through_a_redis_restart_and_go_through(
     are in Redis, their deadlines still hold) and all go through once it answers; the calls
     under the reject policy staged with them fail at once (`RedisUnavailableError`, nothing
     written); no record stays pending or executing."""
-    from contend import PreECSConfig
-
-    # the holder's lease must outlast the outage (a restart takes ~1 s, more on a loaded host):
-    # a holder whose lease ran out while Redis was down is refused its write, as it should be
     rt = _worker(server, prefix, socket_timeout=0.3, connect_timeout=0.2, lease_ms=5000)
-    entered = asyncio.Event()
-    gate = asyncio.Event()
 
-    @with_conflict_resolution(
-        pre_ecs=PreECSConfig(conflict_policy="wait", max_wait_ms=20_000),
-        cleanup=NONE,
-        runtime=rt,
-    )
-    async def add(acct: Account, amount: int) -> int:
-        if amount == 0:
-            entered.set()
-            await gate.wait()
-        acct.balance += amount
-        return amount
+    async def restart(_: Any) -> None:
+        server.kill()
+        await asyncio.sleep(0.3)
+        server.start()
 
-    acct = Account()
-    await rt.registry.register(acct)
-    holder = asyncio.ensure_future(add(acct, 0))
-    await entered.wait()
-    waiters = [asyncio.ensure_future(add(acct, 1)) for _ in range(4)]
-    rejecting = add.with_max_wait(0)
-    waiters += [asyncio.ensure_future(rejecting(acct, 1)) for _ in range(2)]
-    await asyncio.sleep(0.05)
-    server.kill()
-    await asyncio.sleep(0.3)
-    server.start()
-    gate.set()
-    results = await asyncio.wait_for(asyncio.gather(holder, *waiters, return_exceptions=True), 15)
-    assert results[:5] == [0, 1, 1, 1, 1]
-    assert all(isinstance(r, RedisUnavailableError) for r in results[5:]), results
-    applied = 4
-    assert await asyncio.wait_for(add(acct, 10), 5) == 10
-    assert await _redis(rt).drain(5)
-    stored = await rt.backend.get_entity(acct.ecs_id, Account)
-    assert isinstance(stored, Account) and stored.balance == applied + 10
+    results, acct = await waiters_through_a_restart(rt, restart)
     sync = server.client()
-    assert sync.scard(_k(prefix, "os:pending")) == sync.scard(_k(prefix, "os:executing")) == 0
+    assert rk.total(sync, prefix, "scard", "os:pending") == 0
+    assert rk.total(sync, prefix, "scard", "os:executing") == 0
     failed = [r for r in results if isinstance(r, Exception)]
     zombies = await rt.registry.zombies(acct.ecs_id)
     assert len(zombies) == len(failed)

@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import redis
+import redis_keys as rk
 import redis_workers as w
 from redis_workers import RedisServer
 
@@ -47,7 +48,7 @@ async def _kill_a_lease_holder(server: RedisServer, prefix: str, lease_ms: int) 
     proc.start()
     try:
         assert await asyncio.to_thread(started.wait, 30)
-        orphan = _keys(server, prefix).get(f"{{{prefix}}}:lease:{target}")
+        orphan = _keys(server, prefix).get(rk.key(prefix, target, f"lease:{target}"))
         assert orphan is not None
         os.kill(proc.pid or 0, signal.SIGKILL)
         await asyncio.to_thread(proc.join, 10)
@@ -66,7 +67,7 @@ def test_four_workers_occ_deposits_lose_nothing(
 
     r = _keys(redis_server, prefix)
     balances = [
-        w.Account.model_validate_json(r.hget(f"{{{prefix}}}:e:{i}", "d") or "{}").balance
+        w.Account.model_validate_json(r.hget(rk.key(prefix, i, f"e:{i}"), "d") or "{}").balance
         for i in ids
     ]
     assert sum(balances) == sum(res["committed"] for res in results)
@@ -74,10 +75,10 @@ def test_four_workers_occ_deposits_lose_nothing(
         assert res["succeeded"] + res["failed"] == 250
         assert res["other"] == 0
     failed = sum(res["failed"] for res in results)
-    assert r.scard(f"{{{prefix}}}:os:failed") == failed
-    assert r.scard(f"{{{prefix}}}:os:pending") == 0
-    assert r.scard(f"{{{prefix}}}:os:executing") == 0
-    assert int(r.get(f"{{{prefix}}}:zc") or 0) == failed
+    assert rk.total(r, prefix, "scard", "os:failed") == failed
+    assert rk.total(r, prefix, "scard", "os:pending") == 0
+    assert rk.total(r, prefix, "scard", "os:executing") == 0
+    assert rk.total(r, prefix, "get", "zc") == failed
 
 
 def test_four_processes_one_window_exactly_one_winner(
@@ -95,8 +96,11 @@ def test_four_processes_one_window_exactly_one_winner(
     winners = {res["winner"] for res in results if not res["won"]}
     assert len(winners) == 1
     r = _keys(redis_server, prefix)
-    assert r.scard(f"{{{prefix}}}:os:rejected") == 3
-    assert w.Slot.model_validate_json(r.hget(f"{{{prefix}}}:e:{target}", "d") or "").value == 8
+    assert rk.total(r, prefix, "scard", "os:rejected") == 3
+    assert (
+        w.Slot.model_validate_json(r.hget(rk.key(prefix, target, f"e:{target}"), "d") or "").value
+        == 8
+    )
 
 
 async def test_killed_worker_blocks_only_until_its_lease_expires(
@@ -128,8 +132,8 @@ async def test_killed_worker_blocks_only_until_its_lease_expires(
     assert (str(event.op_id), event.status, event.reason) == (orphan, "failed", "immediate")
     assert await rt.backend.get_operation(uuid.UUID(orphan)) is None
     assert rt.cleanup.removed["immediate"] == 1
-    assert r.zscore(f"{{{prefix}}}:inflight", orphan) is None
-    assert r.scard(f"{{{prefix}}}:os:executing") == 0
+    assert r.zscore(rk.key(prefix, target, "inflight"), orphan) is None
+    assert rk.total(r, prefix, "scard", "os:executing") == 0
     await rt.aclose()
 
 
@@ -141,16 +145,16 @@ def test_zombie_cap_holds_under_four_writers(
     rejected = sum(f.result(timeout=60) for f in futs)
     assert rejected >= 25 * 4 // 2
     r = _keys(redis_server, prefix)
-    assert r.zcard(f"{{{prefix}}}:zb:{target}") == 5
-    assert int(r.get(f"{{{prefix}}}:zc") or 0) == 5
-    assert r.scard(f"{{{prefix}}}:os:rejected") == 5
-    assert r.scard(f"{{{prefix}}}:ot:{target}") == 5
+    assert r.zcard(rk.key(prefix, target, f"zb:{target}")) == 5
+    assert rk.total(r, prefix, "get", "zc") == 5
+    assert rk.total(r, prefix, "scard", "os:rejected") == 5
+    assert r.scard(rk.key(prefix, target, f"ot:{target}")) == 5
 
 
 async def test_a_sweep_reaps_an_orphan_on_a_target_nobody_calls_again(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    _, orphan = await _kill_a_lease_holder(redis_server, prefix, lease_ms=500)
+    target, orphan = await _kill_a_lease_holder(redis_server, prefix, lease_ms=500)
     r = _keys(redis_server, prefix)
 
     from contend.backends.redis import RedisBackend
@@ -160,13 +164,13 @@ async def test_a_sweep_reaps_an_orphan_on_a_target_nobody_calls_again(
         memory_probe=lambda: 0.0,
     )
     deadline = asyncio.get_running_loop().time() + 10
-    while r.zscore(f"{{{prefix}}}:inflight", orphan) is not None:
+    while r.zscore(rk.key(prefix, target, "inflight"), orphan) is not None:
         await rt.cleanup.sweep()  # no staging call on that target: the sweep reaps it
         assert asyncio.get_running_loop().time() < deadline, "the orphan was never reaped"
         await asyncio.sleep(0.1)
     assert rt.cleanup.removed["immediate"] == 1
     assert await rt.backend.get_operation(uuid.UUID(orphan)) is None
-    assert r.scard(f"{{{prefix}}}:os:executing") == 0
+    assert rk.total(r, prefix, "scard", "os:executing") == 0
     await rt.aclose()
 
 
@@ -192,7 +196,7 @@ async def test_a_killed_workers_queued_call_does_not_win_after_its_lease(
     try:
         assert await asyncio.to_thread(started.wait, 30)
         for _ in range(1000):  # until the queued call has joined the next window
-            if r.zcard(f"{{{prefix}}}:wq:{target}"):
+            if r.zcard(rk.key(prefix, target, f"wq:{target}")):
                 break
             await asyncio.sleep(0.01)
         os.kill(proc.pid or 0, signal.SIGKILL)
@@ -214,12 +218,18 @@ async def test_a_killed_workers_queued_call_does_not_win_after_its_lease(
     blocked = asyncio.get_running_loop().time() - killed
     assert blocked < 1.5 * lease_ms / 1000, f"blocked {blocked:.2f} s after the kill"
     deadline = asyncio.get_running_loop().time() + 10
-    while r.zcard(f"{{{prefix}}}:inflight"):
+    while rk.total(r, prefix, "zcard", "inflight"):
         await rt.backend.reap_orphans()  # type: ignore[attr-defined]
         assert asyncio.get_running_loop().time() < deadline, "orphans were never reaped"
         await asyncio.sleep(0.1)
-    assert r.scard(f"{{{prefix}}}:os:pending") == r.scard(f"{{{prefix}}}:os:executing") == 0
-    assert r.scard(f"{{{prefix}}}:os:failed") == 1  # the hung winner; the queued call (priority
+    assert (
+        rk.total(r, prefix, "scard", "os:pending")
+        == rk.total(r, prefix, "scard", "os:executing")
+        == 0
+    )
+    assert (
+        rk.total(r, prefix, "scard", "os:failed") == 1
+    )  # the hung winner; the queued call (priority
     # 10: immediate cleanup by default) ended cancelled and left at once
     assert rt.cleanup.removed["immediate"] == 1
     await rt.aclose()
@@ -247,11 +257,17 @@ def test_two_workers_waiting_on_one_target_get_every_call_through(
     ]
 
     def balance(i: str) -> int:
-        return w.Account.model_validate_json(r.hget(f"{{{prefix}}}:e:{i}", "d") or "{}").balance
+        return w.Account.model_validate_json(
+            r.hget(rk.key(prefix, source, f"e:{i}"), "d") or "{}"
+        ).balance
 
     moved = sum(res["moved"] for res in results)
     assert balance(source) == -moved
     assert sum(balance(d) for d in dests) == moved
-    assert r.scard(f"{{{prefix}}}:os:pending") == r.scard(f"{{{prefix}}}:os:executing") == 0
-    assert r.zcard(f"{{{prefix}}}:inflight") == 0
-    assert not r.exists(f"{{{prefix}}}:wq:{source}")
+    assert (
+        rk.total(r, prefix, "scard", "os:pending")
+        == rk.total(r, prefix, "scard", "os:executing")
+        == 0
+    )
+    assert rk.total(r, prefix, "zcard", "inflight") == 0
+    assert not r.exists(rk.key(prefix, source, f"wq:{source}"))

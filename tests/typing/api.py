@@ -21,6 +21,7 @@ from contend import (
     ConflictResolutionConfig,
     ConflictResolutionOperation,
     ConflictResolved,
+    CrossShardError,
     Entity,
     FakeClock,
     OCCConfig,
@@ -32,6 +33,7 @@ from contend import (
     PreECSConfig,
     Runtime,
     cleanup_system_health_check,
+    shard_key_of,
     use_runtime,
     with_conflict_resolution,
 )
@@ -40,6 +42,11 @@ from contend.testing import KEEP_EVERYTHING, Account, EventRecorder, make_runtim
 
 class BankAccount(Entity):
     balance: float
+
+
+class CustomerAccount(Entity, shard_key="customer_id"):
+    customer_id: str
+    balance: float = 0.0
 
 
 @with_conflict_resolution
@@ -117,6 +124,12 @@ async def use() -> None:
         assert_type(recorder.of(OperationRejectedEvent), list[OperationRejectedEvent])
         assert_type(recorder.ids(), list[UUID])
     assert_type(make_runtime(clock=FakeClock()), Runtime)
+
+    assert_type(shard_key_of(CustomerAccount(customer_id="c-1")), str)
+    try:
+        await update(account, 1.0)
+    except CrossShardError as crossed:
+        assert_type(crossed.shard_keys, dict[UUID, str])
     assert_type(KEEP_EVERYTHING, CleanupConfig)
     assert_type(Account().balance, int)
 

@@ -7,10 +7,12 @@ See docs/redis.md for guarantees, what each error means for the write, recovery 
 key layout and limits.
 
 One module per job, importing only downward:
-``scripts`` (the Lua) and ``errors`` <- ``connection`` (script runner, outages, bad keys, deferred
-writes) <- ``leases`` (running calls, fencing, renewal) and ``wakeups`` (pub/sub) <- ``entities``
-(state and settled writes) <- ``records`` (records, zombie books, sweeps) <- ``orphans`` <-
-``staging`` (cross-worker windows) <- ``backend`` (`RedisBackend`).
+``scripts`` (the Lua), ``errors``, ``keys`` (the key layout) and ``cluster`` (a tick's commands
+per cluster node) <- ``batching`` (one pipelined write per loop tick) <- ``connection`` (one
+node's or a cluster's client, script runner, outages, bad keys, deferred writes) <-
+``leases`` (running calls, fencing, renewal) and ``wakeups`` (pub/sub) <- ``entities`` (state
+and settled writes) <- ``records`` (records, zombie books, sweeps) <- ``orphans`` <- ``staging``
+(cross-worker windows) <- ``backend`` (`RedisBackend`).
 """
 
 from contend.backends.redis.backend import ENV_VAR, RedisBackend, backend_from_env

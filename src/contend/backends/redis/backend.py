@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -11,16 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, ResponseError
 
-from contend.backends.redis.connection import Connection
+from contend.backends.redis.connection import Client, Connection
 from contend.backends.redis.entities import Entities
+from contend.backends.redis.keys import Keys
 from contend.backends.redis.leases import Calls
 from contend.backends.redis.orphans import Orphans
 from contend.backends.redis.records import Records
 from contend.backends.redis.staging import Staging
 from contend.backends.redis.wakeups import Wakeups
+from contend.entity import shard_key_of
 from contend.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -60,7 +65,7 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         prefix: str = "contend",
         lease_ms: int = 10_000,
@@ -77,7 +82,6 @@ class RedisBackend:
         _check("sweeper_lock_ms", sweeper_lock_ms, 1000, 3_600_000)
         _check("backstop_seconds", backstop_seconds, 0, 30 * 86400)
         _check("settle_timeout", settle_timeout, 0, 600)
-        self.client = client
         self.prefix = prefix
         self.lease_ms = int(lease_ms)
         self.min_window_ms = int(min_window_ms)
@@ -134,35 +138,55 @@ class RedisBackend:
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         max_connections: int | None = None,
+        cluster: bool | None = None,
         **kwargs: Any,
     ) -> RedisBackend:
-        """Connect by URL: ``redis://[:password@]host:port/db`` or ``rediss://`` for TLS."""
-        if not url.startswith(("redis://", "rediss://", "unix://")):
+        """Connect by URL: ``redis://[:password@]host:port/db``, ``rediss://`` for TLS,
+        ``unix://`` for a socket; ``redis+cluster://host:port`` (or ``rediss+cluster://``) for
+        a Redis Cluster, found from any one of its nodes.
+
+        `cluster`: True or False says what the URL points at; None (the default) takes the
+        scheme's word, else asks Redis (``INFO cluster``) before the first command. Both
+        clients get the same timeouts, one resend of a command whose connection failed, and
+        at most `max_connections` connections (per node on a cluster), a command waiting up to
+        `socket_timeout` for a free one.
+        """
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in _SCHEMES:
             raise ConfigurationError(
-                "url", f"must start with redis://, rediss:// or unix://, got {url[:16]!r}"
+                "url",
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                f"rediss+cluster://, got {url[:16]!r}",
             )
+        if scheme.endswith("+cluster"):
+            if cluster is False:
+                raise ConfigurationError("cluster", f"is False but the URL is {scheme}://")
+            cluster, scheme = True, scheme.removesuffix("+cluster")
+            url = f"{scheme}://{rest}"
         _check("socket_timeout", socket_timeout, 0.01, 600)
         _check("connect_timeout", connect_timeout, 0.01, 600)
-        # A command waits for a free connection of the pool (up to socket_timeout) instead of
-        # failing: redis-py's plain pool raises at its limit, which would turn a burst of
-        # concurrent calls on a healthy Redis into RedisUnavailableError.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            # One resend on a connection error or timeout (a connection left stale by a restart):
-            # every script is idempotent, so a resend never applies anything twice.
-            retry=Retry(NoBackoff(), 1),
-            max_connections=max_connections or DEFAULT_MAX_CONNECTIONS,
-            timeout=socket_timeout,
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        client.auto_close_connection_pool = True
-        kw = client.connection_pool.connection_kwargs
-        where = f"{url.split('://', 1)[0]}://{kw.get('host', '?')}:{kw.get('port', '?')}"
-        where += f"/{kw.get('db', 0)}"
-        return cls(
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+            # One resend on a connection error or timeout (a connection left stale by a
+            # restart, a node that moved): every script is idempotent, so a resend never
+            # applies anything twice.
+            "retry": Retry(NoBackoff(), 1),
+            "max_connections": max_connections or DEFAULT_MAX_CONNECTIONS,
+        }
+        detect = None
+        if cluster:
+            client: Client = _cluster_client(url, options)
+            where = f"{scheme}+cluster://{_address(url)}"
+        else:
+            client = _node_client(url, options, socket_timeout)
+            kw = client.connection_pool.connection_kwargs
+            where = f"{scheme}://{kw.get('host', '?')}:{kw.get('port', '?')}/{kw.get('db', 0)}"
+            if cluster is None and scheme != "unix":
+                node = client
+                detect = functools.partial(_settle_kind, node, url, options)
+        backend = cls(
             client,
             prefix=prefix,
             lease_ms=lease_ms,
@@ -170,6 +194,10 @@ class RedisBackend:
             description=where,
             **kwargs,
         )
+        backend.conn.wait_timeout = socket_timeout
+        if detect is not None:
+            backend.conn.settle_with(detect)
+        return backend
 
     def attach(self, hooks: Hooks) -> None:
         """Called by the runtime: its clock dates records, its cleanup ends orphans and counts
@@ -188,6 +216,11 @@ class RedisBackend:
                 ["kind"],
                 registry=hooks.metrics_registry,
             )
+
+    @property
+    def client(self) -> Client:
+        """The redis-py client (a cluster's once a plain URL turned out to name a cluster node)."""
+        return self.conn.client
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.description}, prefix={self.prefix!r})"
@@ -213,6 +246,11 @@ class RedisBackend:
         return self.staging.in_flight()
 
     @property
+    def keys(self) -> Keys:
+        """The key layout: a target's bucket (``keys.of``), co-location (``keys.co_locate``)."""
+        return self.conn.keys
+
+    @property
     def owner(self) -> str:
         """This worker's id in Redis (its heartbeat, its records' owner field)."""
         return self.conn.owner
@@ -227,7 +265,22 @@ class RedisBackend:
         """The global zombie count, read from Redis now (the health check uses it)."""
         return await self.records.refresh_zombie_count()
 
+    def shard_key(self, entity: Entity) -> str:
+        """Where `entity`'s keys live: the shard key its class names (`shard_key_of`), or
+        one `keys.co_locate` gave it. A call's entities must share one (checked before the call
+        begins, `CrossShardError`), so on Redis Cluster its compare-and-set is one script in one
+        slot; the first sight of an entity of a class with a shard key co-locates it."""
+        given = self.keys.shard_key(entity.ecs_id)
+        if given is not None:
+            return given
+        key = shard_key_of(entity)
+        if type(entity).__contend_shard_key__ is not None:
+            self.keys.co_locate(entity.ecs_id, key)
+        return key
+
     async def ensure_entity(self, entity: Entity) -> Entity:
+        if type(entity).__contend_shard_key__ is not None:
+            self.shard_key(entity)
         return await self.entities.ensure(entity)
 
     async def get_entity(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
@@ -368,6 +421,45 @@ class RedisBackend:
         self.calls.stop()
         await self.wakeups.close()
         await self.conn.close()
+
+
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _node_client(url: str, options: dict[str, Any], wait: float) -> aioredis.Redis:
+    # A command waits for a free connection of the pool (up to `wait`) instead of failing:
+    # redis-py's plain pool raises at its limit, which would turn a burst of concurrent calls
+    # on a healthy Redis into RedisUnavailableError.
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=wait, **options)
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    try:
+        return RedisCluster.from_url(url, **options)
+    except RedisClusterException as exc:
+        raise ConfigurationError("url", f"cannot serve a Redis Cluster: {exc}") from exc
+
+
+def _address(url: str) -> str:
+    return url.partition("://")[2].rpartition("@")[2].partition("/")[0] or "?"
+
+
+async def _settle_kind(node: aioredis.Redis, url: str, options: dict[str, Any]) -> Client:
+    """The client `url` needs: `node` itself, or a cluster client when the node says it is
+    part of a Redis Cluster (a user whose ACL refuses ``INFO`` gets `node`: say
+    ``cluster=True`` or ``redis+cluster://`` for a cluster then)."""
+    try:
+        info = await node.info("cluster")
+    except ResponseError as exc:
+        log.info("Redis at %s refused INFO (%s): taken as a single node", _address(url), exc)
+        return node
+    if not info.get("cluster_enabled"):
+        return node
+    log.info("Redis at %s is a cluster node: using a Redis Cluster client", _address(url))
+    return _cluster_client(url, options)
 
 
 def backend_from_env(prefix: str | None = None, **kwargs: Any) -> RedisBackend | None:

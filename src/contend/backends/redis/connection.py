@@ -7,36 +7,55 @@ as its inner step completes), and the command itself still finishes, so its outc
 learnt. Failures become `RedisUnavailableError` (and an outage logged once, with counts, until
 Redis answers again) or `RedisDataError` (a bad key, logged and counted once per key). Writes
 that must happen eventually wait in a queue and are retried as soon as Redis answers.
+
+The client is a single node's (``redis.asyncio.Redis``) or a cluster's (``RedisCluster``); a
+client whose kind was left open is settled by asking Redis (``INFO cluster``) before the first
+command, and a cluster client learns the slots then, once, before any concurrent use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
+import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contend.backends.redis import scripts as lua
+from contend.backends.redis.batching import Batcher
 from contend.backends.redis.errors import RedisDataError, RedisUnavailableError
+from contend.backends.redis.keys import Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
     from prometheus_client import Counter
-    from redis.commands.core import AsyncScript
 
-__all__ = ["UNAVAILABLE", "Connection", "Outage", "sleep_or_wake"]
+__all__ = ["UNAVAILABLE", "Client", "Connection", "Outage", "sleep_or_wake"]
 
 log = logging.getLogger("contend.backends.redis")
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-"""What redis-py raises when Redis cannot be reached or does not answer in time."""
+Client: TypeAlias = "aioredis.Redis | RedisCluster"
+
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,
+)
+"""What redis-py raises when Redis cannot be reached or does not answer in time (on a cluster
+also: no node reachable, a slot not served, the cluster down or resharding)."""
 
 _NOT_SERVING = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY")
 """Error replies of a Redis that cannot serve right now (loading, a replica, a script running
@@ -128,13 +147,36 @@ class Outage:
 
 
 class Connection:
-    """The client, the key prefix, this worker's id and the scripts, with errors mapped."""
+    """The client, the key layout, this worker's id and the scripts, with errors mapped.
 
-    def __init__(self, client: aioredis.Redis, prefix: str, description: str) -> None:
+    Scripts and commands go through a `Batcher`: those issued in one event-loop tick share one
+    pipelined write. A script runs on one bucket (`keys.Keys`): its ``P`` (ARGV[1]) is the
+    bucket's key prefix and its one KEYS entry a key of that bucket, for routing."""
+
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        description: str,
+        *,
+        detect: Callable[[], Awaitable[Client]] | None = None,
+        wait_timeout: float = 5.0,
+    ) -> None:
         self.client = client
+        self._settle_client: Callable[[], Awaitable[Client]] | None = detect
+        """Decides the client before the first command (a cluster found behind a plain URL)."""
+        if self._settle_client is None and isinstance(client, RedisCluster):
+            self._settle_client = self._initialized
+        self._settling: asyncio.Future[None] | None = None
+        self.wait_timeout = wait_timeout
+        self._limit: int | None = None
+        """At most this many commands in flight (a cluster client's pool size), else None."""
+        self._in_flight = 0
+        self._turns: collections.deque[asyncio.Future[None]] = collections.deque()
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.p = f"{{{prefix}}}:"
-        self.route = f"{self.p}seq"
+        """The prefix's own tag (the release channel)."""
         self.description = description
         self.owner = uuid.uuid4().hex
         self.outage = Outage(description)
@@ -142,9 +184,8 @@ class Connection:
         self.dropped_writes = 0
         self.bad_key_metric: Counter | None = None
         self._bad_seen: dict[str, None] = {}
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(getattr(lua, name)) for name in lua.__all__
-        }
+        self._shas: dict[str, str] = {}
+        self.batch = self._register_scripts()
         self._background: set[asyncio.Task[Any]] = set()
         self._deferred: collections.deque[tuple[str, Callable[[], Awaitable[None]]]] = (
             collections.deque()
@@ -156,41 +197,166 @@ class Connection:
         self.on_answer: list[Callable[[], None]] = []
         """Run when Redis answers again after an outage (reconnect what waits for it)."""
 
-    # running commands ---------------------------------------------------------------------------
-    def start(self, name: str, *args: Any) -> asyncio.Task[Any]:
-        """Run script `name` in a task of its own (kept alive until done)."""
-        return self.spawn(self._script(name, args))
+    # the client ---------------------------------------------------------------------------------
+    @property
+    def cluster(self) -> bool:
+        """Whether the client is a Redis Cluster's (settled by `ready` when it was left open)."""
+        return isinstance(self.client, RedisCluster)
 
-    async def run(self, name: str, *args: Any) -> Any:
-        """Run script `name`; a cancelled caller stops waiting at once, the script goes on."""
-        return await asyncio.shield(self.start(name, *args))
+    def _register_scripts(self) -> Batcher:
+        """The scripts for this client, and the batcher that sends them (a cluster client loads
+        a script on every primary when one answers NOSCRIPT)."""
+        sharded = isinstance(self.client, RedisCluster)
+        sources = {name: _source(name, sharded) for name in lua.__all__}
+        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in sources.items()}
+        self._limit = None
+        if isinstance(self.client, RedisCluster):
+            # redis-py's cluster pool raises at its limit instead of waiting for a connection:
+            # at most that many commands are in flight at once, the others wait their turn
+            kwargs = self.client.nodes_manager.connection_kwargs
+            self._limit = int(kwargs.get("max_connections", 100))
+        client: Any = self.client
+        return Batcher(client, {self._shas[n]: src for n, src in sources.items()})
 
-    async def command(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
-        """A plain command (a read), with the same cancellation and error handling."""
-        return await asyncio.shield(self.spawn(self._guard(what, factory)))
+    def settle_with(self, detect: Callable[[], Awaitable[Client]]) -> None:
+        """Let `detect` choose the client before the first command (it may return a new one)."""
+        self._settle_client = detect
 
-    async def _script(self, name: str, args: tuple[Any, ...]) -> Any:
-        return await self._guard(
-            f"script {name}",
-            lambda: self._scripts[name](keys=[self.route], args=[self.p, *args]),
-        )
+    async def _initialized(self) -> Client:
+        client = self.client
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+        return client
 
-    async def _guard(self, what: str, factory: Callable[[], Awaitable[Any]]) -> Any:
+    async def ready(self) -> None:
+        """Settle the client before its first use (once; concurrent callers wait for it)."""
+        if self._settle_client is None:
+            return
+        if self._settling is None:
+            self._settling = self.spawn(self._settle_once())
+        await asyncio.shield(self._settling)
+
+    async def _settle_once(self) -> None:
+        settle = self._settle_client
         try:
-            out = await factory()
-        except UNAVAILABLE as exc:
+            client = await settle() if settle is not None else self.client
+        except BaseException:
+            self._settling = None  # the next command tries again
+            raise
+        if client is not self.client:
+            old, self.client = self.client, client
+            self.batch = self._register_scripts()
+            with contextlib.suppress(Exception):
+                await old.aclose()
+        if isinstance(client, RedisCluster) and settle is not self._initialized:
+            await client.initialize()
+        self._settle_client = None
+
+    # running commands ---------------------------------------------------------------------------
+    def start(self, name: str, bucket: int, *args: Any) -> asyncio.Future[Any]:
+        """Run script `name` on `bucket`: a future of its reply (errors mapped), settled when
+        its pipeline is answered whether or not anyone still waits for it."""
+        tag = self.keys.tag(bucket)
+        sha = self._shas[name]
+        return self._mapped(f"script {name}", self._sent("EVALSHA", sha, 1, tag, tag, *args))
+
+    async def run(self, name: str, bucket: int, *args: Any) -> Any:
+        """Run script `name` on `bucket`; a cancelled caller stops waiting at once, the script
+        goes on."""
+        return await asyncio.shield(self.start(name, bucket, *args))
+
+    async def run_all(self, name: str, args: list[tuple[int, list[Any]]]) -> list[Any]:
+        """Run script `name` once per (bucket, args), pipelined; replies in order."""
+        return list(await asyncio.gather(*(self.run(name, b, *a) for b, a in args)))
+
+    async def call(self, *command: Any) -> Any:
+        """A plain command (a read), pipelined with the others of this tick, with the same
+        cancellation and error handling."""
+        return await asyncio.shield(self._mapped(str(command[0]), self._sent(*command)))
+
+    def _sent(self, *command: Any) -> asyncio.Future[Any]:
+        """`command` handed to the batcher: at once, or, before the client is settled or on a
+        cluster with `_limit` commands in flight (redis-py's cluster pool raises at its limit
+        instead of waiting), once it is settled and a command before it is answered."""
+        if self._settle_client is None:
+            if self._limit is None:
+                return self.batch.send(*command)
+            if self._in_flight < self._limit and not self._turns:
+                return self._counted(self.batch.send(*command))
+        return asyncio.ensure_future(self._send_in_turn(command))
+
+    async def _send_in_turn(self, command: tuple[Any, ...]) -> Any:
+        await self.ready()
+        if self._limit is not None and (self._in_flight >= self._limit or self._turns):
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            try:
+                async with asyncio.timeout(self.wait_timeout):
+                    await turn
+            finally:
+                if not turn.done():
+                    self._turns.remove(turn)
+                    turn.cancel()
+        sent = self.batch.send(*command)
+        if self._limit is not None:
+            self._counted(sent)
+        return await sent
+
+    def _counted(self, sent: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        self._in_flight += 1
+        sent.add_done_callback(self._answered_one)
+        return sent
+
+    def _answered_one(self, _: asyncio.Future[Any]) -> None:
+        """A command was answered: the longest waiting one may go (commands bound connections
+        from above, since a pipeline carries many on one: a few over the limit are harmless)."""
+        self._in_flight -= 1
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                break
+
+    def _mapped(self, what: str, sent: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        out: asyncio.Future[Any] = sent.get_loop().create_future()
+        sent.add_done_callback(functools.partial(self._settle, what, out))
+        return out
+
+    def _settle(self, what: str, out: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+        if sent.cancelled():
+            if not out.done():
+                out.cancel()
+            return
+        exc = sent.exception()
+        if exc is None:
+            self.answered()
+            if not out.done():
+                out.set_result(sent.result())
+            return
+        mapped = self._error(what, exc)
+        if not out.done():
+            out.set_exception(mapped)
+            out.exception()  # retrieved: its caller may have stopped waiting for it
+
+    def _error(self, what: str, exc: BaseException) -> BaseException:
+        """What a caller gets for a failed command: `RedisUnavailableError` (an outage, logged
+        once) or `RedisDataError` (Redis refused it)."""
+        mapped: BaseException = exc
+        if isinstance(exc, UNAVAILABLE):
             if not self.closing:
                 self.outage.failed(exc)
-            raise self.unavailable(exc) from exc
-        except ResponseError as exc:
+            mapped = self.unavailable(exc)
+        elif isinstance(exc, ResponseError):
             if str(exc).startswith(_NOT_SERVING):
                 if not self.closing:
                     self.outage.failed(exc)
-                raise self.unavailable(exc) from exc
-            self.answered()
-            raise self.bad("reply", what, f"Redis refused it: {exc}") from exc
-        self.answered()
-        return out
+                mapped = self.unavailable(exc)
+            else:
+                self.answered()
+                mapped = self.bad("reply", what, f"Redis refused it: {exc}")
+        if mapped is not exc:
+            mapped.__cause__ = exc
+        return mapped
 
     def unavailable(self, exc: BaseException) -> RedisUnavailableError:
         return RedisUnavailableError(
@@ -300,8 +466,15 @@ class Connection:
         self._retrier = None
         self._retry_wake = None
         self._drained.clear()
-        pool: Any = self.client.connection_pool
-        pool.reset()
+        self._settling = None
+        self.batch.reset()
+        client: Any = self.client
+        if isinstance(client, RedisCluster):
+            _forget_cluster_connections(client)
+            self._turns.clear()  # futures of the old loop
+            self._in_flight = 0
+        else:
+            client.connection_pool.reset()
 
     async def close(self) -> None:
         self.closing = True
@@ -309,3 +482,30 @@ class Connection:
             if task is not None and not task.done():
                 task.cancel()
         await self.client.aclose()
+
+
+_NODE_CHANNEL = "local CHAN = string.match(P, '^(.*):%d+}:$') .. '}:released'"
+_SHARD_CHANNEL = "local CHAN = P .. 'released'"
+
+
+def _source(name: str, sharded: bool) -> str:
+    """Script `name`'s Lua. On a cluster its releases are published on its bucket's own
+    channel (``{prefix:bucket}:released``, in the slot of its keys) with ``SPUBLISH``, so they
+    reach only the shard that holds the target, not every node (`wakeups.Wakeups`)."""
+    source: str = getattr(lua, name)
+    if not sharded or "'PUBLISH'" not in source:
+        return source
+    if _NODE_CHANNEL not in source:
+        raise RuntimeError(f"script {name} publishes on a channel the cluster variant misses")
+    return source.replace(_NODE_CHANNEL, _SHARD_CHANNEL).replace("'PUBLISH'", "'SPUBLISH'")
+
+
+def _forget_cluster_connections(client: RedisCluster) -> None:
+    """Drop a cluster client's connections of a dead event loop without closing them (they
+    cannot be awaited any more); redis-py's cluster client has no public way to do it."""
+    nodes: Any = client.nodes_manager
+    for node in [*nodes.nodes_cache.values(), *nodes.startup_nodes.values()]:
+        node._connections.clear()
+        node._free.clear()
+    guard: Any = client
+    guard._lock = None

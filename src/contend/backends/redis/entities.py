@@ -86,7 +86,8 @@ class Entities:
         try:
             target = known if known is not None else entity
             sent = target.model_dump_json()
-            _, stored = await self.conn.run("ENSURE", str(eid), target.version, sent)
+            bucket = self.conn.keys.of(eid)
+            _, stored = await self.conn.run("ENSURE", bucket, str(eid), target.version, sent)
             if stored != sent:
                 self.load(target, str(stored))
             self._stale.discard(eid)
@@ -103,8 +104,8 @@ class Entities:
 
     async def get(self, entity_id: UUID, kind: type[Entity] | None = None) -> Entity | None:
         """Redis's state of the entity, loaded into this worker's instance (see docs/redis.md)."""
-        key = f"{self.conn.p}e:{entity_id}"
-        d = await self.conn.command(f"HGET {key}", lambda: self.conn.client.hget(key, "d"))
+        key = self.conn.keys.key(entity_id, f"e:{entity_id}")
+        d = await self.conn.call("HGET", key, "d")
         if d is None:
             return None
         known = self.cache.get(entity_id)
@@ -127,7 +128,7 @@ class Entities:
         try:
             fresh = type(entity).model_validate_json(data)
         except ValidationError as exc:
-            key = f"{self.conn.p}e:{entity.ecs_id}"
+            key = self.conn.keys.key(entity.ecs_id, f"e:{entity.ecs_id}")
             detail = f"unreadable state ({exc.errors()[0]['msg']})"
             raise self.conn.bad("entity", key, detail) from exc
         entity.__dict__.update(fresh.__dict__)
@@ -209,10 +210,11 @@ class Entities:
         self, script: str, call: Call | None, entities: list[Entity], args: list[Any]
     ) -> dict[str, Any]:
         token = call.oid if call is not None else uuid.uuid4().hex
+        bucket = self.conn.keys.bucket_of_targets(e.ecs_id for e in entities)
         head: list[Any] = [self.lease_ms, self.out_ttl_ms, token, self.outcome_ttl_ms]
         tail = self.calls.fences(e.ecs_id for e in entities)
-        tail += call.end_args() if call is not None else ["", "", ""]
-        task = self.conn.start(script, *head, *args, *tail)
+        tail += call.end_args() if call is not None else ["", "", "", ""]
+        task = self.conn.start(script, bucket, *head, *args, *tail)
         if call is not None:
             call.unsettled = True
             call.sent_at = time.monotonic()
@@ -225,7 +227,7 @@ class Entities:
             raise
         except RedisUnavailableError as exc:
             self.mark_stale([e.ecs_id for e in entities])
-            applied = await self.settle(token)
+            applied = await self.settle(token, bucket)
             if applied is None:
                 raise OutcomeUnknownError(
                     call.op.ecs_id if call is not None else None,
@@ -266,14 +268,15 @@ class Entities:
             "the write was settled as not applied by an earlier question; nothing was written"
         )
 
-    async def settle(self, token: str) -> bool | None:
-        """After a lost reply: ask Redis whether write `token` applied, voiding it if it has not
-        (so it can never apply later); None if Redis does not answer within settle_timeout."""
+    async def settle(self, token: str, bucket: int) -> bool | None:
+        """After a lost reply: ask Redis whether write `token` (on `bucket`) applied, voiding it
+        if it has not (so it can never apply later); None if Redis does not answer within
+        settle_timeout."""
         deadline = time.monotonic() + self.settle_timeout
         delay = SETTLE_FIRST_DELAY
         while True:
             try:
-                return bool(await self.conn.run("SETTLE", token, self.outcome_ttl_ms))
+                return bool(await self.conn.run("SETTLE", bucket, token, self.outcome_ttl_ms))
             except RedisUnavailableError:
                 left = deadline - time.monotonic()
                 if left <= 0:

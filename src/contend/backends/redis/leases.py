@@ -76,10 +76,12 @@ class Call:
         return config is not None and config.retain_succeeded and config.strategy in _RETAINING
 
     def end_args(self) -> list[str]:
-        """COMMIT/BUMP arguments that end the call in the same script: op, release, mode."""
+        """COMMIT/BUMP arguments that end the call in the same script: op, release, mode,
+        targets."""
         if self.key is None:
-            return [self.oid, "", ""]
-        return [self.oid, self.key if self.lease else "", "k" if self.retained else "d"]
+            return [self.oid, "", "", ""]
+        targets = ",".join(str(t) for t in self.op.target_entity_ids)
+        return [self.oid, self.key if self.lease else "", "k" if self.retained else "d", targets]
 
 
 class Calls:
@@ -159,32 +161,46 @@ class Calls:
 
     async def _renew_forever(self) -> None:
         """Every third of a lease, while this worker has calls in flight: its heartbeat, its
-        leases and its in-flight deadlines, in one script."""
+        leases and its in-flight deadlines, one script per bucket (pipelined)."""
         while self.inflight or self.held:
             await asyncio.sleep(self.lease_ms / 3000)
-            held = list(self.held.items())
-            args: list[object] = [self.lease_ms, self.conn.owner, len(held)]
-            for key, oid in held:
-                args += [key, oid]
-            args += list(self.inflight)
-            try:
-                reply = await self.conn.run("RENEW", *args)
-            except (RedisUnavailableError, RedisDataError):
-                continue  # the outage is logged once by the connection
-            # a lease released while the renewal was on its way is not lost
-            lost = set(json.loads(reply).get("lost") or ()) & set(self.held.values())
-            if not lost:
-                continue
-            self.lost_leases += len(lost)
-            log.warning(
-                "%d operation(s) lost their lease before it was renewed (lease_ms=%d; Redis or "
-                "this event loop stalled); their writes are refused, nothing of them is applied",
-                len(lost),
-                self.lease_ms,
-            )
-            for key, holder in list(self.held.items()):
-                if holder in lost:
-                    del self.held[key]
+            await self.renew()
+
+    async def renew(self) -> None:
+        """Renew once: per bucket where this worker has calls in flight, its heartbeat there,
+        its leases and its in-flight deadlines move together in one script."""
+        keys = self.conn.keys
+        per: dict[int, tuple[list[str], list[str]]] = {}
+        for key, oid in self.held.items():
+            per.setdefault(keys.of(key), ([], []))[0].extend((key, oid))
+        for oid, key in self.inflight.items():
+            per.setdefault(keys.of(key), ([], []))[1].append(oid)
+        jobs = [
+            (b, [self.lease_ms, self.conn.owner, len(pairs) // 2, *pairs, *ids])
+            for b, (pairs, ids) in per.items()
+        ]
+        try:
+            replies = await self.conn.run_all("RENEW", jobs)
+        except (RedisUnavailableError, RedisDataError):
+            return  # the outage is logged once by the connection
+        lost: set[str] = set()
+        for reply in replies:
+            lost.update(json.loads(reply).get("lost") or ())
+        # a lease released while the renewal was on its way is not lost (nor is one whose
+        # record ended meanwhile: Redis tells only of calls still running)
+        lost &= set(self.held.values())
+        if not lost:
+            return
+        self.lost_leases += len(lost)
+        log.warning(
+            "%d operation(s) lost their lease before it was renewed (lease_ms=%d; Redis or "
+            "this event loop stalled); their writes are refused, nothing of them is applied",
+            len(lost),
+            self.lease_ms,
+        )
+        for key, holder in list(self.held.items()):
+            if holder in lost:
+                del self.held[key]
 
     def reset(self) -> None:
         self._renewer = None

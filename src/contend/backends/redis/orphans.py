@@ -49,28 +49,33 @@ class Orphans:
         """Ends a claimed record through the runtime's cleanup (see `Hooks.bury`)."""
         self.reaped = 0
 
-    def claimed(self, ids: list[str]) -> None:
+    def claimed(self, bucket: int, ids: list[str]) -> None:
         """Staging replies carry claims: end them on the side, off the caller's path."""
-        self.conn.spawn(self.reap(ids))
+        self.conn.spawn(self.reap(bucket, ids))
 
     async def reap_now(self) -> int:
-        """Claim and end orphans now (a sweep does this: an orphan on a target nobody calls
-        again still ends terminal)."""
-        raw = await self.conn.run("REAP", self.lease_ms, self.out_ttl_ms)
-        claimed = list(json.loads(raw).get("c") or ())
-        if claimed:
-            await self.reap(claimed)
-        return len(claimed)
+        """Claim and end orphans now, in every bucket (a sweep does this: an orphan on a target
+        nobody calls again still ends terminal)."""
+        jobs = [(b, [self.lease_ms, self.out_ttl_ms]) for b in self.conn.keys.all()]
+        replies = await self.conn.run_all("REAP", jobs)
+        n = 0
+        for (bucket, _), raw in zip(jobs, replies, strict=True):
+            claimed = list(json.loads(raw).get("c") or ())
+            if claimed:
+                n += len(claimed)
+                await self.reap(bucket, claimed)
+        return n
 
-    async def reap(self, ids: list[str]) -> None:
+    async def reap(self, bucket: int, ids: list[str]) -> None:
         bury = self.bury
         for oid in ids:
             if oid in self.calls.inflight:
                 continue  # ours, alive: its deadline is renewed by the next renewal
             try:
-                op = await self.records.get_operation(uuid.UUID(oid))
+                op = await self.records.get_operation(uuid.UUID(oid), bucket)
                 if op is None or op.is_terminal or bury is None:
-                    await self.conn.run("DISCARD", self.lease_ms, self.out_ttl_ms, oid, "", "")
+                    args = [self.lease_ms, self.out_ttl_ms, oid, "", ""]
+                    await self.conn.run("DISCARD", bucket, *args)
                     continue
                 status = _TERMINAL_FOR[op.status]
                 call = self.calls.begin(op)

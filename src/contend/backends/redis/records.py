@@ -11,6 +11,7 @@ lost reply learns what the first attempt removed, so every removal is counted on
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -18,14 +19,13 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from contend.backends.redis.errors import RedisUnavailableError
 from contend.clock import utcnow
-from contend.config import CleanupStrategy
+from contend.config import CleanupConfig, CleanupStrategy
 from contend.enums import OperationStatus
 from contend.record import Record
 
@@ -82,13 +82,14 @@ class Records:
         self.sweep_later: Callable[[], Awaitable[object]] | None = None
         """Runs a sweep (the runtime's), to replay a sweep batch whose reply was lost."""
         self._zombie_count = 0
-        self._zombie_seq = 0
+        self._counts: dict[int, tuple[int, int]] = {}
+        """Per bucket: (sequence, zombie count) of the newest reply that carried its count."""
         self._dirty: dict[UUID, tuple[Record, str, float | None]] = {}
         """Records a handler may still change: the record, its JSON as written, its due time as
         booked. Written back (when changed) by `flush`, or by `schedule`; then forgotten."""
         self._flush_scheduled = False
         self._sweep_token: str | None = None
-        self._unacked: dict[UUID, tuple[Record | None, str]] = {}
+        self._unacked: dict[UUID, tuple[Record | None, str, int | None]] = {}
         """Removals whose reply was lost, with their token (retried, then counted once)."""
         self._pending: set[UUID] = set()
         """Records whose booking waits for Redis to answer."""
@@ -98,30 +99,61 @@ class Records:
     def zombie_count(self) -> int:
         return self._zombie_count
 
-    def _note(self, reply: dict[str, Any]) -> None:
-        """Keep the newest count: replies on a connection pool can arrive out of order."""
+    def _note(self, bucket: int, reply: dict[str, Any]) -> None:
+        """Keep each bucket's newest count: replies on a connection pool can arrive out of
+        order. The global count is their sum."""
         self.conn.repaired(reply.get("b"))
         if "zc" not in reply:
             return
-        seq = int(reply.get("zv", 0))
-        if seq >= self._zombie_seq:
-            self._zombie_seq = seq
-            self._zombie_count = int(reply["zc"])
+        self._count(bucket, int(reply.get("zv", 0)), int(reply["zc"]))
+
+    def _count(self, bucket: int, seq: int, count: int) -> None:
+        old = self._counts.get(bucket)
+        if old is None or seq >= old[0]:
+            self._counts[bucket] = (seq, count)
+            self._zombie_count += count - (old[1] if old is not None else 0)
 
     async def refresh_zombie_count(self) -> int:
-        """The global zombie count, read from Redis now."""
-        key = f"{self.conn.p}zc"
-        raw = await self.conn.command(f"GET {key}", lambda: self.conn.client.get(key))
-        try:
-            self._zombie_count = int(raw or 0)
-        except ValueError:
-            self.conn.bad("count", key, f"zombie total {raw!r} is not a number")
+        """The global zombie count, read from Redis now (every bucket's, pipelined)."""
+        keys = self.conn.keys
+        buckets = list(keys.all())
+        raws = await asyncio.gather(*(self.conn.call("GET", keys.tag(b) + "zc") for b in buckets))
+        for b, raw in zip(buckets, raws, strict=True):
+            try:
+                count = int(raw or 0)
+            except ValueError:
+                self.conn.bad("count", keys.tag(b) + "zc", f"zombie total {raw!r} is not a number")
+                continue
+            old = self._counts.get(b)
+            self._count(b, old[0] if old is not None else 0, count)
         return self._zombie_count
 
-    async def _json(self, script: str, *args: Any) -> dict[str, Any]:
-        reply: dict[str, Any] = json.loads(await self.conn.run(script, *args))
-        self._note(reply)
+    async def _json(self, script: str, bucket: int, *args: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(await self.conn.run(script, bucket, *args))
+        self._note(bucket, reply)
         return reply
+
+    async def _json_all(
+        self, script: str, jobs: list[tuple[int, list[Any]]]
+    ) -> list[dict[str, Any]]:
+        """Script `script` once per (bucket, args), pipelined."""
+        return list(await asyncio.gather(*(self._json(script, b, *a) for b, a in jobs)))
+
+    def _bucket(self, op: Record) -> int:
+        """The bucket of a record: its primary target's (an untargeted record: its id's)."""
+        tid = op.target_entity_id
+        keys = self.conn.keys
+        return keys.of(tid) if tid is not None else keys.bucket_of(str(op.ecs_id))
+
+    async def _locate(self, op_id: UUID) -> int | None:
+        """The bucket holding record `op_id`, looked for in every bucket (pipelined); None if
+        it is in none."""
+        keys = self.conn.keys
+        buckets = list(keys.all())
+        found = await asyncio.gather(
+            *(self.conn.call("EXISTS", f"{keys.tag(b)}op:{op_id}") for b in buckets)
+        )
+        return next((b for b, n in zip(buckets, found, strict=True) if n), None)
 
     # records in flight ----------------------------------------------------------------------------
     def add_operation(self, op: Record) -> None:
@@ -138,37 +170,43 @@ class Records:
                 self.calls.finish(op.ecs_id)
                 self._keep(op, "", None)
 
-    async def get_operation(self, op_id: UUID) -> Record | None:
+    async def get_operation(self, op_id: UUID, bucket: int | None = None) -> Record | None:
+        """This worker's record if it has it, else Redis's (in `bucket` if known, else looked
+        for in every bucket)."""
         call = self.calls.get(op_id)
         if call is not None:
             return call.op
         dirty = self._dirty.get(op_id)
         if dirty is not None:
             return dirty[0]
-        key = f"{self.conn.p}op:{op_id}"
-        j, s = await self.conn.command(
-            f"HMGET {key}", lambda: self.conn.client.hmget(key, ["j", "s"])
+        keys = self.conn.keys
+        buckets = list(keys.all()) if bucket is None else [bucket]
+        found = await asyncio.gather(
+            *(self.conn.call("HMGET", f"{keys.tag(b)}op:{op_id}", "j", "s") for b in buckets)
         )
-        if j is None:
-            return None
-        op = self._parse(str(op_id), str(j), None if s is None else str(s))
-        if op is None:
-            raise self.conn.bad("record", key, "unreadable record JSON")
-        return op
+        for b, (j, s) in zip(buckets, found, strict=True):
+            if j is None:
+                continue
+            op = self._parse(str(op_id), str(j), None if s is None else str(s))
+            if op is None:
+                raise self.conn.bad("record", f"{keys.tag(b)}op:{op_id}", "unreadable record JSON")
+            return op
+        return None
 
     async def discard(self, op: Record) -> None:
         """A succeeded record leaves (its commit usually ended it in Redis already)."""
         call = self.calls.finish(op.ecs_id)
         if call is None or call.key is None or call.ended:
             return
+        bucket = self.conn.keys.of(call.key)
         args = [self.lease_ms, self.out_ttl_ms, call.oid, call.key, "d"]
         try:
-            await self._json("DISCARD", *args)
+            await self._json("DISCARD", bucket, *args)
         except RedisUnavailableError:
-            self.conn.defer(f"end {call.oid}", lambda: self._retry("DISCARD", args))
+            self.conn.defer(f"end {call.oid}", lambda: self._retry("DISCARD", bucket, args))
 
-    async def _retry(self, script: str, args: list[Any]) -> None:
-        await self._json(script, *args)
+    async def _retry(self, script: str, bucket: int, args: list[Any]) -> None:
+        await self._json(script, bucket, *args)
 
     # zombies ------------------------------------------------------------------------------------
     async def add_zombie(self, op: Record, due: float | None, cap: int) -> list[Record]:
@@ -231,6 +269,7 @@ class Records:
         tid = op.target_entity_id
         return await self._json(
             "ADD_ZOMBIE",
+            self._bucket(op),
             self.lease_ms,
             self.out_ttl_ms,
             str(op.ecs_id),
@@ -296,17 +335,27 @@ class Records:
         dirty = self._dirty.pop(op_id, None)
         pending = self._unacked.get(op_id)
         local = dirty[0] if dirty is not None else (pending[0] if pending else None)
+        if local is None:
+            call = self.calls.get(op_id)
+            local = call.op if call is not None else None
         token = pending[1] if pending is not None else uuid.uuid4().hex
+        bucket = pending[2] if pending is not None else None
+        if bucket is None and local is not None:
+            bucket = self._bucket(local)
         if op_id in self._pending and pending is None:
             # its booking waits for Redis: the removal goes after it, in order
-            self._unacked[op_id] = (local, token)
+            self._unacked[op_id] = (local, token, bucket)
             self.conn.defer(f"remove {op_id}", lambda: self._remove_later(op_id))
             return None
         try:
-            reply = await self._json("REMOVE", str(op_id), token, self.outcome_ttl_ms)
+            if bucket is None:
+                bucket = await self._locate(op_id)
+                if bucket is None:
+                    return None
+            reply = await self._json("REMOVE", bucket, str(op_id), token, self.outcome_ttl_ms)
         except RedisUnavailableError:
             if pending is None:
-                self._unacked[op_id] = (local, token)
+                self._unacked[op_id] = (local, token, bucket)
                 self.conn.defer(f"remove {op_id}", lambda: self._remove_later(op_id))
             return None
         self._unacked.pop(op_id, None)
@@ -336,10 +385,21 @@ class Records:
                 return  # booked with the zombie, in the same script
         fresh = entry is not None and not entry[1]
         args = [str(op_id), repr(due), body, self._ttl(due), *self._where(op if fresh else None)]
+        if op is None:
+            call = self.calls.get(op_id)
+            op = call.op if call is not None else None
         try:
-            await self._json("SCHEDULE", *args)
+            bucket = self._bucket(op) if op is not None else await self._locate(op_id)
+            if bucket is None:
+                return
+            await self._json("SCHEDULE", bucket, *args)
         except RedisUnavailableError:
-            self.conn.defer(f"schedule {op_id}", lambda: self._retry("SCHEDULE", args))
+            self.conn.defer(f"schedule {op_id}", lambda: self._schedule_later(op_id, op, args))
+
+    async def _schedule_later(self, op_id: UUID, op: Record | None, args: list[Any]) -> None:
+        bucket = self._bucket(op) if op is not None else await self._locate(op_id)
+        if bucket is not None:
+            await self._json("SCHEDULE", bucket, *args)
 
     def _ttl(self, due: float) -> str:
         return str(int((max(0.0, due - self.clock()) + self.backstop_seconds) * 1000) or 1)
@@ -364,76 +424,139 @@ class Records:
             # a record not written yet (a retained success) is created; one that was written is
             # only updated, never brought back once another worker removed it
             args = [str(op_id), "", body, "", *self._where(None if sent else op)]
+            bucket = self._bucket(op)
             try:
-                await self._json("SCHEDULE", *args)
+                await self._json("SCHEDULE", bucket, *args)
             except RedisUnavailableError:
-                self.conn.defer(f"write {op_id}", lambda a=args: self._retry("SCHEDULE", a))  # type: ignore[misc]
+                self.conn.defer(
+                    f"write {op_id}",
+                    lambda b=bucket, a=args: self._retry("SCHEDULE", b, a),  # type: ignore[misc]
+                )
 
     async def pop_due(self, now: float, limit: int) -> list[UUID]:
-        """Due ids, only while this worker holds the sweeper lock (one sweeper across workers).
-        They stay scheduled, claimed for a lock period, until removed: a sweep that stops half
-        way loses none."""
+        """Due ids, only from buckets whose sweeper lock this worker holds (one sweeper per
+        bucket across workers). They stay scheduled, claimed for a lock period, until removed:
+        a sweep that stops half way loses none."""
         claim = now + self.sweeper_lock_ms / 1000
-        args = [self.conn.owner, self.sweeper_lock_ms, repr(now), limit, repr(claim)]
-        reply = await self._json("POP_DUE", *args)
-        return [uuid.UUID(i) for i in reply.get("ids") or ()]
+        jobs = [
+            (b, [self.conn.owner, self.sweeper_lock_ms, repr(now), n, repr(claim)])
+            for b, n in await self._due_buckets(now, limit)
+        ]
+        out: list[UUID] = []
+        for reply in await self._json_all("POP_DUE", jobs):
+            out += [uuid.UUID(i) for i in reply.get("ids") or ()]
+        return out
+
+    async def _due_buckets(self, now: float, limit: int) -> list[tuple[int, int]]:
+        """(bucket, how many to take) for the buckets with records due by `now`, `limit` in
+        all; one pipelined count over every bucket."""
+        keys = self.conn.keys
+        buckets = list(keys.all())
+        counts = await asyncio.gather(
+            *(self.conn.call("ZCOUNT", keys.tag(b) + "due", "-inf", repr(now)) for b in buckets)
+        )
+        out = []
+        left = limit
+        for b, n in zip(buckets, counts, strict=True):
+            if n and left > 0:
+                take = min(int(n), left)
+                out.append((b, take))
+                left -= take
+        return out
 
     async def take_due(self, now: float, limit: int) -> list[Record]:
-        """Take the records due by `now` out of every index in one script. A batch whose reply
-        was lost is replayed by the next sweep (its reply waits in Redis), never dropped."""
+        """Take the records due by `now` out of every index, one script per bucket that has
+        some. A batch whose reply was lost is replayed by the next sweep (its reply waits in
+        Redis under the same token), never dropped."""
         token = self._sweep_token
         if token is None:
             token = self._sweep_token = uuid.uuid4().hex
-        args = [self.conn.owner, self.sweeper_lock_ms, repr(now), limit, token]
         try:
-            reply = await self._json("TAKE_DUE", *args, self.outcome_ttl_ms)
+            # a batch whose reply was lost is replayed from the buckets that still keep it
+            keys = self.conn.keys
+            buckets = list(keys.all())
+            kept = await asyncio.gather(
+                *(self.conn.call("EXISTS", f"{keys.tag(b)}r:{token}") for b in buckets)
+            )
+            todo = dict(await self._due_buckets(now, limit))
+            for b, k in zip(buckets, kept, strict=True):
+                if k:
+                    todo.setdefault(b, 1)
+            args = [self.conn.owner, self.sweeper_lock_ms, repr(now)]
+            jobs = [(b, [*args, n, token, self.outcome_ttl_ms]) for b, n in todo.items()]
+            replies = await self._json_all("TAKE_DUE", jobs)
         except RedisUnavailableError:
             if self.sweep_later is not None:
                 self.conn.defer(f"sweep {token}", self._replay_sweep)
             raise
         self._sweep_token = None
-        rows = reply.get("rows") or ()
-        if rows:
-            key = f"{self.conn.p}r:{token}"
-            self.conn.spawn(self.conn.command(f"DEL {key}", lambda: self.conn.client.delete(key)))
-        return self._rows(rows)
+        out: list[Record] = []
+        for (b, _), reply in zip(jobs, replies, strict=True):
+            rows = reply.get("rows") or ()
+            if rows:
+                self.conn.spawn(self.conn.call("DEL", f"{keys.tag(b)}r:{token}"))
+            out += self._rows(rows)
+        return out
 
     async def _replay_sweep(self) -> None:
         if self._sweep_token is not None and self.sweep_later is not None:
             await self.sweep_later()
 
     async def next_due(self) -> float | None:
-        key = f"{self.conn.p}due"
-        first = await self.conn.command(
-            f"ZRANGE {key}", lambda: self.conn.client.zrange(key, 0, 0, withscores=True)
+        keys = self.conn.keys
+        firsts = await asyncio.gather(
+            *(self.conn.call("ZRANGE", keys.tag(b) + "due", 0, 0, "WITHSCORES") for b in keys.all())
         )
-        return float(first[0][1]) if first else None
+        due = [float(_pairs(f)[0][1]) for f in firsts if f]
+        return min(due) if due else None
 
     # reads --------------------------------------------------------------------------------------
     async def read(self, suffix: str, book: str | None = None) -> list[Record]:
+        """The records of an index: a target's (``ot:<id>``, ``zb:<id>``: its bucket) or a
+        status set (``os:<status>``: every bucket)."""
+        kind, _, target = suffix.partition(":")
+        if kind == "os":
+            jobs = [(b, [suffix, "s"]) for b in self.conn.keys.all()]
+            return self._rows_of(await self._json_all("READ_SET", jobs))
+        bucket = self.conn.keys.of(target)
         if book is None:
-            reply = await self._json("READ_SET", suffix, "s")
+            reply = await self._json("READ_SET", bucket, suffix, "s")
         else:
-            reply = await self._json("READ_SET", suffix, "z", book)
+            reply = await self._json("READ_SET", bucket, suffix, "z", book)
         return self._rows(reply.get("rows"))
 
     async def zombies_all(self) -> list[Record]:
-        return self._rows((await self._json("ZOMBIES_ALL")).get("rows"))
+        jobs: list[tuple[int, list[Any]]] = [(b, []) for b in self.conn.keys.all()]
+        return self._rows_of(await self._json_all("ZOMBIES_ALL", jobs))
 
     async def oldest(self) -> list[Record]:
-        return self._rows((await self._json("OLDEST")).get("rows"))
+        jobs: list[tuple[int, list[Any]]] = [(b, []) for b in self.conn.keys.all()]
+        return self._rows_of(await self._json_all("OLDEST", jobs))
+
+    def _rows_of(self, replies: list[dict[str, Any]]) -> list[Record]:
+        out: list[Record] = []
+        for reply in replies:
+            out += self._rows(reply.get("rows"))
+        return out
 
     async def counts_by_target(self) -> dict[UUID, int]:
-        key = f"{self.conn.p}zt"
-        raw = await self.conn.command(f"HGETALL {key}", lambda: self.conn.client.hgetall(key))
+        keys = self.conn.keys
+        buckets = list(keys.all())
+        raws = await asyncio.gather(
+            *(self.conn.call("HGETALL", keys.tag(b) + "zt") for b in buckets)
+        )
         out: dict[UUID, int] = {}
-        for t, n in raw.items():
-            if not t:
-                continue
-            try:
-                out[uuid.UUID(str(t))] = int(n)
-            except ValueError:
-                self.conn.bad("count", f"{key} field {t!r}", f"not a target id and count ({n!r})")
+        for b, raw in zip(buckets, raws, strict=True):
+            for t, n in _pairs(raw):
+                if not t:
+                    continue
+                try:
+                    out[uuid.UUID(str(t))] = int(n)
+                except ValueError:
+                    key = keys.tag(b) + "zt"
+                    self.conn.bad(
+                        "count", f"{key} field {t!r}", f"not a target id and count ({n!r})"
+                    )
         return {t: n for t, n in out.items() if n > 0}
 
     # console pages --------------------------------------------------------------------------------
@@ -473,11 +596,13 @@ class Records:
         rows: list[Record] = []
         scanned = 0
         total: int | None = None
+        if target_id is None:
+            return await self._page_merged(sources, at, limit, scan_limit, shape[-5:], tag, status)
+        bucket = self.conn.keys.of(target_id)
         while True:
             budget = min(scan_limit - scanned, PAGE_CHUNK)
-            reply = await self._json(
-                "ZOMBIE_PAGE", len(sources), *sources, *at, limit - len(rows), budget, *shape[-5:]
-            )
+            args = [len(sources), *sources, *at, limit - len(rows), budget, *shape[-5:]]
+            reply = await self._json("ZOMBIE_PAGE", bucket, *args)
             rows += self._rows(reply.get("rows"))
             scanned += int(reply.get("n") or 0)
             total = int(reply.get("total") or 0)
@@ -488,35 +613,113 @@ class Records:
             if len(rows) >= limit or scanned >= scan_limit:
                 return rows, ".".join([*at, tag]), scanned, _total(total, target_id, status)
 
+    async def _page_merged(
+        self,
+        sources: list[str],
+        at: list[str],
+        want: int,
+        scan_limit: int,
+        shape: list[str],
+        tag: str,
+        status: OperationStatus | None,
+    ) -> tuple[list[Record], str | None, int, int | None]:
+        """A page merged over every bucket, in (completion time, id) order: each bucket hands
+        the entries after the cursor in short runs (ids, scores, whether each matches; no
+        JSON), refilled when its run is used up; the merge examines entries in order until the
+        page is full or `scan_limit` entries were examined, so a page examines what it shows,
+        as on one bucket. The JSON of the records shown is read last."""
+        keys = self.conn.keys
+        buckets = list(keys.all())
+        sizes = await asyncio.gather(
+            *(self.conn.call("ZCARD", keys.tag(b) + src) for b in buckets for src in sources)
+        )
+        n = len(sources)
+        per = {b: sum(sizes[i * n : (i + 1) * n]) for i, b in enumerate(buckets)}
+        total = sum(per.values())
+        live = [b for b in buckets if per[b]]
+        run = max(2, -(-2 * min(want, scan_limit) // max(1, len(live))))
+        runs: dict[int, collections.deque[tuple[int, str, int]]] = {
+            b: collections.deque() for b in live
+        }
+        more: dict[int, list[str] | None] = {b: list(at) for b in live}
+        shown: list[tuple[int, str]] = []
+        scanned = 0
+        last: tuple[int, str] | None = None
+        while len(shown) < want and scanned < scan_limit:
+            empty = [b for b in live if not runs[b] and more[b] is not None]
+            if empty:
+                jobs = []
+                for b in empty:
+                    here = more[b] or ["", ""]
+                    jobs.append((b, [n, *sources, *here, run, run, *shape, "i"]))
+                for (b, _), reply in zip(
+                    jobs, await self._json_all("ZOMBIE_PAGE", jobs), strict=True
+                ):
+                    for row in reply.get("rows") or ():
+                        runs[b].append((int(row[4]), str(row[0]), int(row[1])))
+                    after = reply.get("after")
+                    more[b] = [str(after[0]), str(after[1])] if after else None
+            heads = [(runs[b][0], b) for b in live if runs[b]]
+            if not heads:
+                break
+            (score, oid, match), b = min(heads)
+            runs[b].popleft()
+            scanned += 1
+            last = (score, oid)
+            if match:
+                shown.append((b, oid))
+        rows = await self._read_rows(shown)
+        done = all(not runs[b] and more[b] is None for b in live)
+        if done or last is None:
+            return rows, None, scanned, _total(total, None, status)
+        return rows, ".".join([str(last[0]), last[1], tag]), scanned, _total(total, None, status)
+
+    async def _read_rows(self, where: list[tuple[int, str]]) -> list[Record]:
+        """Records by (bucket, id), in that order (pipelined); one gone meanwhile is left out."""
+        tags = self.conn.keys
+        got = await asyncio.gather(
+            *(self.conn.call("HMGET", f"{tags.tag(b)}op:{oid}", "j", "s") for b, oid in where)
+        )
+        return self._rows([(oid, j, s) for (_, oid), (j, s) in zip(where, got, strict=True) if j])
+
     async def counts_by_strategy(self, scan_limit: int) -> tuple[dict[str, int], int]:
         """Zombies by cleanup strategy, and the records read to count them: each status index
-        gets a share of `scan_limit` by its size and is extrapolated from what was read."""
-        keys = [f"zs:{s.value}" for s in _ZOMBIE_STATUSES]
-        sizes = []
-        for key in keys:
-            full = f"{self.conn.p}{key}"
-            size = await self.conn.command(f"ZCARD {full}", partial(self.conn.client.zcard, full))
-            sizes.append(int(size))
+        of each bucket gets a share of `scan_limit` by its size and is extrapolated from what
+        was read."""
+        keys = self.conn.keys
+        parts = [(b, f"zs:{s.value}") for b in keys.all() for s in _ZOMBIE_STATUSES]
+        sizes = [
+            int(n)
+            for n in await asyncio.gather(
+                *(self.conn.call("ZCARD", keys.tag(b) + key) for b, key in parts)
+            )
+        ]
         total = sum(sizes) or 1
         counts: dict[str, int] = {}
-        read = 0
-        for key, size in zip(keys, sizes, strict=True):
+
+        async def count(bucket: int, key: str, size: int) -> int:
             budget = size if total <= scan_limit else max(1, scan_limit * size // total)
             part: dict[str, int] = {}
             position = 0
             while position < min(budget, size):
                 n = min(PAGE_CHUNK, budget - position)
-                reply = await self._json("ZOMBIE_COUNTS", key, position, n)
+                reply = await self._json("ZOMBIE_COUNTS", bucket, key, position, n)
                 got = int(reply.get("n") or 0)
                 if not got:
                     break
                 position += got
                 for strategy, k in (reply.get("counts") or {}).items():
                     part[strategy] = part.get(strategy, 0) + int(k)
-            read += position
             scale = size / position if 0 < position < size else 1.0
             for strategy, k in part.items():
                 counts[strategy] = counts.get(strategy, 0) + round(k * scale)
+            return position
+
+        read = sum(
+            await asyncio.gather(
+                *(count(b, key, n) for (b, key), n in zip(parts, sizes, strict=True) if n)
+            )
+        )
         return counts, read
 
     # parsing ------------------------------------------------------------------------------------
@@ -539,14 +742,61 @@ class Records:
 
     def _parse(self, oid: str, j: str, s: str | None) -> Record | None:
         try:
+            if j.startswith("["):
+                return from_staged(oid, j, OperationStatus(s) if s else None)
             op = Record.from_json(j, OperationStatus(s) if s else None)
-        except (ValidationError, ValueError) as exc:
-            self.conn.bad("record", f"{self.conn.p}op:{oid}", f"unreadable record ({exc!s:.200})")
+        except (ValidationError, ValueError, TypeError, IndexError) as exc:
+            self.conn.bad("record", f"op:{oid}", f"unreadable record ({exc!s:.200})")
             return None
         return op
 
     def footprint(self) -> int:
         return len(self._dirty) + len(self._unacked) + len(self._pending)
+
+
+def staged_json(op: Record, configs: dict[int, tuple[CleanupConfig, str]]) -> str:
+    """What Redis keeps of a call while it is in flight: only what ending it as an orphan (or a
+    query meeting it) needs, its function, targets, priority, creation time and cleanup config;
+    a call that succeeds never has its full record written (a zombie's booking writes it).
+    `configs` caches each cleanup config's JSON (configs are frozen and shared by calls)."""
+    config = op.cleanup_config
+    cfg: str | None = None
+    if config is not None:
+        known = configs.get(id(config))
+        if known is None or known[0] is not config:
+            if len(configs) > 1024:
+                configs.clear()
+            known = configs[id(config)] = (config, config.model_dump_json())
+        cfg = known[1]
+    return json.dumps(
+        [
+            1,
+            op.function_name,
+            [str(t) for t in op.target_entity_ids],
+            op.target_type,
+            int(op.priority),
+            op.created_at.isoformat(),
+            cfg,
+        ]
+    )
+
+
+def from_staged(oid: str, text: str, status: OperationStatus | None) -> Record:
+    """The record of a call in flight from `staged_json`'s text."""
+    _, fn, targets, kind, priority, created, cfg = json.loads(text)
+    config = None if cfg is None else CleanupConfig.model_validate_json(cfg)
+    op = Record(
+        fn,
+        tuple(uuid.UUID(t) for t in targets),
+        kind,
+        priority,
+        config,
+        datetime.fromisoformat(created),
+        uuid.UUID(oid),
+    )
+    if status is not None:
+        op.set_status(status)
+    return op
 
 
 def _stub(oid: str, status: str, target: str) -> Record:
@@ -589,6 +839,18 @@ def _parse_cursor(cursor: str | None, tag: str) -> list[str]:
 def _total(size: int, target_id: UUID | None, status: OperationStatus | None) -> int | None:
     """The size of the set the filters select from, when the index read is that set."""
     return size if target_id is None or status is None else None
+
+
+def _pairs(raw: Any) -> list[Any]:
+    """A reply of pairs (ZRANGE WITHSCORES, HGETALL) as a list of pairs, whether the connection
+    speaks RESP3 (pairs, or a map) or RESP2 (a flat list)."""
+    if not raw:
+        return []
+    if isinstance(raw, dict):
+        return list(raw.items())
+    if isinstance(raw[0], (list, tuple)):
+        return list(raw)
+    return list(zip(raw[::2], raw[1::2], strict=True))
 
 
 def _reason(strategy: CleanupStrategy | None) -> str:

@@ -1,10 +1,11 @@
 """The Lua scripts of the Redis backend: each step of a call is one atomic script, one round trip.
 
-Every key shares the hash tag ``{prefix}``, so on Redis Cluster all of them live in one slot and
-the scripts may touch keys derived inside Lua (ARGV[1] is the key prefix ``{prefix}:``; KEYS[1]
-is a key of the same slot, used for routing only).
+Each script runs on one bucket (``keys.py``): every key it touches starts with the bucket's tag,
+so on Redis Cluster they live in one slot and the scripts may touch keys derived inside Lua
+(ARGV[1] is the bucket's key prefix ``{prefix:bucket}:``; KEYS[1] is that prefix itself, used for
+routing only). A target's keys are in its bucket; what is not a target's is one key per bucket.
 
-Key layout (P = ``{prefix}:``):
+Key layout (P = ``{prefix:bucket}:``):
   P e:<id>        hash  v (version), d (entity JSON)
   P op:<id>       hash  j (record JSON), s (status), t (primary target), ts (targets csv),
                         w (owner: the worker that staged it), p (priority), wd (wait
@@ -24,8 +25,8 @@ Key layout (P = ``{prefix}:``):
   P oc:<token>    a commit's outcome: 1 applied, v voided (settled as never applied)
   P rm:<id>       the token of the REMOVE that took the record (a resend counts it once)
   P r:<token>     the reply of a sweep batch, kept until acknowledged (replayed after a lost reply)
-  P sweeper       the sweeper lock (SET NX PX)        P seq  submission counter
-  channel P released   a target's window was resolved or its lease released (payload: the
+  P sweeper       the bucket's sweeper lock (SET NX PX)   P seq  submission counter
+  channel {prefix}:released   a target's window was resolved or its lease released (payload: the
                        target; when waiters were carried on: target|winner|its priority|ids of
                        the calls decided, the only ones to wake)
 
@@ -126,6 +127,9 @@ local LEASE = tonumber(ARGV[2])
 local OUT_TTL = tonumber(ARGV[3])
 local SCALE = 1099511627776
 local WINDOW_LIFE = 4 * LEASE + 60000
+local HOT_MS = 1000
+-- the prefix's release channel, {prefix}:released (P is the bucket's {prefix:bucket}:)
+local CHAN = string.match(P, '^(.*):%d+}:$') .. '}:released'
 local function reap(now)
   local ids = redis.call('ZRANGEBYSCORE', P .. 'inflight', '-inf', now, 'LIMIT', 0, 16)
   for _, id in ipairs(ids) do redis.call('ZADD', P .. 'inflight', now + LEASE, id) end
@@ -178,7 +182,7 @@ local function resolve_window(tid, now, always_publish)
   end
   if not winner then
     for _, id in ipairs(lost) do redis.call('SET', P .. 'out:' .. id, 'E', 'PX', OUT_TTL) end
-    redis.call('PUBLISH', P .. 'released', tid)
+    redis.call('PUBLISH', CHAN, tid)
     return false
   end
   -- The lease ends no later than its worker's heartbeat: a worker that dies blocks the target
@@ -220,9 +224,9 @@ local function resolve_window(tid, now, always_publish)
     for _, id in ipairs(lost) do decided[#decided + 1] = id end
     for _, id in ipairs(dead) do decided[#decided + 1] = id end
     local msg = tid .. '|' .. winner .. '|' .. wprio .. '|' .. table.concat(decided, ',')
-    redis.call('PUBLISH', P .. 'released', msg)
+    redis.call('PUBLISH', CHAN, msg)
   elseif always_publish or contenders > 1 or #dead > 0 then
-    redis.call('PUBLISH', P .. 'released', tid)
+    redis.call('PUBLISH', CHAN, tid)
   end
   return winner
 end
@@ -257,6 +261,28 @@ local function end_call(op, rel, mode, now)
     redis.call('ZREM', P .. 'inflight', op)
   end
 end
+-- The end of a winner's last write, when the same script has just checked that `op` holds the
+-- lease of `tid` (so its record is in flight, executing, staged on `tid`, with the targets
+-- `ts`): the lease goes, the record leaves its indexes ('d') or is kept as succeeded ('k'), and
+-- a window waiting behind the lease is resolved at once.
+local function end_won(op, tid, ts, mode)
+  local k = P .. 'op:' .. op
+  redis.call('DEL', P .. 'lease:' .. tid)
+  redis.call('ZREM', P .. 'inflight', op)
+  if mode == 'd' then
+    redis.call('DEL', k)
+    redis.call('SREM', P .. 'os:executing', op)
+    for t in string.gmatch(ts, '[^,]+') do redis.call('SREM', P .. 'ot:' .. t, op) end
+  elseif mode == 'k' then
+    redis.call('SMOVE', P .. 'os:executing', P .. 'os:succeeded', op)
+    redis.call('HSET', k, 's', 'succeeded')
+  end
+  if redis.call('EXISTS', P .. 'wq:' .. tid) == 1 then
+    local now = now_ms()
+    local close = num(redis.call('GET', P .. 'wc:' .. tid)) or 0
+    if close <= now then resolve_window(tid, now, true) end
+  end
+end
 -- Outcomes of `ops` once their window is resolved (read, not consumed: a resent RESOLVE gets the
 -- same answer; `C`: carried into the next window, still waiting), plus the states of entities
 -- whose version differs from the caller's copy.
@@ -267,7 +293,13 @@ local function outcomes(tid, ops, ents)
   for i, op in ipairs(ops) do
     local v = redis.call('GET', P .. 'out:' .. op)
     if not v then
-      if redis.call('ZSCORE', wq, op) then v, waiting = 'C', true else v = 'X' end
+      if redis.call('ZSCORE', wq, op) then
+        v, waiting = 'C', true
+      elseif redis.call('GET', P .. 'lease:' .. tid) == op then
+        v = 'W'  -- it won at once, without a window (a resent join asks again)
+      else
+        v = 'X'
+      end
     end
     if string.sub(v, 1, 1) == 'W' then won = true end
     o[i] = v
@@ -345,16 +377,25 @@ local n = tonumber(ARGV[6])
 
 _FENCES_AND_END = """
 local m = tonumber(ARGV[base])
+local e = base + 1 + 2 * m
+local end_op, end_rel, end_mode, end_ts = ARGV[e], ARGV[e + 1], ARGV[e + 2], ARGV[e + 3]
+local checked = false
 for j = 0, m - 1 do
   local tid, op = ARGV[base + 1 + 2 * j], ARGV[base + 2 + 2 * j]
   if redis.call('GET', P .. 'lease:' .. tid) ~= op then return reply({k = 'L', t = tid}) end
+  if tid == end_rel and op == end_op then checked = true end
 end
-local e = base + 1 + 2 * m
-local end_op, end_rel, end_mode = ARGV[e], ARGV[e + 1], ARGV[e + 2]
+local function finish()
+  if checked then
+    end_won(end_op, end_rel, end_ts, end_mode)
+  elseif end_rel ~= '' or end_mode ~= '' then
+    end_call(end_op, end_rel, end_mode, now_ms())
+  end
+end
 """
 
 # ARGV: P, LEASE, OUT_TTL, token, oc ttl, n, n x (id, expected, json), m, m x (target, op)
-#       fences, then the call's end: op, release target, mode ('d', 'k' or '').
+#       fences, then the call's end: op, release target, mode ('d', 'k' or ''), its targets csv.
 COMMIT = (
     _PRELUDE
     + _STAGING
@@ -382,7 +423,7 @@ for i = 0, n - 1 do
   redis.call('HSET', P .. 'e:' .. ARGV[7 + 3 * i], 'v', ARGV[8 + 3 * i] + 1, 'd', ARGV[9 + 3 * i])
 end
 redis.call('SET', ock, '1', 'PX', oc_ttl)
-end_call(end_op, end_rel, end_mode, now_ms())
+finish()
 return reply({k = 'OK'})
 """
 )
@@ -402,7 +443,7 @@ for i = 0, n - 1 do
   redis.call('HSET', P .. 'e:' .. ARGV[7 + 3 * i], 'v', ARGV[8 + 3 * i], 'd', ARGV[9 + 3 * i])
 end
 redis.call('SET', ock, '1', 'PX', oc_ttl)
-end_call(end_op, end_rel, end_mode, now_ms())
+finish()
 return reply({k = 'OK'})
 """
 )
@@ -416,7 +457,8 @@ if not o then redis.call('SET', k, 'v', 'PX', ARGV[3]) end
 return 0
 """
 
-# ARGV: P, LEASE, OUT_TTL, tid, window_ms, max_pending, owner, n,
+# ARGV: P, LEASE, OUT_TTL, tid, window_ms, max_pending, owner, n, quick ('1': a call alone on
+#       an idle target that was not contended for HOT_MS wins at once, without a window),
 #       n x (id, priority, json, targets, wait), then the rest: (entity id, local version) pairs.
 # `wait` is how long the call may wait for the target (ms, wait policy; '' = reject it when it
 # loses): its record gets the deadline `wd` (Redis time), before which a loss carries it on.
@@ -425,21 +467,48 @@ JOIN = (
     + _STAGING
     + """
 local tid, window_ms, maxpend, owner = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local n = tonumber(ARGV[8])
+local n, quick = tonumber(ARGV[8]), ARGV[9] == '1'
 local now = now_ms()
-redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
 local wq, wc = P .. 'wq:' .. tid, P .. 'wc:' .. tid
+local lease, hot = P .. 'lease:' .. tid, P .. 'hot:' .. tid
+if quick and n == 1 and redis.call('EXISTS', wq, lease, hot) == 0 then
+  -- An idle target nobody contended lately: the call wins now, without a window. Calls of
+  -- other workers arriving meanwhile wait behind its lease, and mark the target contended.
+  local id, prio, rec, ts = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+  redis.call('HSET', P .. 'op:' .. id, 'j', rec, 's', 'executing', 't', tid, 'ts', ts, 'w', owner,
+    'p', prio)
+  redis.call('SADD', P .. 'os:executing', id)
+  for t in string.gmatch(ts, '[^,]+') do redis.call('SADD', P .. 'ot:' .. t, id) end
+  redis.call('SET', lease, id, 'PX', LEASE)
+  redis.call('ZADD', P .. 'inflight', now + LEASE, id)
+  local e = {}
+  for i = 15, #ARGV, 2 do
+    local ek = P .. 'e:' .. ARGV[i]
+    local v = redis.call('HGET', ek, 'v')
+    if v and num(v) ~= num(ARGV[i + 1]) then
+      e[#e + 1] = {ARGV[i], redis.call('HGET', ek, 'd') or false}
+    end
+  end
+  return reply({k = 'R', o = {'W'}, e = e, f = {}, g = {}, j = {id}})
+end
+-- the worker is alive (it sent this join): its heartbeat in this bucket lives a lease from now
+-- (a bucket where it had nothing in flight was not renewed)
+redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE)
 local card = redis.call('ZCARD', wq)
+if n > 1 or card > 0 or redis.call('EXISTS', lease) == 1 then
+  redis.call('SET', hot, '1', 'PX', HOT_MS)  -- contended: windows of min_window_ms for a while
+end
 local ops, full, gone = {}, {}, {}
 for i = 0, n - 1 do
-  local b = 9 + 5 * i
+  local b = 10 + 5 * i
   local id, prio, rec, ts = ARGV[b], tonumber(ARGV[b + 1]), ARGV[b + 2], ARGV[b + 3]
   local k = P .. 'op:' .. id
   local s = redis.call('HGET', k, 's')
   if s and TERMINAL[s] then
     gone[#gone + 1] = id
-  elseif redis.call('ZSCORE', wq, id) or redis.call('EXISTS', P .. 'out:' .. id) == 1 then
-    ops[#ops + 1] = id
+  elseif redis.call('ZSCORE', wq, id) or redis.call('EXISTS', P .. 'out:' .. id) == 1
+    or redis.call('GET', lease) == id then
+    ops[#ops + 1] = id  -- joined already (a resent join)
   elseif card >= maxpend then
     full[#full + 1] = id
   else
@@ -455,7 +524,7 @@ for i = 0, n - 1 do
   end
 end
 local ents = {}
-for i = 9 + 5 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
+for i = 10 + 5 * n, #ARGV do ents[#ents + 1] = ARGV[i] end
 local claimed = reap(now)
 if #ops == 0 then return reply({k = 'R', o = {}, e = {}, f = full, g = gone, c = claimed}) end
 if not redis.call('GET', wc) then redis.call('SET', wc, now + window_ms) end
@@ -727,10 +796,12 @@ redis.call('SET', P .. 'hb:' .. ARGV[3], '1', 'PX', lease)
 local lost = {}
 for i = 0, n - 1 do
   local key = P .. 'lease:' .. ARGV[5 + 2 * i]
-  if redis.call('GET', key) == ARGV[6 + 2 * i] then
+  local op = ARGV[6 + 2 * i]
+  if redis.call('GET', key) == op then
     redis.call('PEXPIRE', key, lease)
-  else
-    lost[#lost + 1] = ARGV[6 + 2 * i]
+  elseif not TERMINAL[redis.call('HGET', P .. 'op:' .. op, 's') or 'succeeded'] then
+    -- lost only if its call still runs: a lease its commit (or its end) released is not
+    lost[#lost + 1] = op
   end
 end
 for i = 5 + 2 * n, #ARGV do redis.call('ZADD', P .. 'inflight', 'XX', now + lease, ARGV[i]) end
@@ -769,7 +840,9 @@ end
 
 # ARGV: P, n, n x index key suffix, cursor score ('' = from the start), cursor id, rows wanted,
 #       entries to examine at most, status ('' = any), function needle (lower case, '' = any),
-#       priority ('' = any), completed at or after (us, '' = any), at or before (us, '' = any).
+#       priority ('' = any), completed at or after (us, '' = any), at or before (us, '' = any),
+#       'i' for every entry examined, as (id, 1 if it matches else 0, status, -, score), without
+#       the record's JSON (a page merged over buckets reads the JSON of those it shows after).
 # One page of zombies in completion order, merged over the indexes given (each ordered by
 # completion time, then id): examines entries from the cursor on, up to the limit, and returns
 # the matching records, the cursor of the last entry examined (none at the end), how many were
@@ -784,6 +857,7 @@ local cscore, cid, want, budget = num(ARGV[b]), ARGV[b + 1], tonumber(ARGV[b + 2
   tonumber(ARGV[b + 3])
 local status, needle, prio = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
 local after, before = num(ARGV[b + 7]), num(ARGV[b + 8])
+local ids_only = ARGV[b + 9] == 'i'
 local CHUNK = math.max(1, math.min(budget, 128))
 local srcs = {}
 for i = 1, n do
@@ -832,7 +906,13 @@ while #rows < want and scanned < budget do
   elseif (status == '' or f[2] == status)
     and (prio == '' or f[3] == prio)
     and (needle == '' or string.find(f[4] or '', needle, 1, true)) then
-    rows[#rows + 1] = {id, f[1], f[2] or false}
+    if ids_only then
+      rows[#rows + 1] = {id, 1, f[2] or false, false, us(score)}
+    else
+      rows[#rows + 1] = {id, f[1], f[2] or false, false, us(score)}
+    end
+  elseif ids_only then
+    rows[#rows + 1] = {id, 0, f[2] or false, false, us(score)}
   end
 end
 local total = 0

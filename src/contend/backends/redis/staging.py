@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from contend._fast import current_task, loop_is_idle, yield_once
 from contend.backends.base import Lost
 from contend.backends.redis.errors import RedisUnavailableError
+from contend.backends.redis.records import staged_json
 from contend.enums import OperationStatus
 from contend.record import Record
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from contend.backends.redis.leases import Call, Calls
     from contend.backends.redis.orphans import Orphans
     from contend.backends.redis.wakeups import Interest, Wakeups
-    from contend.config import PreECSConfig
+    from contend.config import CleanupConfig, PreECSConfig
 
 __all__ = ["Staging"]
 
@@ -163,6 +164,8 @@ class Staging:
         """The runtime's window observer (see `Hooks.observe_window`)."""
         self._batches: dict[str, _Batch] = {}
         self._joining: dict[str, asyncio.Future[None]] = {}
+        self._configs: dict[int, tuple[CleanupConfig, str]] = {}
+        """Cleanup configs' JSON, written with each staged record (see `staged_json`)."""
 
     def in_flight(self) -> int:
         return len(set(self.calls.inflight.values()) | self._batches.keys())
@@ -182,6 +185,8 @@ class Staging:
         if tid is None:
             return None
         key = str(tid)
+        if len(op.target_entity_ids) > 1:
+            self.conn.keys.bucket_of_targets(op.target_entity_ids)
         call = self.calls.begin(op)
         loop = asyncio.get_running_loop()
         batch = self._batches.get(key)
@@ -306,7 +311,7 @@ class Staging:
         for call in live:
             self.calls.staged(call, key)
         ents = self.entities.versions(_targets(live))
-        await self.wakeups.ready()
+        await self.wakeups.ready(self.conn.keys.of(key))
         if batch.after is not None and not batch.after.done():
             await asyncio.shield(batch.after)
         gone = set(batch.withdrawn())
@@ -314,19 +319,20 @@ class Staging:
         if not live:
             return
         args: list[Any] = [self.lease_ms, self.out_ttl_ms, key, window]
-        args += [config.max_pending_per_target, self.conn.owner, len(live)]
+        quick = "1" if config.staging_timeout_ms == 0 else "0"
+        args += [config.max_pending_per_target, self.conn.owner, len(live), quick]
         now = asyncio.get_running_loop().time()
         for call in live:
             op = call.op
             targets = ",".join(str(t) for t in op.target_entity_ids)
             until = call.wait_until
             wait = "" if until is None else max(1, int((until - now) * 1000))
-            args += [call.oid, op.priority, op.to_json(), targets, wait]
+            args += [call.oid, op.priority, staged_json(op, self._configs), targets, wait]
         args += ents
         interest = self.wakeups.watch(key, frozenset(c.oid for c in live))
         try:
             try:
-                reply = await self._script("JOIN", args)
+                reply = await self._script("JOIN", key, args)
             finally:
                 batch.joined.set_result(None)
             for oid in reply.get("f") or ():
@@ -362,7 +368,7 @@ class Staging:
                 args = [self.lease_ms, self.out_ttl_ms, key, len(staged), *staged]
                 args += [len(gone), *gone, *ents]
                 try:
-                    reply = await self._script("RESOLVE", args)
+                    reply = await self._script("RESOLVE", key, args)
                     outage_ms = OUTAGE_FIRST_DELAY_MS
                 except RedisUnavailableError as exc:
                     staged = self._through_outage(batch, staged, exc)
@@ -413,19 +419,21 @@ class Staging:
             batch.decide(oid, outcome)
         return waiting
 
-    async def _script(self, name: str, args: list[Any]) -> dict[str, Any]:
-        reply: dict[str, Any] = json.loads(await self.conn.run(name, *args))
+    async def _script(self, name: str, key: str, args: list[Any]) -> dict[str, Any]:
+        bucket = self.conn.keys.of(key)
+        reply: dict[str, Any] = json.loads(await self.conn.run(name, bucket, *args))
         self.conn.repaired(reply.get("b"))
         claimed = reply.get("c") or ()
         if claimed:
-            self.orphans.claimed(list(claimed))
+            self.orphans.claimed(bucket, list(claimed))
         return reply
 
     async def _release_won(self, oid: str, key: str) -> None:
         """A caller cancelled (or given up waiting) as its window made it the winner: the target
         goes at once (its record's end releases it too; whichever comes first)."""
         try:
-            await self.conn.run("DISCARD", self.lease_ms, self.out_ttl_ms, oid, key, "")
+            args = [self.lease_ms, self.out_ttl_ms, oid, key, ""]
+            await self.conn.run("DISCARD", self.conn.keys.of(key), *args)
         except Exception:
             log.debug("release of cancelled winner %s failed; its lease expires", oid)
 

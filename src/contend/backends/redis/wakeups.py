@@ -16,13 +16,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from contend.backends.redis.connection import UNAVAILABLE, sleep_or_wake
 
 if TYPE_CHECKING:
-    from redis.asyncio.client import PubSub
-
     from contend.backends.redis.connection import Connection
 
 __all__ = ["Interest", "Wakeups"]
@@ -50,17 +51,127 @@ class Interest:
             self.fut.set_result(None)
 
 
+class _Listener:
+    """One pub/sub connection and the channels it serves: the single node's, or one cluster
+    node's (sharded: ``SSUBSCRIBE``, one command per slot)."""
+
+    def __init__(self, wakeups: Wakeups, node: Any) -> None:
+        self.wakeups = wakeups
+        self.node = node
+        """The cluster node it listens to (None on a single node)."""
+        self.channels: dict[str, asyncio.Future[None]] = {}
+        """Each channel it serves, and a future done once the channel is subscribed."""
+        self.pubsub: PubSub | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.retry: asyncio.Future[None] | None = None
+        self.rejoining = False
+        """It lost its connection: once subscribed again, every waiter looks again."""
+
+    def want(self, channel: str) -> asyncio.Future[None]:
+        fut = self.channels.get(channel)
+        if fut is None:
+            fut = self.channels[channel] = asyncio.get_running_loop().create_future()
+            pubsub = self.pubsub
+            if pubsub is not None and self.task is not None and not self.task.done():
+                self.task.get_loop().create_task(self._subscribe(pubsub, [channel]))
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._listen_forever())
+        return fut
+
+    async def _subscribe(self, pubsub: PubSub, channels: list[str]) -> None:
+        try:
+            if self.node is None:
+                await pubsub.subscribe(*channels)
+            else:
+                for channel in channels:  # a sharded subscription names channels of one slot
+                    await pubsub.ssubscribe(channel)
+        except UNAVAILABLE:
+            self._poke()  # the listening loop meets the failure and starts over
+
+    def _poke(self) -> None:
+        if self.retry is not None and not self.retry.done():
+            self.retry.set_result(None)
+
+    async def _listen_forever(self) -> None:
+        conn = self.wakeups.conn
+        delay = RECONNECT_FIRST_DELAY
+        while True:
+            pubsub = self.wakeups.pubsub_for(self.node)
+            self.pubsub = pubsub
+            try:
+                for channel, fut in list(self.channels.items()):
+                    if fut.done():
+                        self.channels[channel] = asyncio.get_running_loop().create_future()
+                await self._subscribe_all(pubsub)
+                conn.answered()
+                delay = RECONNECT_FIRST_DELAY
+                await self._listen(pubsub)
+            except UNAVAILABLE as exc:
+                if conn.closing:
+                    return
+                conn.outage.failed(exc)
+                self.rejoining = True
+                for fut in self.channels.values():
+                    if not fut.done():
+                        fut.set_result(None)  # the join that waits meets the outage itself
+                self.wakeups.wake_all()
+            self.pubsub = None
+            await _close(pubsub)
+            self.retry = asyncio.get_running_loop().create_future()
+            await sleep_or_wake(self.retry, delay)  # or at once, when Redis answers a command
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            if self.node is not None:
+                self.node = self.wakeups.moved(self)
+
+    async def _subscribe_all(self, pubsub: PubSub) -> None:
+        if self.node is None:
+            await pubsub.subscribe(*self.channels)
+        else:
+            for channel in list(self.channels):
+                await pubsub.ssubscribe(channel)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        while True:
+            try:
+                msg = await pubsub.get_message(timeout=None)
+            except RedisTimeoutError:
+                continue
+            if msg is None:
+                continue
+            kind = msg.get("type")
+            if kind in ("message", "smessage"):
+                self.wakeups.deliver(msg["data"])
+            elif kind in ("subscribe", "ssubscribe"):
+                fut = self.channels.get(msg["channel"])
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                if self.rejoining:
+                    self.rejoining = False
+                    self.wakeups.wake_all()  # anything released while we were away: look again
+
+    async def close(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.pubsub is not None:
+            await _close(self.pubsub)
+
+
 class Wakeups:
-    """The release channel of one worker: `watch`, then `wait`."""
+    """The release channels of one worker: `ready`, then `watch`, then `wait`.
+
+    On a single node one subscription serves every channel; on a Redis Cluster each channel is
+    a sharded one (``SSUBSCRIBE``), served by the node that holds its slot, so a release is
+    published (``SPUBLISH``) on the shard of the target it names and wake-ups spread with the
+    keys. A listener per node; when a node fails, its waiters are woken to look again and its
+    listener reconnects (to whichever node serves the slot by then).
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.channel = f"{conn.p}released"
         self._waiters: dict[str, list[Interest]] = {}
-        self._pubsub: PubSub | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._subscribed: asyncio.Future[None] | None = None
-        self._retry: asyncio.Future[None] | None = None
+        self._listeners: dict[str, _Listener] = {}
+        """By node name ('' on a single node)."""
         conn.on_answer.append(self._reconnect_now)
 
     def watch(self, key: str, ids: frozenset[str]) -> Interest:
@@ -80,63 +191,67 @@ class Wakeups:
         """Sleep until a message wakes `interest` or `ms` pass, whichever is first."""
         await sleep_or_wake(interest.fut, (ms if ms > 0 else 1) / 1000 + 0.005)
 
-    async def ready(self) -> None:
-        """Make sure the subscription is up before a window is joined (waits for the first
-        subscription only; later reconnects happen in the background)."""
-        if self._listener is None or self._listener.done():
-            loop = asyncio.get_running_loop()
-            self._subscribed = loop.create_future()
-            self._listener = loop.create_task(self._listen_forever(self._subscribed))
-        subscribed = self._subscribed
-        if subscribed is not None and not subscribed.done():
+    async def ready(self, bucket: int) -> None:
+        """Make sure the release channel of `bucket` is subscribed before a join on it (the
+        prefix's one channel on a single node, the bucket's own on a cluster); waits for the
+        first subscription only, later reconnects happen in the background."""
+        try:
+            await self.conn.ready()
+        except UNAVAILABLE:
+            return  # the join that follows meets the outage itself
+        channel = self.channel
+        if self.conn.cluster:
+            channel = self.conn.keys.tag(bucket) + "released"
+        listener = self._listener_for(channel)
+        subscribed = listener.want(channel)
+        if not subscribed.done():
             await asyncio.shield(subscribed)
 
-    def _reconnect_now(self) -> None:
-        retry = self._retry
-        if retry is not None and not retry.done():
-            retry.set_result(None)
+    def _listener_for(self, channel: str) -> _Listener:
+        node = self._node_of(channel)
+        name = "" if node is None else node.name
+        listener = self._listeners.get(name)
+        if listener is None:
+            listener = self._listeners[name] = _Listener(self, node)
+        return listener
 
-    def _wake_all(self) -> None:
+    def _node_of(self, channel: str) -> Any:
+        client = self.conn.client
+        if isinstance(client, RedisCluster):
+            return client.get_node_from_key(channel)
+        return None
+
+    def pubsub_for(self, node: Any) -> PubSub:
+        """A pub/sub of its own connection: to the single node, or to one cluster node."""
+        client = self.conn.client
+        if node is None or not isinstance(client, RedisCluster):
+            return client.pubsub(ignore_subscribe_messages=False)
+        kwargs = dict(node.connection_kwargs)
+        kwargs.pop("retry", None)
+        pool = ConnectionPool(connection_class=node.connection_class, max_connections=2, **kwargs)
+        return PubSub(pool, ignore_subscribe_messages=False)
+
+    def moved(self, listener: _Listener) -> Any:
+        """After a node failed: the channels of `listener` whose slot another node serves now
+        go to that node's listener; the node it keeps listening to."""
+        node = listener.node
+        for channel in list(listener.channels):
+            now = self._node_of(channel)
+            if now is not None and node is not None and now.name != node.name:
+                del listener.channels[channel]
+                self._listener_for(channel).want(channel)
+        return node
+
+    def _reconnect_now(self) -> None:
+        for listener in self._listeners.values():
+            listener._poke()
+
+    def wake_all(self) -> None:
         for interests in self._waiters.values():
             for interest in interests:
                 interest.wake()
 
-    async def _listen_forever(self, subscribed: asyncio.Future[None]) -> None:
-        delay = RECONNECT_FIRST_DELAY
-        while True:
-            pubsub = self.conn.client.pubsub(ignore_subscribe_messages=True)
-            self._pubsub = pubsub
-            try:
-                await pubsub.subscribe(self.channel)
-                self.conn.answered()
-                if not subscribed.done():
-                    subscribed.set_result(None)
-                self._wake_all()  # anything released while we were away: look again
-                delay = RECONNECT_FIRST_DELAY
-                await self._listen(pubsub)
-            except UNAVAILABLE as exc:
-                if self.conn.closing:
-                    return
-                self.conn.outage.failed(exc)
-                if not subscribed.done():
-                    subscribed.set_result(None)  # the join that waits meets the outage itself
-                self._wake_all()
-            self._pubsub = None
-            await _close(pubsub)
-            self._retry = asyncio.get_running_loop().create_future()
-            await sleep_or_wake(self._retry, delay)  # or at once, when Redis answers a command
-            delay = min(delay * 2, RECONNECT_MAX_DELAY)
-
-    async def _listen(self, pubsub: PubSub) -> None:
-        while True:
-            try:
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-            except RedisTimeoutError:
-                continue
-            if msg is not None and msg.get("type") == "message":
-                self._deliver(msg["data"])
-
-    def _deliver(self, data: str) -> None:
+    def deliver(self, data: str) -> None:
         """A message: ``target``, or ``target|winner|priority|ids decided``."""
         key, _, named = data.partition("|")
         interests = self._waiters.get(key)
@@ -155,15 +270,11 @@ class Wakeups:
 
     def reset(self) -> None:
         self._waiters.clear()
-        self._listener = None
-        self._subscribed = None
-        self._pubsub = None
+        self._listeners.clear()
 
     async def close(self) -> None:
-        if self._listener is not None and not self._listener.done():
-            self._listener.cancel()
-        if self._pubsub is not None:
-            await _close(self._pubsub)
+        for listener in self._listeners.values():
+            await listener.close()
 
 
 async def _close(pubsub: Any) -> None:
