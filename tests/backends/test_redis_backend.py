@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 import uuid
+from typing import cast
 
 import pytest
 import redis
@@ -269,9 +271,10 @@ async def test_a_contested_window_is_reported_once_across_workers_by_the_winners
     on_a = with_conflict_resolution(pre_ecs=window, cleanup=NONE, runtime=redis_runtime)(touch)
     on_b = with_conflict_resolution(pre_ecs=window, cleanup=NONE, runtime=other)(touch)
     acct = Account()
-    await other.registry.register(Account(ecs_id=acct.ecs_id))
+    held_by_b = Account(ecs_id=acct.ecs_id)
+    await other.registry.register(held_by_b)
     b_acct = await other.backend.get_entity(acct.ecs_id)
-    assert isinstance(b_acct, Account)
+    assert b_acct is held_by_b
     results = await asyncio.gather(
         on_a(acct),
         on_a(acct),
@@ -549,3 +552,29 @@ async def test_a_winner_gets_a_full_lease_in_a_bucket_its_heartbeat_was_about_to
     results = await asyncio.gather(slow(acct), slow(acct), return_exceptions=True)
     assert results.count(None) == 1, results
     assert isinstance(next(r for r in results if r is not None), OperationRejectedError)
+
+
+class _Filed(Account, shard_key="customer"):
+    customer: str = "c"
+
+
+async def test_a_worker_remembers_a_shard_key_no_longer_than_its_entity(
+    redis_runtime: Runtime,
+) -> None:
+    """Entities of a class with a shard key are co-located on first sight; a worker handling
+    many distinct entities it then drops must not keep each one's shard key forever."""
+    backend = cast("RedisBackend", redis_runtime.backend)
+
+    @with_conflict_resolution(runtime=redis_runtime, cleanup=CleanupStrategy.IMMEDIATE)
+    async def touch(item: _Filed) -> None:
+        item.balance += 1
+
+    kept = _Filed(customer="kept")
+    await touch(kept)
+    for i in range(200):
+        await touch(_Filed(customer=f"c{i % 7}"))
+    gc.collect()
+    assert backend.keys.co_located() == 1
+    assert backend.keys.shard_key(kept.ecs_id) == "kept"
+    await touch(kept)
+    assert kept.balance == 2

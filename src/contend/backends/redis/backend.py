@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -276,6 +277,7 @@ class RedisBackend:
         key = shard_key_of(entity)
         if type(entity).__contend_shard_key__ is not None:
             self.keys.co_locate(entity.ecs_id, key)
+            weakref.finalize(entity, self.keys.forget, entity.ecs_id)
         return key
 
     async def ensure_entity(self, entity: Entity) -> Entity:

@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,9 @@ class Entities:
         self.out_ttl_ms = out_ttl_ms
         self.outcome_ttl_ms = outcome_ttl_ms
         self.settle_timeout = settle_timeout
-        self.cache: dict[UUID, Entity] = {}
+        self.cache: weakref.WeakValueDictionary[UUID, Entity] = weakref.WeakValueDictionary()
+        """This worker's instance of each entity, held no longer than the application holds it
+        (Redis has the state: a dropped entity is loaded again on its next use)."""
         self._loading: dict[UUID, asyncio.Future[Entity]] = {}
         self._stale: set[UUID] = set()
 

@@ -70,6 +70,17 @@ class Keys:
         self._shard_keys[eid] = shard_key
         self._of.pop(eid, None)
 
+    def forget(self, entity_id: UUID | str) -> None:
+        """Drop what `co_locate` said of entity `entity_id` (its instance is gone: a process
+        keeps a shard key no longer than the entity it came from)."""
+        eid = str(entity_id)
+        self._shard_keys.pop(eid, None)
+        self._of.pop(eid, None)
+
+    def co_located(self) -> int:
+        """How many entities this process has co-located and still remembers."""
+        return len(self._shard_keys)
+
     def shard_key(self, entity_id: UUID | str) -> str | None:
         """The shard key `co_locate` gave entity `entity_id`, if any."""
         return self._shard_keys.get(str(entity_id))
