@@ -114,7 +114,7 @@ class Protected(Generic[P, R]):
                             rt, scope, spawned, priority, passed, args, kwargs
                         )
                     scope = None  # a failed attempt's copies: a call of its own
-        if passed and (len(passed) > 1 or type(passed[0]).__contend_shard_key__ is not None):
+        if len(passed) > 1:  # a single entity's shard key is checked when first registered
             _check_shard_keys(self.name, passed, rt.backend)
         store = rt.store
         backend = rt.backend

@@ -59,7 +59,12 @@ def test_serve_runs_the_console_with_a_token_from_the_environment():
         assert status == 200 and 'id="zombies-now">0<' in text
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"contend serve did not stop within 30 s of Ctrl-C; it said: {err}")
     assert f"console: {base}/console/ (actions on (token required))" in err
     assert proc.returncode == 0
 

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from contend.backends.base import Hooks, VersionConflict, Write
 from contend.clock import utcnow
-from contend.entity import Entity
+from contend.entity import Entity, shard_key_of
 from contend.enums import TERMINAL_STATUSES, OperationStatus
 from contend.record import Record
 from contend.staging import LocalCoordinator, Staged
@@ -98,6 +98,8 @@ class MemoryStore:
         found: Entity | None = self._entities.get(key, _NO_REF)()
         if found is not None:
             return found
+        if type(entity).__contend_shard_key__ is not None:
+            shard_key_of(entity)  # a bad value is refused here, as on Redis (not placed here)
         self._entities[key] = weakref.KeyedRef(entity, self._forget, key)
         return entity
 
