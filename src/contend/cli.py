@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -417,10 +418,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"serving {base}/metrics and {base}/healthz for {what} (Ctrl-C to stop)",
             file=sys.stderr,
         )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            # whatever the disposition inherited (a parent may have left SIGINT ignored), Ctrl-C
+            # and a supervisor's SIGTERM stop the server cleanly
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
         try:
             async with server:
-                await server.serve_forever()
+                await stop.wait()
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
             if console is not None:
                 await console.aclose()
         return 0

@@ -80,3 +80,33 @@ def test_serve_refuses_a_weak_or_missing_token(argv, message, capsys, monkeypatc
     monkeypatch.delenv("CONTEND_CONSOLE_TOKEN", raising=False)
     assert main(["serve", "--port", "0", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_serve_stops_cleanly_on_ctrl_c_or_sigterm_whatever_it_inherited(sig):
+    """A supervisor stops a server with SIGTERM, and a parent may leave SIGINT ignored (a
+    background job of a shell script): contend serve stops cleanly on either all the same."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "contend", "serve", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        proc.send_signal(sig)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0

@@ -492,8 +492,16 @@ if quick and n == 1 and redis.call('EXISTS', wq, lease, hot) == 0 then
   return reply({k = 'R', o = {'W'}, e = e, f = {}, g = {}, j = {id}})
 end
 -- the worker is alive (it sent this join): its heartbeat in this bucket lives a lease from now
--- (a bucket where it had nothing in flight was not renewed)
-redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE)
+-- (a bucket where it had nothing in flight was not renewed), unless it holds this very target:
+-- its lease renewals keep its heartbeat then, and a join must not outlive them (a killed
+-- worker's call queued behind its own lease must not win once that lease runs out)
+local held = redis.call('GET', lease)
+local holder = held and redis.call('HGET', P .. 'op:' .. string.match(held, '^[^|]+'), 'w')
+if holder == owner then
+  redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE, 'NX')
+else
+  redis.call('SET', P .. 'hb:' .. owner, '1', 'PX', LEASE)
+end
 local card = redis.call('ZCARD', wq)
 if n > 1 or card > 0 or redis.call('EXISTS', lease) == 1 then
   redis.call('SET', hot, '1', 'PX', HOT_MS)  -- contended: windows of min_window_ms for a while
