@@ -20,12 +20,10 @@ from uuid import UUID
 
 from contend.backends.base import Hooks, VersionConflict, Write
 from contend.clock import utcnow
-from contend.entity import Entity, shard_key_of
+from contend.entity import Entity, copy_state, shard_key_of
 from contend.enums import TERMINAL_STATUSES, OperationStatus
 from contend.record import Record
 from contend.staging import LocalCoordinator, Staged
-
-_set = object.__setattr__
 
 __all__ = ["MemoryBackend", "MemoryStore"]
 
@@ -119,15 +117,11 @@ class MemoryStore:
             if w.committed.version != w.expected:
                 return VersionConflict(w.committed.ecs_id, w.expected, w.committed.version)
         for w in writes:
-            committed, state = w.committed, w.state
+            committed = w.committed
+            copy_state(committed, w.state)
             d = committed.__dict__
-            d.update(state.__dict__)
             d["version"] = w.expected + 1
             d["last_modified"] = now
-            # what pydantic keeps beside the fields, taken from the working copy (thrown away)
-            _set(committed, "__pydantic_fields_set__", state.__pydantic_fields_set__)
-            _set(committed, "__pydantic_extra__", state.__pydantic_extra__)
-            _set(committed, "__pydantic_private__", state.__pydantic_private__)
         return None
 
     def bump(self, entities: Sequence[Entity], now: datetime) -> None:
