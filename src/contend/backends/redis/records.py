@@ -88,7 +88,7 @@ class Records:
         """Records a handler may still change: the record, its JSON as written, its due time as
         booked. Written back (when changed) by `flush`, or by `schedule`; then forgotten."""
         self._flush_scheduled = False
-        self._sweep_token: str | None = None
+        self._sweep_tokens: list[str] = []
         self._unacked: dict[UUID, tuple[Record | None, str, int | None]] = {}
         """Removals whose reply was lost, with their token (retried, then counted once)."""
         self._pending: set[UUID] = set()
@@ -468,9 +468,10 @@ class Records:
         """Take the records due by `now` out of every index, one script per bucket that has
         some. A batch whose reply was lost is replayed by the next sweep (its reply waits in
         Redis under the same token), never dropped."""
-        token = self._sweep_token
-        if token is None:
-            token = self._sweep_token = uuid.uuid4().hex
+        # a sweep whose reply was lost keeps its token until one takes it up again; a sweep
+        # running meanwhile has a token of its own (sharing one, it got the other's reply
+        # replayed and counted those removals twice)
+        token = self._sweep_tokens.pop() if self._sweep_tokens else uuid.uuid4().hex
         try:
             # a batch whose reply was lost is replayed from the buckets that still keep it
             keys = self.conn.keys
@@ -486,10 +487,10 @@ class Records:
             jobs = [(b, [*args, n, token, self.outcome_ttl_ms]) for b, n in todo.items()]
             replies = await self._json_all("TAKE_DUE", jobs)
         except RedisUnavailableError:
+            self._sweep_tokens.append(token)
             if self.sweep_later is not None:
                 self.conn.defer(f"sweep {token}", self._replay_sweep)
             raise
-        self._sweep_token = None
         out: list[Record] = []
         for (b, _), reply in zip(jobs, replies, strict=True):
             rows = reply.get("rows") or ()
@@ -499,7 +500,7 @@ class Records:
         return out
 
     async def _replay_sweep(self) -> None:
-        if self._sweep_token is not None and self.sweep_later is not None:
+        if self._sweep_tokens and self.sweep_later is not None:
             await self.sweep_later()
 
     async def next_due(self) -> float | None:
